@@ -1,0 +1,208 @@
+// Package config is fedpipe's one configuration file: the YAML schema, its defaults,
+// validation, and the FEDPIPE_* environment and --flag overrides of every key.
+//
+// Components keep their own Config structs; cmd/fedpipe maps this file onto them.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Config is the whole fedpipe configuration file.
+type Config struct {
+	// ServerName is the Matrix server name fedpipe sends federation traffic for.
+	ServerName string `yaml:"server_name" doc:"Matrix server name of the homeserver fedpipe sends for (the origin of every transaction)."`
+	// Instance names this process in record headers, consumer-group member ids and logs.
+	Instance string `yaml:"instance" doc:"Name of this process in record headers and logs; defaults to the host name."`
+	// DataDir holds the embedded broker's log, the private PostgreSQL cluster and the signing key.
+	DataDir string `yaml:"data_dir" doc:"Directory for the embedded broker, the private PostgreSQL cluster and the generated signing key."`
+	// SigningKeyPath is the Synapse-format ed25519 key file; empty means <data_dir>/signing.key.
+	SigningKeyPath string `yaml:"signing_key_path" doc:"Synapse-format signing key file (ed25519 <version> <seed>). Empty: <data_dir>/signing.key, generated on first run."`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level" doc:"debug, info, warn or error."`
+
+	Kafka      Kafka      `yaml:"kafka" doc:"Kafka brokers and topics."`
+	Database   Database   `yaml:"database" doc:"PostgreSQL, where the homeserver's stream tables and fedpipe's own state live."`
+	Relay      Relay      `yaml:"relay" doc:"The relay: stream tables to Kafka."`
+	Ingest     Ingest     `yaml:"ingest" doc:"The ingest HTTP API for homeservers not written in Go."`
+	Admin      Admin      `yaml:"admin" doc:"The operations HTTP listener: /metrics."`
+	Federation Federation `yaml:"federation" doc:"Outbound Matrix federation: discovery, HTTPS, transactions and backoff."`
+}
+
+// Kafka configures the brokers and topics.
+type Kafka struct {
+	Brokers            []string `yaml:"brokers" doc:"Bootstrap brokers (host:port, comma-separated in env/flags). Empty: start the embedded broker."`
+	EmbeddedPort       int      `yaml:"embedded_port" doc:"Port of the embedded broker on 127.0.0.1 (kcat -b 127.0.0.1:PORT attaches to it)."`
+	TopicPrefix        string   `yaml:"topic_prefix" doc:"Topic names are <prefix>.<stream>."`
+	Partitions         int      `yaml:"partitions" doc:"Partitions of each stream topic; the most members a stage's group can use."`
+	OutboundPartitions int      `yaml:"outbound_partitions" doc:"Partitions of <prefix>.outbound; the most sender members."`
+	ReplicationFactor  int      `yaml:"replication_factor" doc:"Replication factor for created topics (3 on a production cluster)."`
+}
+
+// Database configures PostgreSQL.
+type Database struct {
+	URL          string `yaml:"url" doc:"PostgreSQL URL. Empty: start a private cluster under <data_dir>/postgres from the installed server binaries."`
+	EmbeddedPort int    `yaml:"embedded_port" doc:"Port of the private cluster on 127.0.0.1."`
+	MaxConns     int    `yaml:"max_conns" doc:"Connection pool size."`
+}
+
+// Relay configures the stream-table relay.
+type Relay struct {
+	PollInterval time.Duration `yaml:"poll_interval" doc:"How often the relay looks for new stream rows when idle."`
+	BatchSize    int           `yaml:"batch_size" doc:"Rows read and published per round trip."`
+}
+
+// Ingest configures the ingest HTTP API.
+type Ingest struct {
+	Listen       string `yaml:"listen" doc:"Address of the ingest API. Empty: do not serve it."`
+	Token        string `yaml:"token" doc:"Bearer token callers must present. Empty: no authentication (bind to loopback only!)."`
+	MaxBodyBytes int64  `yaml:"max_body_bytes" doc:"Largest accepted request body."`
+}
+
+// Admin configures the operations listener.
+type Admin struct {
+	Listen string `yaml:"listen" doc:"Address serving /metrics. Empty: do not serve it."`
+}
+
+// Federation configures outbound federation.
+type Federation struct {
+	Static             map[string]string `yaml:"static" doc:"Server name -> host:port, overriding discovery (private deployments, tests). Env/flags: name=host:port,name2=host:port."`
+	CAFile             string            `yaml:"ca_file" doc:"Extra CA certificate (PEM) to trust besides the system roots."`
+	InsecureSkipVerify bool              `yaml:"insecure_skip_verify" doc:"Do not verify remote TLS certificates. Never in production."`
+	AllowedNetworks    []string          `yaml:"allowed_networks" doc:"CIDRs allowed although private/loopback/link-local (refused by default)."`
+	RequestTimeout     time.Duration     `yaml:"request_timeout" doc:"Timeout of one transaction request."`
+	BackoffInitial     time.Duration     `yaml:"backoff_initial" doc:"First backoff of a failing destination (Synapse: 10m)."`
+	BackoffMax         time.Duration     `yaml:"backoff_max" doc:"Longest backoff of a failing destination (Synapse: 168h)."`
+}
+
+// Default returns the configuration used when a key is not set anywhere.
+func Default() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "fedpipe"
+	}
+	return Config{
+		ServerName: "localhost",
+		Instance:   host,
+		DataDir:    "./data",
+		LogLevel:   "info",
+		Kafka: Kafka{
+			EmbeddedPort:       9092,
+			TopicPrefix:        "fedpipe",
+			Partitions:         16,
+			OutboundPartitions: 32,
+			ReplicationFactor:  1,
+		},
+		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
+		Relay:    Relay{PollInterval: 50 * time.Millisecond, BatchSize: 1000},
+		Ingest:   Ingest{Listen: "127.0.0.1:8008", MaxBodyBytes: 16 << 20},
+		Admin:    Admin{Listen: "127.0.0.1:9100"},
+		Federation: Federation{
+			RequestTimeout: 60 * time.Second,
+			BackoffInitial: 10 * time.Minute,
+			BackoffMax:     7 * 24 * time.Hour,
+		},
+	}
+}
+
+// KeyPath is the signing key file in use.
+func (c *Config) KeyPath() string {
+	if c.SigningKeyPath != "" {
+		return c.SigningKeyPath
+	}
+	return filepath.Join(c.DataDir, "signing.key")
+}
+
+// Embedded reports whether fedpipe starts its own broker and database.
+func (c *Config) Embedded() (broker, database bool) {
+	return len(c.Kafka.Brokers) == 0, c.Database.URL == ""
+}
+
+// Validate reports every invalid value, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.ServerName == "" {
+		bad("server_name", "must be set")
+	} else if strings.ContainsAny(c.ServerName, " /\t@!#$") {
+		bad("server_name", "%q is not a Matrix server name", c.ServerName)
+	}
+	if c.Instance == "" {
+		bad("instance", "must be set")
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must be set")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	for i, b := range c.Kafka.Brokers {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			bad(fmt.Sprintf("kafka.brokers[%d]", i), "%q is not host:port", b)
+		}
+	}
+	port := func(key string, p int) {
+		if p < 0 || p > 65535 {
+			bad(key, "%d is not a port", p)
+		}
+	}
+	port("kafka.embedded_port", c.Kafka.EmbeddedPort)
+	port("database.embedded_port", c.Database.EmbeddedPort)
+	if c.Kafka.TopicPrefix == "" || strings.ContainsAny(c.Kafka.TopicPrefix, " /\\") {
+		bad("kafka.topic_prefix", "%q is not a valid topic prefix", c.Kafka.TopicPrefix)
+	}
+	positive := func(key string, n int) {
+		if n <= 0 {
+			bad(key, "must be positive, got %d", n)
+		}
+	}
+	positive("kafka.partitions", c.Kafka.Partitions)
+	positive("kafka.outbound_partitions", c.Kafka.OutboundPartitions)
+	positive("kafka.replication_factor", c.Kafka.ReplicationFactor)
+	positive("database.max_conns", c.Database.MaxConns)
+	positive("relay.batch_size", c.Relay.BatchSize)
+	posDur := func(key string, d time.Duration) {
+		if d <= 0 {
+			bad(key, "must be a positive duration, got %s", d)
+		}
+	}
+	posDur("relay.poll_interval", c.Relay.PollInterval)
+	posDur("federation.request_timeout", c.Federation.RequestTimeout)
+	posDur("federation.backoff_initial", c.Federation.BackoffInitial)
+	posDur("federation.backoff_max", c.Federation.BackoffMax)
+	if c.Federation.BackoffMax < c.Federation.BackoffInitial {
+		bad("federation.backoff_max", "%s is shorter than backoff_initial %s", c.Federation.BackoffMax, c.Federation.BackoffInitial)
+	}
+	if c.Ingest.MaxBodyBytes <= 0 {
+		bad("ingest.max_body_bytes", "must be positive, got %d", c.Ingest.MaxBodyBytes)
+	}
+	for _, l := range []struct{ key, addr string }{{"ingest.listen", c.Ingest.Listen}, {"admin.listen", c.Admin.Listen}} {
+		if l.addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			bad(l.key, "%q is not host:port", l.addr)
+		}
+	}
+	for i, n := range c.Federation.AllowedNetworks {
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			bad(fmt.Sprintf("federation.allowed_networks[%d]", i), "%q is not a CIDR", n)
+		}
+	}
+	for name, addr := range c.Federation.Static {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("federation.static."+name, "%q is not host:port", addr)
+		}
+	}
+	return errors.Join(errs...)
+}
