@@ -1,0 +1,197 @@
+// Package xmatrix implements Matrix request authentication: the signed
+// `Authorization: X-Matrix origin=…,destination=…,key=…,sig=…` header of every
+// server-server request, its parser and its verification.
+package xmatrix
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/fedpipe/fedpipe/federation/canonicaljson"
+	"github.com/fedpipe/fedpipe/federation/signing"
+)
+
+// ErrMalformed is wrapped by Parse errors.
+var ErrMalformed = errors.New("malformed X-Matrix authorization")
+
+// MaxHeaderLength bounds what Parse reads; real headers are a few hundred bytes.
+const MaxHeaderLength = 8 << 10
+
+// Header is a parsed X-Matrix authorization.
+type Header struct {
+	Origin, Destination, KeyID, Signature string
+}
+
+// signedRequest is the JSON object a request signature covers.
+type signedRequest struct {
+	Method      string          `json:"method"`
+	URI         string          `json:"uri"`
+	Origin      string          `json:"origin"`
+	Destination string          `json:"destination"`
+	Content     json.RawMessage `json:"content,omitempty"`
+}
+
+// RequestBytes returns the canonical JSON a request signature covers. content is
+// the request body (a JSON value) or empty for requests without one.
+func RequestBytes(method, uri, origin, destination string, content []byte) ([]byte, error) {
+	r := signedRequest{Method: method, URI: uri, Origin: origin, Destination: destination}
+	if len(content) > 0 {
+		r.Content = content
+	}
+	b, err := canonicaljson.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("encoding request for signing: %w", err)
+	}
+	return b, nil
+}
+
+// Authorization signs a request and returns the Authorization header value.
+// uri is the path and query exactly as sent.
+func Authorization(origin, destination string, k *signing.Key, method, uri string, content []byte) (string, error) {
+	msg, err := RequestBytes(method, uri, origin, destination, content)
+	if err != nil {
+		return "", err
+	}
+	sig := base64.RawStdEncoding.EncodeToString(k.Sign(msg))
+	return fmt.Sprintf(`X-Matrix origin="%s",destination="%s",key="%s",sig="%s"`, quote(origin), quote(destination), quote(k.ID), sig), nil
+}
+
+func quote(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s)
+}
+
+// Verify checks h's signature over the request with the origin's public key.
+// When h names a destination it must be ours.
+func Verify(h Header, method, uri, destination string, content []byte, pub ed25519.PublicKey) error {
+	if h.Destination != "" && h.Destination != destination {
+		return fmt.Errorf("%w: request is for %q, not %q", signing.ErrBadSignature, h.Destination, destination)
+	}
+	msg, err := RequestBytes(method, uri, h.Origin, destination, content)
+	if err != nil {
+		return err
+	}
+	return signing.VerifyBytes(pub, msg, h.Signature)
+}
+
+// Parse reads an Authorization header value. It follows the specification: the
+// scheme is case-insensitive, parameters are comma-separated name=value pairs
+// whose names are case-insensitive and whose values are tokens or quoted strings
+// with backslash escapes; unknown parameters are ignored, repeated ones rejected;
+// origin, key and sig are required (destination is optional, as older servers
+// omit it).
+func Parse(value string) (Header, error) {
+	var h Header
+	if len(value) > MaxHeaderLength {
+		return h, fmt.Errorf("%w: header longer than %d bytes", ErrMalformed, MaxHeaderLength)
+	}
+	scheme, rest, _ := strings.Cut(strings.TrimLeft(value, " \t"), " ")
+	if !strings.EqualFold(scheme, "X-Matrix") {
+		return h, fmt.Errorf("%w: scheme %q is not X-Matrix", ErrMalformed, scheme)
+	}
+	seen := map[string]bool{}
+	s := rest
+	for {
+		s = strings.TrimLeft(s, " \t")
+		if s == "" {
+			break
+		}
+		eq := strings.IndexByte(s, '=')
+		if eq <= 0 {
+			return h, fmt.Errorf("%w: expected name=value at %q", ErrMalformed, truncate(s))
+		}
+		name := strings.ToLower(strings.TrimSpace(s[:eq]))
+		if !isToken(name) {
+			return h, fmt.Errorf("%w: invalid parameter name %q", ErrMalformed, name)
+		}
+		s = strings.TrimLeft(s[eq+1:], " \t")
+		var val string
+		var err error
+		if strings.HasPrefix(s, `"`) {
+			val, s, err = quotedString(s)
+			if err != nil {
+				return h, err
+			}
+		} else {
+			end := strings.IndexAny(s, ", \t")
+			if end < 0 {
+				end = len(s)
+			}
+			val, s = s[:end], s[end:]
+			if val == "" {
+				return h, fmt.Errorf("%w: empty value for %s", ErrMalformed, name)
+			}
+		}
+		if seen[name] {
+			return h, fmt.Errorf("%w: parameter %s given twice", ErrMalformed, name)
+		}
+		seen[name] = true
+		switch name {
+		case "origin":
+			h.Origin = val
+		case "destination":
+			h.Destination = val
+		case "key":
+			h.KeyID = val
+		case "sig":
+			h.Signature = val
+		}
+		s = strings.TrimLeft(s, " \t")
+		if s == "" {
+			break
+		}
+		if s[0] != ',' {
+			return h, fmt.Errorf("%w: expected ',' at %q", ErrMalformed, truncate(s))
+		}
+		s = s[1:]
+	}
+	for _, req := range []struct{ name, v string }{{"origin", h.Origin}, {"key", h.KeyID}, {"sig", h.Signature}} {
+		if req.v == "" {
+			return h, fmt.Errorf("%w: missing %s", ErrMalformed, req.name)
+		}
+	}
+	return h, nil
+}
+
+// quotedString parses a leading quoted-string and returns its value and the rest.
+func quotedString(s string) (string, string, error) {
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '"':
+			return b.String(), s[i+1:], nil
+		case '\\':
+			if i+1 >= len(s) {
+				return "", "", fmt.Errorf("%w: unterminated escape in quoted value", ErrMalformed)
+			}
+			i++
+			b.WriteByte(s[i])
+		default:
+			if c < 0x20 && c != '\t' || c == 0x7f {
+				return "", "", fmt.Errorf("%w: control character in quoted value", ErrMalformed)
+			}
+			b.WriteByte(c)
+		}
+	}
+	return "", "", fmt.Errorf("%w: unterminated quoted value", ErrMalformed)
+}
+
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?={}`, c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
