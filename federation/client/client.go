@@ -1,0 +1,370 @@
+// Package client is fedpipe's federation HTTPS client: it resolves destinations
+// with package discovery, refuses internal addresses, verifies TLS, signs every
+// request with X-Matrix, reuses connections, and sends transactions, returning
+// typed errors that say whether to retry, back off or give up.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/federation/signing"
+	"github.com/fedpipe/fedpipe/federation/txn"
+	"github.com/fedpipe/fedpipe/federation/xmatrix"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Origin is our server name.
+	Origin string
+	// CAFile is a PEM file of extra CAs to trust besides the system roots.
+	CAFile string
+	// RootCAs, when set, replaces the system roots (tests, embedding programs).
+	RootCAs *x509.CertPool
+	// InsecureSkipVerify turns certificate verification off. Only ever explicit.
+	InsecureSkipVerify bool
+	// AllowedNetworks are CIDRs allowed although in a denied range.
+	AllowedNetworks []string
+	// ConnectTimeout bounds a TCP connect plus TLS handshake.
+	ConnectTimeout time.Duration
+	// RequestTimeout bounds one attempt of a request, body included.
+	RequestTimeout time.Duration
+	// IdleConnTimeout closes pooled connections idle this long.
+	IdleConnTimeout time.Duration
+	// MaxConnsPerHost limits connections to one destination (1 transaction is in
+	// flight per destination, so a small number suffices).
+	MaxConnsPerHost int
+	// MaxResponseBytes limits a response body.
+	MaxResponseBytes int64
+	// RetriesPerRequest is how many times a transient failure is retried before
+	// the error is returned.
+	RetriesPerRequest int
+	// RetryDelay is the first pause between retries (doubling).
+	RetryDelay time.Duration
+	// MaxRetryAfter is the longest 429 retry_after_ms honoured within a request.
+	MaxRetryAfter time.Duration
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.ConnectTimeout, 10*time.Second)
+	def(&c.RequestTimeout, 60*time.Second)
+	def(&c.IdleConnTimeout, 90*time.Second)
+	def(&c.RetryDelay, 500*time.Millisecond)
+	def(&c.MaxRetryAfter, 10*time.Second)
+	if c.MaxConnsPerHost == 0 {
+		c.MaxConnsPerHost = 4
+	}
+	if c.MaxResponseBytes == 0 {
+		c.MaxResponseBytes = 4 << 20
+	}
+	if c.RetriesPerRequest == 0 {
+		c.RetriesPerRequest = 2
+	}
+}
+
+// Validate reports invalid settings.
+func (c Config) Validate() error {
+	var errs []error
+	if err := discovery.ValidateServerName(c.Origin); err != nil {
+		errs = append(errs, fmt.Errorf("origin: %w", err))
+	}
+	for _, n := range c.AllowedNetworks {
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			errs = append(errs, fmt.Errorf("allowed network %q: %w", n, err))
+		}
+	}
+	if c.RetriesPerRequest < 0 || c.MaxConnsPerHost < 0 || c.MaxResponseBytes < 0 {
+		errs = append(errs, errors.New("limits must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Client sends signed federation requests. It is safe for concurrent use.
+type Client struct {
+	cfg      Config
+	key      *signing.Key
+	resolver *discovery.Resolver
+	log      *slog.Logger
+	http     *http.Client
+	allowed  []*net.IPNet
+	tls      *tls.Config
+}
+
+type resolutionKey struct{}
+
+// New returns a Client signing with key and resolving with resolver.
+func New(cfg Config, key *signing.Key, resolver *discovery.Resolver, logger *slog.Logger) (*Client, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if key == nil || resolver == nil {
+		return nil, errors.New("client needs a signing key and a resolver")
+	}
+	c := &Client{cfg: cfg, key: key, resolver: resolver, log: logger}
+	for _, n := range cfg.AllowedNetworks {
+		_, ipn, _ := net.ParseCIDR(n)
+		c.allowed = append(c.allowed, ipn)
+	}
+	roots := cfg.RootCAs
+	if roots == nil {
+		var err error
+		if roots, err = x509.SystemCertPool(); err != nil {
+			roots = x509.NewCertPool()
+		}
+	}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading CA file: %w", err)
+		}
+		roots = roots.Clone()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
+		}
+	}
+	c.tls = &tls.Config{RootCAs: roots, InsecureSkipVerify: cfg.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	c.http = &http.Client{
+		Transport: &http.Transport{
+			DialTLSContext:        c.dialTLS,
+			MaxConnsPerHost:       cfg.MaxConnsPerHost,
+			MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
+			IdleConnTimeout:       cfg.IdleConnTimeout,
+			ResponseHeaderTimeout: cfg.RequestTimeout,
+		},
+		// Federation requests are never redirected.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return c, nil
+}
+
+// Close drops pooled connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+// dialTLS connects to the resolved addresses in order, refusing denied ones, and
+// completes a TLS handshake verifying the certificate for the resolved name.
+// Connections are pooled per destination: the request URL's host is the
+// destination's server name.
+func (c *Client) dialTLS(ctx context.Context, network, _ string) (net.Conn, error) {
+	res, ok := ctx.Value(resolutionKey{}).(discovery.Result)
+	if !ok {
+		return nil, errors.New("dial without a resolution")
+	}
+	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, Control: c.checkAddress}
+	var lastErr error
+	for _, addr := range res.Addrs {
+		raw, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		conf := c.tls.Clone()
+		conf.ServerName = res.TLSServerName
+		tc := tls.Client(raw, conf)
+		hctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+		err = tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("TLS handshake with %s (%s): %w", addr, res.TLSServerName, err)
+		}
+		return tc, nil
+	}
+	return nil, lastErr
+}
+
+// checkAddress refuses addresses in private, loopback, link-local and other
+// internal ranges unless allowed, so a server name cannot reach internal services.
+// It runs on the resolved address, after DNS.
+func (c *Client) checkAddress(_, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return fmt.Errorf("%w: %s is not an IP address", ErrDeniedAddress, host)
+	}
+	for _, n := range c.allowed {
+		if n.Contains(ip) {
+			return nil
+		}
+	}
+	if denied(ip) {
+		return fmt.Errorf("%w: %s", ErrDeniedAddress, ip)
+	}
+	return nil
+}
+
+var deniedNets = func() []*net.IPNet {
+	var out []*net.IPNet
+	for _, s := range []string{"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+		"192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+		"::1/128", "::/128", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:0:0/96"} {
+		_, n, _ := net.ParseCIDR(s)
+		out = append(out, n)
+	}
+	return out
+}()
+
+func denied(ip net.IP) bool {
+	if v4 := ip.To4(); v4 != nil {
+		ip = v4 // IPv4-mapped IPv6 is judged as IPv4
+	}
+	for _, n := range deniedNets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// SendTransaction sends t to t.Destination, retrying transient failures within
+// the call, and returns the per-PDU results.
+func (c *Client) SendTransaction(ctx context.Context, t *txn.Transaction) (txn.Response, error) {
+	body, err := t.Body()
+	if err != nil {
+		return txn.Response{}, &Error{Kind: KindFatal, Err: fmt.Errorf("building transaction %s: %w", t.ID, err)}
+	}
+	raw, err := c.do(ctx, http.MethodPut, t.Destination, t.Path(), body)
+	if err != nil {
+		return txn.Response{}, err
+	}
+	resp, err := txn.ParseResponse(raw)
+	if err != nil {
+		return txn.Response{}, &Error{Kind: KindRetry, Status: http.StatusOK, Err: err}
+	}
+	return resp, nil
+}
+
+// do performs a signed request with in-request retries of transient failures.
+func (c *Client) do(ctx context.Context, method, destination, path string, body []byte) ([]byte, error) {
+	res, err := c.resolver.Resolve(ctx, destination)
+	if err != nil {
+		return nil, &Error{Kind: KindBackoff, Err: err}
+	}
+	auth, err := xmatrix.Authorization(c.cfg.Origin, destination, c.key, method, path, body)
+	if err != nil {
+		return nil, &Error{Kind: KindFatal, Err: err}
+	}
+	delay := c.cfg.RetryDelay
+	for attempt := 0; ; attempt++ {
+		out, err := c.attempt(ctx, res, method, destination, path, auth, body)
+		if err == nil {
+			return out, nil
+		}
+		var e *Error
+		if !errors.As(err, &e) || e.Kind != KindRetry || attempt >= c.cfg.RetriesPerRequest || ctx.Err() != nil {
+			return nil, err
+		}
+		wait := delay
+		if e.RetryAfter > 0 {
+			if e.RetryAfter > c.cfg.MaxRetryAfter {
+				return nil, err
+			}
+			wait = e.RetryAfter
+		}
+		c.log.Debug("retrying federation request", "destination", destination, "attempt", attempt+1, "wait", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, &Error{Kind: KindRetry, Err: ctx.Err()}
+		case <-time.After(wait):
+		}
+		delay *= 2
+	}
+}
+
+func (c *Client) attempt(ctx context.Context, res discovery.Result, method, destination, path, auth string, body []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, resolutionKey{}, res), c.cfg.RequestTimeout)
+	defer cancel()
+	// The URL host is the destination (the connection pool's key); the dialer
+	// connects to the resolved address, and Host carries the resolved name.
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+hostForURL(destination)+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, &Error{Kind: KindFatal, Err: err}
+	}
+	req.Host = res.Host
+	req.Header.Set("Authorization", auth)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "fedpipe")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, classifyTransport(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxResponseBytes+1))
+	if err != nil {
+		return nil, &Error{Kind: KindRetry, Status: resp.StatusCode, Err: fmt.Errorf("reading response: %w", err)}
+	}
+	if int64(len(data)) > c.cfg.MaxResponseBytes {
+		return nil, &Error{Kind: KindBackoff, Status: resp.StatusCode, Err: fmt.Errorf("response larger than %d bytes", c.cfg.MaxResponseBytes)}
+	}
+	if resp.StatusCode == http.StatusOK {
+		return data, nil
+	}
+	return nil, statusError(resp, data)
+}
+
+// hostForURL makes a server name usable as a URL host; the pool keys by it.
+func hostForURL(destination string) string {
+	if _, _, err := net.SplitHostPort(destination); err == nil {
+		return destination
+	}
+	return destination + ":443"
+}
+
+func statusError(resp *http.Response, body []byte) *Error {
+	var m struct {
+		Errcode      string `json:"errcode"`
+		Error        string `json:"error"`
+		RetryAfterMS int64  `json:"retry_after_ms"`
+	}
+	_ = json.Unmarshal(body, &m) // a body that is not a Matrix error still has a status
+	e := &Error{Status: resp.StatusCode, Errcode: m.Errcode, Err: fmt.Errorf("%s", truncate(m.Error, string(body)))}
+	switch s := resp.StatusCode; {
+	case s == http.StatusTooManyRequests:
+		e.Kind = KindRetry
+		e.RetryAfter = time.Duration(m.RetryAfterMS) * time.Millisecond
+		if e.RetryAfter == 0 {
+			if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+				e.RetryAfter = time.Duration(secs) * time.Second
+			}
+		}
+	case s >= 500:
+		e.Kind = KindRetry
+	case s == http.StatusBadRequest || s == http.StatusRequestEntityTooLarge:
+		e.Kind = KindFatal
+	default: // 401, 403, 404 / M_UNRECOGNIZED, other 4xx
+		e.Kind = KindBackoff
+	}
+	return e
+}
+
+func truncate(msg, body string) string {
+	if msg == "" {
+		msg = body
+	}
+	if len(msg) > 200 {
+		msg = msg[:200] + "…"
+	}
+	return msg
+}
