@@ -365,4 +365,3 @@ func pduResults(pdus []json.RawMessage) []byte {
 func (s *Server) URL(name string) *url.URL {
 	return &url.URL{Scheme: "https", Host: name}
 }
-
