@@ -1,0 +1,145 @@
+package schema
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// SchemaVersion is the "v" of every record and the "schema" header.
+const SchemaVersion = 1
+
+// Record kinds.
+const (
+	KindEvent      = "event"
+	KindStateDelta = "state_delta"
+	KindPDU        = "pdu"
+	KindEDU        = "edu"
+)
+
+// Header names on every record.
+const (
+	HeaderKind     = "kind"
+	HeaderSchema   = "schema"
+	HeaderPosition = "position"
+	HeaderInstance = "instance"
+)
+
+// ErrInvalidRecord is wrapped by every decoding error: the record can never be
+// handled and belongs in the dead-letter topic.
+var ErrInvalidRecord = errors.New("invalid record")
+
+// Topic is the name of a stream's topic under prefix.
+func Topic(prefix, stream string) string { return prefix + "." + stream }
+
+// RoomRecord is a record of <prefix>.room: an event or a state delta of a room.
+type RoomRecord struct {
+	V    int    `json:"v"`
+	Kind string `json:"kind"`
+	// Position is the stream position (events.stream_ordering).
+	Position int64  `json:"position"`
+	RoomID   string `json:"room_id"`
+	// Event fields.
+	RoomVersion string          `json:"room_version,omitempty"`
+	EventID     string          `json:"event_id"`
+	Sender      string          `json:"sender,omitempty"`
+	Origin      string          `json:"origin,omitempty"`
+	Type        string          `json:"type"`
+	StateKey    *string         `json:"state_key,omitempty"`
+	PDU         json.RawMessage `json:"pdu,omitempty"`
+	// State delta fields (StateKey, Type and EventID are shared).
+	PrevEventID    string `json:"prev_event_id,omitempty"`
+	Membership     string `json:"membership,omitempty"`
+	PrevMembership string `json:"prev_membership,omitempty"`
+}
+
+// DecodeRoomRecord decodes and checks a room record.
+func DecodeRoomRecord(value []byte) (RoomRecord, error) {
+	var r RoomRecord
+	if err := json.Unmarshal(value, &r); err != nil {
+		return r, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	if r.V != SchemaVersion {
+		return r, fmt.Errorf("%w: unsupported version %d", ErrInvalidRecord, r.V)
+	}
+	missing := func(field string) (RoomRecord, error) {
+		return r, fmt.Errorf("%w: %s record without %s", ErrInvalidRecord, r.Kind, field)
+	}
+	if r.RoomID == "" {
+		return missing("room_id")
+	}
+	if r.Position <= 0 {
+		return missing("a positive position")
+	}
+	switch r.Kind {
+	case KindEvent:
+		switch {
+		case r.EventID == "":
+			return missing("event_id")
+		case r.Origin == "":
+			return missing("origin")
+		case r.Type == "":
+			return missing("type")
+		case len(r.PDU) == 0 || r.PDU[0] != '{':
+			return missing("a pdu object")
+		case r.RoomVersion == "":
+			return missing("room_version")
+		}
+	case KindStateDelta:
+		if r.Type == "" || r.StateKey == nil {
+			return missing("type and state_key")
+		}
+	default:
+		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
+	}
+	return r, nil
+}
+
+// StateKey is the key of a fedpipe.state record: the JSON array
+// ["room_id","type","state_key"], so that compaction keeps the current entry of
+// every state key (a room_id key would keep only each room's last change).
+func StateKey(roomID, typ, stateKey string) []byte {
+	b, _ := json.Marshal([]string{roomID, typ, stateKey}) // strings always encode
+	return b
+}
+
+// OutboundRecord is a record of <prefix>.outbound: one PDU or EDU for one destination.
+type OutboundRecord struct {
+	V           int             `json:"v"`
+	Kind        string          `json:"kind"`
+	Destination string          `json:"destination"`
+	RoomID      string          `json:"room_id,omitempty"`
+	EventID     string          `json:"event_id,omitempty"`
+	Position    int64           `json:"position,omitempty"`
+	RoomVersion string          `json:"room_version,omitempty"`
+	PDU         json.RawMessage `json:"pdu,omitempty"`
+	EDUType     string          `json:"edu_type,omitempty"`
+	Content     json.RawMessage `json:"content,omitempty"`
+}
+
+// DecodeOutboundRecord decodes and checks an outbound record.
+func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
+	var r OutboundRecord
+	if err := json.Unmarshal(value, &r); err != nil {
+		return r, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	if r.V != SchemaVersion {
+		return r, fmt.Errorf("%w: unsupported version %d", ErrInvalidRecord, r.V)
+	}
+	if r.Destination == "" {
+		return r, fmt.Errorf("%w: outbound record without destination", ErrInvalidRecord)
+	}
+	switch r.Kind {
+	case KindPDU:
+		if r.EventID == "" || r.RoomID == "" || len(r.PDU) == 0 || r.PDU[0] != '{' || r.Position <= 0 {
+			return r, fmt.Errorf("%w: pdu record needs event_id, room_id, position and a pdu object", ErrInvalidRecord)
+		}
+	case KindEDU:
+		if r.EDUType == "" || len(r.Content) == 0 || r.Content[0] != '{' {
+			return r, fmt.Errorf("%w: edu record needs edu_type and a content object", ErrInvalidRecord)
+		}
+	default:
+		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
+	}
+	return r, nil
+}
