@@ -1,0 +1,128 @@
+// Package outbox is the Go producer library: it persists a homeserver's events
+// and their state deltas inside the caller's PostgreSQL transaction, so an event
+// reaches federation if and only if the transaction that stores it commits.
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Event is one event to persist.
+type Event struct {
+	EventID     string
+	RoomID      string
+	RoomVersion string
+	Sender      string
+	Type        string
+	// StateKey is set for state events.
+	StateKey *string
+	// PDU is the event as it will be sent over federation; stored byte for byte.
+	PDU json.RawMessage
+}
+
+// StateDelta is a change of the room's current state caused by an event.
+type StateDelta struct {
+	// RoomID may be left empty: it is the event's room.
+	RoomID, Type, StateKey string
+	// EventID is the new state event, "" when the entry was removed.
+	EventID     string
+	PrevEventID string
+	// Membership and PrevMembership are set for m.room.member only.
+	Membership, PrevMembership string
+}
+
+// EventWithDeltas is an event with the state deltas it causes, in the order a
+// consumer must apply them.
+type EventWithDeltas struct {
+	Event
+	Deltas []StateDelta
+}
+
+// ValidationError names the field of the input that is wrong, e.g.
+// "events[3].sender"; callers answer it as a client error, never retry it.
+type ValidationError struct {
+	Field, Reason string
+}
+
+func (e *ValidationError) Error() string { return e.Field + ": " + e.Reason }
+
+// deltaColumns are the columns of current_state_delta_stream written by CopyFrom.
+var deltaColumns = []string{"stream_id", "idx", "room_id", "type", "state_key", "event_id", "prev_event_id", "membership", "prev_membership"}
+
+// Persist validates events, stores them and their deltas inside tx and returns
+// each event's stream position. Nothing is visible to the relay until tx
+// commits; a *ValidationError means nothing was written.
+func Persist(ctx context.Context, tx pgx.Tx, events []EventWithDeltas) ([]int64, error) {
+	for i := range events {
+		if err := Validate(&events[i]); err != nil {
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				ve.Field = fmt.Sprintf("events[%d].%s", i, ve.Field)
+			}
+			return nil, err
+		}
+	}
+	if len(events) == 0 {
+		return nil, nil
+	}
+	// One round trip for all events: positions come from the column default, so
+	// every row takes its xid before its position (see 0001_streams.sql).
+	batch := &pgx.Batch{}
+	for _, ev := range events {
+		batch.Queue(`INSERT INTO events (event_id, room_id, room_version, sender, origin, type, state_key, json)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING stream_ordering`,
+			ev.EventID, ev.RoomID, ev.RoomVersion, ev.Sender, ServerOf(ev.Sender), ev.Type, ev.StateKey, string(ev.PDU))
+	}
+	positions := make([]int64, len(events))
+	br := tx.SendBatch(ctx, batch)
+	for i := range events {
+		if err := br.QueryRow().Scan(&positions[i]); err != nil {
+			_ = br.Close()
+			return nil, fmt.Errorf("storing event %s: %w", events[i].EventID, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("storing events: %w", err)
+	}
+	var rows [][]any
+	for i, ev := range events {
+		for j, d := range ev.Deltas {
+			rows = append(rows, []any{positions[i], j, ev.RoomID, d.Type, d.StateKey, d.EventID,
+				nullable(d.PrevEventID), nullable(d.Membership), nullable(d.PrevMembership)})
+		}
+	}
+	if len(rows) > 0 {
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"current_state_delta_stream"}, deltaColumns, pgx.CopyFromRows(rows)); err != nil {
+			return nil, fmt.Errorf("storing state deltas: %w", err)
+		}
+	}
+	return positions, nil
+}
+
+// PersistBatch persists events in a transaction of its own and returns their
+// stream positions once it has committed.
+func PersistBatch(ctx context.Context, pool *pgxpool.Pool, events []EventWithDeltas) ([]int64, error) {
+	var positions []int64
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var err error
+		positions, err = Persist(ctx, tx, events)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return positions, nil
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}

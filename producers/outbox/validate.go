@@ -1,0 +1,224 @@
+package outbox
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+
+	"github.com/fedpipe/fedpipe/federation/discovery"
+)
+
+// MaxPDUBytes is the specification's limit on a PDU's size.
+const MaxPDUBytes = 65536
+
+// maxIDBytes is the specification's limit on identifiers, types and state keys.
+const maxIDBytes = 255
+
+// KnownRoomVersion reports whether fedpipe forwards events of room version v.
+func KnownRoomVersion(v string) bool {
+	n, err := strconv.Atoi(v)
+	return err == nil && n >= 1 && n <= 12 && strconv.Itoa(n) == v
+}
+
+// Memberships are the values of an m.room.member event's membership.
+var memberships = map[string]bool{"join": true, "leave": true, "invite": true, "ban": true, "knock": true}
+
+// Validate checks an event against the identifier grammar of the
+// specification's appendix, the PDU size limit, and its own PDU: fields the PDU
+// carries must agree with the event's.
+func Validate(ev *EventWithDeltas) error {
+	bad := func(field, reason string) error { return &ValidationError{Field: field, Reason: reason} }
+	if !KnownRoomVersion(ev.RoomVersion) {
+		return bad("room_version", "unknown room version "+quote(ev.RoomVersion))
+	}
+	if err := CheckEventID("event_id", ev.EventID, ev.RoomVersion); err != nil {
+		return err
+	}
+	if err := CheckRoomID("room_id", ev.RoomID, ev.RoomVersion); err != nil {
+		return err
+	}
+	if err := CheckUserID("sender", ev.Sender); err != nil {
+		return err
+	}
+	if ev.Type == "" || len(ev.Type) > maxIDBytes {
+		return bad("type", "must be 1 to 255 bytes")
+	}
+	if ev.StateKey != nil && len(*ev.StateKey) > maxIDBytes {
+		return bad("state_key", "longer than 255 bytes")
+	}
+	if err := checkPDU(ev); err != nil {
+		return err
+	}
+	for i, d := range ev.Deltas {
+		field := "state_deltas[" + strconv.Itoa(i) + "]."
+		switch {
+		case d.RoomID != "" && d.RoomID != ev.RoomID:
+			return bad(field+"room_id", quote(d.RoomID)+" is not the event's room")
+		case d.Type == "" || len(d.Type) > maxIDBytes:
+			return bad(field+"type", "must be 1 to 255 bytes")
+		case len(d.StateKey) > maxIDBytes:
+			return bad(field+"state_key", "longer than 255 bytes")
+		case d.Type != "m.room.member" && (d.Membership != "" || d.PrevMembership != ""):
+			return bad(field+"membership", "only m.room.member deltas carry memberships")
+		case d.Membership != "" && !memberships[d.Membership]:
+			return bad(field+"membership", "unknown membership "+quote(d.Membership))
+		case d.PrevMembership != "" && !memberships[d.PrevMembership]:
+			return bad(field+"prev_membership", "unknown membership "+quote(d.PrevMembership))
+		}
+		if d.Type == "m.room.member" {
+			if err := CheckUserID(field+"state_key", d.StateKey); err != nil {
+				return err
+			}
+		}
+		if d.EventID != "" {
+			if err := CheckEventID(field+"event_id", d.EventID, ev.RoomVersion); err != nil {
+				return err
+			}
+		}
+		if d.PrevEventID != "" {
+			if err := CheckEventID(field+"prev_event_id", d.PrevEventID, ev.RoomVersion); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkPDU checks the PDU is a JSON object within the size limit whose
+// room_id, sender, type, state_key and origin (those present) agree with ev.
+func checkPDU(ev *EventWithDeltas) error {
+	if len(ev.PDU) > MaxPDUBytes {
+		return &ValidationError{"pdu", "larger than 65536 bytes"}
+	}
+	var p struct {
+		RoomID   *string `json:"room_id"`
+		Sender   *string `json:"sender"`
+		Type     *string `json:"type"`
+		StateKey *string `json:"state_key"`
+		Origin   *string `json:"origin"`
+	}
+	if len(ev.PDU) == 0 || ev.PDU[0] != '{' {
+		return &ValidationError{"pdu", "not a JSON object"}
+	}
+	if err := json.Unmarshal(ev.PDU, &p); err != nil {
+		return &ValidationError{"pdu", "not a JSON object: " + err.Error()}
+	}
+	agree := func(field string, inPDU *string, want string) error {
+		if inPDU != nil && *inPDU != want {
+			return &ValidationError{"pdu." + field, quote(*inPDU) + " differs from the event's " + quote(want)}
+		}
+		return nil
+	}
+	if err := agree("room_id", p.RoomID, ev.RoomID); err != nil {
+		return err
+	}
+	if err := agree("sender", p.Sender, ev.Sender); err != nil {
+		return err
+	}
+	if err := agree("type", p.Type, ev.Type); err != nil {
+		return err
+	}
+	if err := agree("origin", p.Origin, ServerOf(ev.Sender)); err != nil {
+		return err
+	}
+	switch {
+	case ev.StateKey == nil && p.StateKey != nil:
+		return &ValidationError{"pdu.state_key", "present, but the event is not a state event"}
+	case ev.StateKey != nil:
+		return agree("state_key", p.StateKey, *ev.StateKey)
+	}
+	return nil
+}
+
+// CheckEventID checks an event id of the given room version: $opaque:server in
+// versions 1 and 2, $ and 43 characters of unpadded base64 in version 3, of
+// URL-safe unpadded base64 from version 4.
+func CheckEventID(field, id, roomVersion string) error {
+	if err := checkSigil(field, id, '$'); err != nil {
+		return err
+	}
+	switch roomVersion {
+	case "1", "2":
+		return checkServerPart(field, id)
+	case "3":
+		return checkHash(field, id, "+/")
+	default:
+		return checkHash(field, id, "-_")
+	}
+}
+
+// CheckRoomID checks a room id: !opaque:server, or from room version 12 ! and
+// the create event's reference hash in URL-safe unpadded base64.
+func CheckRoomID(field, id, roomVersion string) error {
+	if err := checkSigil(field, id, '!'); err != nil {
+		return err
+	}
+	if roomVersion == "12" {
+		return checkHash(field, id, "-_")
+	}
+	return checkServerPart(field, id)
+}
+
+// CheckUserID checks a user id, accepting the historical localpart grammar
+// (printable ASCII except ':') as federation must.
+func CheckUserID(field, id string) error {
+	if err := checkSigil(field, id, '@'); err != nil {
+		return err
+	}
+	local, _, _ := strings.Cut(id[1:], ":")
+	for i := 0; i < len(local); i++ {
+		if c := local[i]; c < 0x21 || c > 0x7e {
+			return &ValidationError{field, quote(id) + " has a character outside printable ASCII in its localpart"}
+		}
+	}
+	return checkServerPart(field, id)
+}
+
+func checkSigil(field, id string, sigil byte) error {
+	switch {
+	case id == "":
+		return &ValidationError{field, "missing"}
+	case id[0] != sigil:
+		return &ValidationError{field, quote(id) + " must start with " + string(sigil)}
+	case len(id) > maxIDBytes:
+		return &ValidationError{field, "longer than 255 bytes"}
+	}
+	return nil
+}
+
+// checkServerPart checks a sigil-prefixed id is "<sigil>local:server_name"; the
+// id splits at its first colon because server names may contain colons.
+func checkServerPart(field, id string) error {
+	local, server, ok := strings.Cut(id[1:], ":")
+	if !ok || local == "" {
+		return &ValidationError{field, quote(id) + " must be " + id[:1] + "localpart:server_name"}
+	}
+	if err := discovery.ValidateServerName(server); err != nil {
+		return &ValidationError{field, err.Error()}
+	}
+	return nil
+}
+
+// checkHash checks id is a sigil and 43 characters of unpadded base64 (a
+// SHA-256 reference hash) whose two non-alphanumeric characters are extra.
+func checkHash(field, id, extra string) error {
+	h := id[1:]
+	if len(h) != 43 {
+		return &ValidationError{field, quote(id) + " must be " + id[:1] + " and a 43-character reference hash"}
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
+			return &ValidationError{field, quote(id) + " has " + quote(string(c)) + ", not in its base64 alphabet"}
+		}
+	}
+	return nil
+}
+
+// ServerOf is the server name of a user id: everything after its first colon.
+func ServerOf(userID string) string {
+	_, s, _ := strings.Cut(userID, ":")
+	return s
+}
+
+func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
