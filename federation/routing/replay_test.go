@@ -1,0 +1,147 @@
+package routing
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestPositionsDelta(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		p    Positions
+		pos  int64
+		want DeltaAction
+	}{
+		{"fresh room", Positions{}, 5, DeltaApplyAndStore},
+		{"live delta after the stored state", Positions{Applied: 5, Stored: 5}, 9, DeltaApplyAndStore},
+		{"second delta of the stored position is stored again, idempotently", Positions{Applied: 5, Stored: 5}, 5, DeltaApplyAndStore},
+		{"replayed delta older than memory is skipped", Positions{Applied: 9, Stored: 9}, 5, DeltaSkip},
+		{"replay after a rewind moves memory forward without storing", Positions{Applied: 4, Stored: 9}, 5, DeltaApply},
+		{"replay catches up with the stored position", Positions{Applied: 8, Stored: 9}, 9, DeltaApplyAndStore},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.p.Delta(tc.pos); got != tc.want {
+				t.Errorf("Delta(%d) = %v, want %v", tc.pos, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPositionsNeedsRewind(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		p    Positions
+		pos  int64
+		want bool
+	}{
+		{"live event after its room's last delta", Positions{Applied: 5, Stored: 5}, 6, false},
+		{"fresh room", Positions{}, 1, false},
+		{"replayed event whose own delta was stored before a crash", Positions{Applied: 6, Stored: 6}, 6, true},
+		{"event replayed from offset zero", Positions{Applied: 90, Stored: 90}, 3, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.p.NeedsRewind(tc.pos); got != tc.want {
+				t.Errorf("NeedsRewind(%d) = %v, want %v", tc.pos, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestReplayRoutesLikeTheFirstTime drives the rules the way the router does,
+// with a history kept here, and checks a full replay routes every event as the
+// first pass did.
+func TestReplayRoutesLikeTheFirstTime(t *testing.T) {
+	type rec struct {
+		pos        int64
+		ev         *Event
+		user, memb string
+	}
+	recs := []rec{
+		{pos: 1, ev: &Event{Origin: our, Type: TypeMember, StateKey: strp("@a:hs.test")}}, {pos: 1, user: "@a:hs.test", memb: "join"},
+		{pos: 2, ev: &Event{Origin: "one.test", Type: TypeMember, StateKey: strp("@b:one.test")}}, {pos: 2, user: "@b:one.test", memb: "join"},
+		{pos: 3, ev: &Event{Origin: our, Type: "m.room.message"}},
+		{pos: 4, ev: &Event{Origin: "two.test", Type: TypeMember, StateKey: strp("@c:two.test")}}, {pos: 4, user: "@c:two.test", memb: "join"},
+		{pos: 5, ev: &Event{Origin: our, Type: "m.room.message"}},
+		{pos: 6, ev: &Event{Origin: our, Type: TypeMember, StateKey: strp("@b:one.test")}}, {pos: 6, user: "@b:one.test", memb: "leave"},
+		{pos: 7, ev: &Event{Origin: our, Type: "m.room.message"}},
+	}
+	type histEntry struct {
+		pos    int64
+		user   string
+		joined bool
+	}
+	// history is keyed like the stored one: (user, position), upserted.
+	var history []histEntry
+	store := func(h histEntry) {
+		for i := range history {
+			if history[i].pos == h.pos && history[i].user == h.user {
+				history[i] = h
+				return
+			}
+		}
+		history = append(history, h)
+	}
+	stateBefore := func(pos int64) *RoomState {
+		s := NewRoomState()
+		for _, h := range history {
+			if h.pos < pos {
+				m := ""
+				if h.joined {
+					m = MembershipJoin
+				}
+				s.Apply(h.user, m)
+			}
+		}
+		return s
+	}
+	var p Positions
+	state := NewRoomState()
+	run := func(from int) [][]string {
+		var out [][]string
+		for _, r := range recs[from:] {
+			if r.ev != nil {
+				if p.NeedsRewind(r.pos) {
+					state, p.Applied = stateBefore(r.pos), r.pos-1
+				}
+				out = append(out, PDUDestinations(state, our, *r.ev))
+				continue
+			}
+			switch p.Delta(r.pos) {
+			case DeltaSkip:
+				continue
+			case DeltaApplyAndStore:
+				if state.Apply(r.user, r.memb) {
+					store(histEntry{r.pos, r.user, r.memb == MembershipJoin})
+				}
+				p.Stored = max(p.Stored, r.pos)
+			case DeltaApply:
+				state.Apply(r.user, r.memb)
+			}
+			p.Applied = max(p.Applied, r.pos)
+		}
+		return out
+	}
+	first := run(0)
+	want := [][]string{{}, nil, {"one.test"}, nil, {"one.test", "two.test"}, {"one.test", "two.test"}, {"two.test"}}
+	if !equalRoutes(first, want) {
+		t.Fatalf("first pass routes %q, want %q", first, want)
+	}
+	storedBefore := len(history)
+	// A crash after storing pos 6's delta: replay from the event of pos 6.
+	if again := run(8); !equalRoutes(again, want[5:]) {
+		t.Errorf("replay from the kick routes %q, want %q", again, want[5:])
+	}
+	if again := run(0); !equalRoutes(again, want) {
+		t.Errorf("replay from the start routes %q, want %q", again, want)
+	}
+	if len(history) != storedBefore {
+		t.Errorf("replays stored %d more changes", len(history)-storedBefore)
+	}
+	if got := state.JoinedServers(); !slices.Equal(got, []string{"hs.test", "two.test"}) {
+		t.Errorf("after replays joined servers = %q", got)
+	}
+}
+
+func equalRoutes(a, b [][]string) bool {
+	return slices.EqualFunc(a, b, func(x, y []string) bool { return len(x) == 0 && len(y) == 0 || slices.Equal(x, y) })
+}
