@@ -1,0 +1,293 @@
+package relay_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/producers/outbox"
+	"github.com/fedpipe/fedpipe/producers/relay"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+type env struct {
+	pool  *pgxpool.Pool
+	addr  string
+	relay func(ctx context.Context) (stop func())
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	c, addr := testenv.Broker(t)
+	for _, tp := range []string{"fedpipe.room", "fedpipe.state"} {
+		if err := c.CreateTopic(tp, 4, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{pool: pool, addr: addr}
+	e.relay = func(ctx context.Context) func() {
+		w := func(topic string) *kafka.Writer {
+			return &kafka.Writer{Addr: kafka.TCP(addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond, MaxAttempts: 2}
+		}
+		room, state := w("fedpipe.room"), w("fedpipe.state")
+		r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond, BatchSize: 7}, pool, room, state, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = r.Run(ctx) }()
+		return func() { cancel(); wg.Wait(); room.Close(); state.Close() }
+	}
+	return e
+}
+
+func ev(room string, n int, member string) outbox.EventWithDeltas {
+	sum := sha256.Sum256([]byte(fmt.Sprint(room, n)))
+	e := outbox.EventWithDeltas{Event: outbox.Event{EventID: "$" + base64.RawURLEncoding.EncodeToString(sum[:]), RoomID: room, RoomVersion: "10", Sender: "@a:hs.test", Type: "m.room.message",
+		PDU: json.RawMessage(fmt.Sprintf(`{"n":%d,"body":"<i>x</i>"}`, n))}}
+	if member != "" {
+		e.Type = "m.room.member"
+		e.StateKey = &member
+		e.Deltas = []outbox.StateDelta{{Type: "m.room.member", StateKey: member, EventID: e.EventID, Membership: "join"}}
+	}
+	return e
+}
+
+// readAll reads every record of topic until n have arrived or the deadline passes.
+func readAll(t *testing.T, addr, topic string, n int) []kafka.Message {
+	t.Helper()
+	var out []kafka.Message
+	deadline := time.Now().Add(20 * time.Second)
+	conn, err := kafka.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(out) < n && time.Now().Before(deadline) {
+		out = out[:0]
+		for _, p := range parts {
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: p.ID, MaxWait: 20 * time.Millisecond})
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			for {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
+					break
+				}
+				out = append(out, m)
+			}
+			cancel()
+			r.Close()
+		}
+	}
+	return out
+}
+
+func TestPublishesInOrderWithKeysAndHeaders(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	var events []outbox.EventWithDeltas
+	for i := 0; i < 20; i++ {
+		member := ""
+		if i%5 == 0 {
+			member = fmt.Sprintf("@u%d:remote.test", i)
+		}
+		events = append(events, ev([]string{"!aa:hs.test", "!bb:hs.test", "!cc:hs.test"}[i%3], i, member))
+	}
+	if _, err := outbox.PersistBatch(ctx, e.pool, events); err != nil {
+		t.Fatal(err)
+	}
+	stop := e.relay(ctx)
+	defer stop()
+	msgs := readAll(t, e.addr, "fedpipe.room", 24)
+	if len(msgs) != 24 {
+		t.Fatalf("%d room records, want 24 (20 events + 4 deltas)", len(msgs))
+	}
+	last := map[string]int64{}
+	var prevKind = map[string]string{}
+	for _, m := range msgs {
+		if err := schema.ValidateRecord("room", m.Value); err != nil {
+			t.Fatalf("record fails its schema: %v", err)
+		}
+		rec, err := schema.DecodeRoomRecord(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Key) != rec.RoomID {
+			t.Fatalf("key %s for room %s", m.Key, rec.RoomID)
+		}
+		if rec.Position < last[rec.RoomID] || rec.Position == last[rec.RoomID] && !(prevKind[rec.RoomID] == schema.KindEvent && rec.Kind == schema.KindStateDelta) {
+			t.Fatalf("room %s out of order at %d (%s)", rec.RoomID, rec.Position, rec.Kind)
+		}
+		last[rec.RoomID], prevKind[rec.RoomID] = rec.Position, rec.Kind
+		hdr := map[string]string{}
+		for _, h := range m.Headers {
+			hdr[h.Key] = string(h.Value)
+		}
+		if hdr["kind"] != rec.Kind || hdr["schema"] != "1" || hdr["position"] != fmt.Sprint(rec.Position) || hdr["instance"] != "test" {
+			t.Fatalf("headers %v", hdr)
+		}
+		if rec.Kind == schema.KindEvent && !strings.HasSuffix(string(rec.PDU), `,"body":"<i>x</i>"}`) {
+			t.Fatalf("PDU bytes changed: %s", rec.PDU)
+		}
+	}
+	state := readAll(t, e.addr, "fedpipe.state", 4)
+	if len(state) != 4 {
+		t.Fatalf("%d state records, want 4", len(state))
+	}
+	for _, m := range state {
+		rec, _ := schema.DecodeRoomRecord(m.Value)
+		if string(m.Key) != string(schema.StateKey(rec.RoomID, rec.Type, *rec.StateKey)) {
+			t.Fatalf("state key %s", m.Key)
+		}
+	}
+	// Restarting resumes from the stored position: nothing is published twice.
+	stop()
+	if _, err := outbox.PersistBatch(ctx, e.pool, []outbox.EventWithDeltas{ev("!aa:hs.test", 100, "")}); err != nil {
+		t.Fatal(err)
+	}
+	stop2 := e.relay(ctx)
+	defer stop2()
+	if got := readAll(t, e.addr, "fedpipe.room", 25); len(got) != 25 {
+		t.Fatalf("after restart %d records, want 25", len(got))
+	}
+}
+
+// A transaction that took an earlier position but commits later must not be
+// skipped: the relay waits for it instead of publishing past it.
+func TestLateCommitIsNotSkipped(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	stop := e.relay(ctx)
+	defer stop()
+
+	slow, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Rollback(ctx) //nolint:errcheck
+	posA, err := outbox.Persist(ctx, slow, []outbox.EventWithDeltas{ev("!aa:hs.test", 1, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	posB, err := outbox.PersistBatch(ctx, e.pool, []outbox.EventWithDeltas{ev("!aa:hs.test", 2, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if posB[0] <= posA[0] {
+		t.Fatalf("positions %d, %d: expected the committed one later", posA[0], posB[0])
+	}
+	// While A is open the relay may publish nothing at or beyond A's position.
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		var pos int64
+		_ = e.pool.QueryRow(ctx, "SELECT COALESCE((SELECT position FROM relay_positions WHERE stream='events'),0)").Scan(&pos)
+		if pos >= posA[0] {
+			t.Fatalf("relay advanced to %d past the open transaction at %d", pos, posA[0])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := slow.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs := readAll(t, e.addr, "fedpipe.room", 2)
+	if len(msgs) != 2 {
+		t.Fatalf("%d records, want both events", len(msgs))
+	}
+	// A rolled-back position leaves a gap the relay passes over.
+	tx, _ := e.pool.Begin(ctx)
+	if _, err := outbox.Persist(ctx, tx, []outbox.EventWithDeltas{ev("!aa:hs.test", 3, "")}); err != nil {
+		t.Fatal(err)
+	}
+	_ = tx.Rollback(ctx)
+	if _, err := outbox.PersistBatch(ctx, e.pool, []outbox.EventWithDeltas{ev("!aa:hs.test", 4, "")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, e.addr, "fedpipe.room", 3); len(got) != 3 {
+		t.Fatalf("%d records after a rollback gap, want 3", len(got))
+	}
+}
+
+// Many writers committing in random order: every row is published exactly once.
+func TestConcurrentWritersAllPublished(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	stop := e.relay(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				_ = pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+					_, err := outbox.Persist(ctx, tx, []outbox.EventWithDeltas{ev(fmt.Sprintf("!w%d:hs.test", w), i, "")})
+					time.Sleep(time.Duration((w*7+i)%5) * time.Millisecond) // commit out of position order
+					return err
+				})
+			}
+		}()
+	}
+	wg.Wait()
+	msgs := readAll(t, e.addr, "fedpipe.room", 200)
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		rec, _ := schema.DecodeRoomRecord(m.Value)
+		if seen[rec.EventID] {
+			t.Fatalf("%s published twice", rec.EventID)
+		}
+		seen[rec.EventID] = true
+	}
+	if len(seen) != 200 {
+		t.Fatalf("%d of 200 events published", len(seen))
+	}
+}
+
+func TestBrokerFailureDoesNotAdvance(t *testing.T) {
+	pool := testenv.Pool(t, testenv.Database(t))
+	ctx := context.Background()
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	dead := &kafka.Writer{Addr: kafka.TCP("127.0.0.1:1"), Topic: "fedpipe.room", RequiredAcks: kafka.RequireAll, MaxAttempts: 1, BatchTimeout: time.Millisecond, WriteTimeout: 200 * time.Millisecond}
+	defer dead.Close()
+	r, err := relay.New(relay.Config{Instance: "t", PollInterval: 10 * time.Millisecond}, pool, dead, dead, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := outbox.PersistBatch(ctx, pool, []outbox.EventWithDeltas{ev("!aa:hs.test", 1, "")}); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := r.Run(rctx); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	_ = pool.QueryRow(ctx, "SELECT count(*) FROM relay_positions").Scan(&n)
+	if n != 0 {
+		t.Fatal("position stored although the broker never acknowledged")
+	}
+}
