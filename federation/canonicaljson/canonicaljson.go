@@ -9,15 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
-	"strconv"
-	"unicode/utf16"
-	"unicode/utf8"
+	"slices"
 )
 
 // ErrNotCanonicalizable is wrapped by every error about input that has no
-// canonical form: invalid JSON, floats, out-of-range integers, invalid UTF-8,
-// duplicate keys or nesting deeper than MaxDepth.
+// canonical form: invalid JSON, non-integer numbers, out-of-range integers,
+// invalid UTF-8, duplicate keys or nesting deeper than MaxDepth.
 var ErrNotCanonicalizable = errors.New("not canonicalizable JSON")
 
 // MaxDepth bounds nesting, so hostile input cannot exhaust the stack. Synapse
@@ -29,6 +26,8 @@ const MaxSafeInteger = 1<<53 - 1
 
 // Marshal encodes v canonically. v is first encoded with encoding/json, so struct
 // tags and json.Marshaler apply; json.RawMessage values are re-encoded canonically.
+// encoding/json replaces invalid UTF-8 in Go strings with U+FFFD, so such
+// strings are signed as replaced, not rejected.
 func Marshal(v any) ([]byte, error) {
 	raw, err := json.Marshal(v)
 	if err != nil {
@@ -37,12 +36,21 @@ func Marshal(v any) ([]byte, error) {
 	return Canonicalize(raw)
 }
 
-// Canonicalize re-encodes the JSON document in canonically.
+// Canonicalize re-encodes the JSON document in canonically. Numbers written
+// with a fraction or exponent are accepted when their value is an integer in
+// range (the spec's own example turns 1e10 into 10000000000); any other
+// number is an error.
 func Canonicalize(in []byte) ([]byte, error) {
+	return AppendCanonical(make([]byte, 0, len(in)), in)
+}
+
+// AppendCanonical appends the canonical form of the JSON document in to dst,
+// so callers building a larger document avoid a copy. On error dst's contents
+// beyond its original length are unspecified.
+func AppendCanonical(dst, in []byte) ([]byte, error) {
 	p := parser{in: in}
-	out := make([]byte, 0, len(in))
 	p.skipSpace()
-	out, err := p.value(out, 0)
+	out, err := p.value(dst, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +69,11 @@ func Check(in []byte) error {
 		return err
 	}
 	if !bytes.Equal(c, in) {
-		return fmt.Errorf("%w: valid JSON but not in canonical form", ErrNotCanonicalizable)
+		i := 0
+		for i < len(c) && i < len(in) && c[i] == in[i] {
+			i++
+		}
+		return fmt.Errorf("%w: valid JSON but not in canonical form (first difference at offset %d)", ErrNotCanonicalizable, i)
 	}
 	return nil
 }
@@ -69,6 +81,20 @@ func Check(in []byte) error {
 type parser struct {
 	in  []byte
 	pos int
+	// levels[d] is scratch space for the object being parsed at depth d: its
+	// decoded keys and canonical member values, sorted before they are copied
+	// out. Only one object per depth is open at a time, so the space is reused.
+	levels []*level
+}
+
+type level struct {
+	buf     []byte
+	members []member
+}
+
+// member locates one key and its canonical value in a level's buf.
+type member struct {
+	keyStart, keyEnd, valEnd int
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -99,15 +125,11 @@ func (p *parser) value(out []byte, depth int) ([]byte, error) {
 	case c == '[':
 		return p.array(out, depth)
 	case c == '"':
-		s, err := p.str()
-		if err != nil {
-			return nil, err
-		}
-		return appendString(out, s), nil
+		return p.str(out, true)
 	case c == '-' || (c >= '0' && c <= '9'):
 		return p.number(out)
 	default:
-		for _, lit := range []string{"true", "false", "null"} {
+		for _, lit := range [...]string{"true", "false", "null"} {
 			if bytes.HasPrefix(p.in[p.pos:], []byte(lit)) {
 				p.pos += len(lit)
 				return append(out, lit...), nil
@@ -117,39 +139,41 @@ func (p *parser) value(out []byte, depth int) ([]byte, error) {
 	}
 }
 
-type member struct {
-	key   string
-	value []byte
-}
-
 func (p *parser) object(out []byte, depth int) ([]byte, error) {
 	p.pos++ // {
-	var members []member
 	p.skipSpace()
 	if p.pos < len(p.in) && p.in[p.pos] == '}' {
 		p.pos++
 		return append(out, "{}"...), nil
 	}
+	for len(p.levels) <= depth {
+		p.levels = append(p.levels, &level{})
+	}
+	lv := p.levels[depth]
+	lv.buf, lv.members = lv.buf[:0], lv.members[:0]
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != '"' {
 			return nil, p.errorf("expected an object key")
 		}
-		key, err := p.str()
-		if err != nil {
+		var m member
+		var err error
+		m.keyStart = len(lv.buf)
+		if lv.buf, err = p.str(lv.buf, false); err != nil {
 			return nil, err
 		}
+		m.keyEnd = len(lv.buf)
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != ':' {
-			return nil, p.errorf("expected ':' after key %q", key)
+			return nil, p.errorf("expected ':' after key %q", lv.buf[m.keyStart:m.keyEnd])
 		}
 		p.pos++
 		p.skipSpace()
-		v, err := p.value(nil, depth+1)
-		if err != nil {
+		if lv.buf, err = p.value(lv.buf, depth+1); err != nil {
 			return nil, err
 		}
-		members = append(members, member{key, v})
+		m.valEnd = len(lv.buf)
+		lv.members = append(lv.members, m)
 		p.skipSpace()
 		if p.pos >= len(p.in) {
 			return nil, p.errorf("unterminated object")
@@ -164,19 +188,21 @@ func (p *parser) object(out []byte, depth int) ([]byte, error) {
 		p.pos++
 		break
 	}
+	buf := lv.buf
+	key := func(m member) []byte { return buf[m.keyStart:m.keyEnd] }
 	// Byte order of UTF-8 strings is code point order, as the spec requires.
-	sort.Slice(members, func(i, j int) bool { return members[i].key < members[j].key })
+	slices.SortFunc(lv.members, func(a, b member) int { return bytes.Compare(key(a), key(b)) })
 	out = append(out, '{')
-	for i, m := range members {
+	for i, m := range lv.members {
 		if i > 0 {
-			if members[i-1].key == m.key {
-				return nil, fmt.Errorf("%w: duplicate object key %q", ErrNotCanonicalizable, m.key)
+			if bytes.Equal(key(lv.members[i-1]), key(m)) {
+				return nil, fmt.Errorf("%w: duplicate object key %q", ErrNotCanonicalizable, key(m))
 			}
 			out = append(out, ',')
 		}
-		out = appendString(out, m.key)
+		out = appendString(out, key(m))
 		out = append(out, ':')
-		out = append(out, m.value...)
+		out = append(out, buf[m.keyEnd:m.valEnd]...)
 	}
 	return append(out, '}'), nil
 }
@@ -212,155 +238,4 @@ func (p *parser) array(out []byte, depth int) ([]byte, error) {
 		p.pos++
 		return append(out, ']'), nil
 	}
-}
-
-func (p *parser) number(out []byte) ([]byte, error) {
-	start := p.pos
-	if p.in[p.pos] == '-' {
-		p.pos++
-	}
-	digits := p.pos
-	for p.pos < len(p.in) && p.in[p.pos] >= '0' && p.in[p.pos] <= '9' {
-		p.pos++
-	}
-	if p.pos == digits {
-		return nil, p.errorf("a number needs digits")
-	}
-	if p.in[digits] == '0' && p.pos-digits > 1 {
-		return nil, p.errorf("leading zero in number")
-	}
-	if p.pos < len(p.in) && (p.in[p.pos] == '.' || p.in[p.pos] == 'e' || p.in[p.pos] == 'E') {
-		return nil, p.errorf("floats are not allowed in canonical JSON")
-	}
-	n, err := strconv.ParseInt(string(p.in[start:p.pos]), 10, 64)
-	if err != nil || n > MaxSafeInteger || n < -MaxSafeInteger {
-		return nil, p.errorf("integer %s is outside ±(2^53−1)", p.in[start:p.pos])
-	}
-	return strconv.AppendInt(out, n, 10), nil // also turns -0 into 0
-}
-
-// str parses a JSON string at p.pos and returns its value.
-func (p *parser) str() (string, error) {
-	p.pos++ // opening quote
-	var buf []byte
-	start := p.pos
-	for {
-		if p.pos >= len(p.in) {
-			return "", p.errorf("unterminated string")
-		}
-		c := p.in[p.pos]
-		switch {
-		case c == '"':
-			buf = append(buf, p.in[start:p.pos]...)
-			p.pos++
-			return string(buf), nil
-		case c == '\\':
-			buf = append(buf, p.in[start:p.pos]...)
-			r, err := p.escape()
-			if err != nil {
-				return "", err
-			}
-			buf = utf8.AppendRune(buf, r)
-			start = p.pos
-		case c < 0x20:
-			return "", p.errorf("unescaped control character in string")
-		case c < utf8.RuneSelf:
-			p.pos++
-		default:
-			r, size := utf8.DecodeRune(p.in[p.pos:])
-			if r == utf8.RuneError && size <= 1 {
-				return "", p.errorf("invalid UTF-8 in string")
-			}
-			p.pos += size
-		}
-	}
-}
-
-func (p *parser) escape() (rune, error) {
-	if p.pos+1 >= len(p.in) {
-		return 0, p.errorf("unterminated escape")
-	}
-	c := p.in[p.pos+1]
-	p.pos += 2
-	switch c {
-	case '"', '\\', '/':
-		return rune(c), nil
-	case 'b':
-		return '\b', nil
-	case 'f':
-		return '\f', nil
-	case 'n':
-		return '\n', nil
-	case 'r':
-		return '\r', nil
-	case 't':
-		return '\t', nil
-	case 'u':
-		r, err := p.hex4()
-		if err != nil {
-			return 0, err
-		}
-		if utf16.IsSurrogate(r) {
-			if r >= 0xdc00 || p.pos+1 >= len(p.in) || p.in[p.pos] != '\\' || p.in[p.pos+1] != 'u' {
-				return 0, p.errorf("unpaired UTF-16 surrogate")
-			}
-			p.pos += 2
-			r2, err := p.hex4()
-			if err != nil {
-				return 0, err
-			}
-			if r = utf16.DecodeRune(r, r2); r == utf8.RuneError {
-				return 0, p.errorf("invalid UTF-16 surrogate pair")
-			}
-		}
-		return r, nil
-	default:
-		return 0, p.errorf("invalid escape \\%c", c)
-	}
-}
-
-func (p *parser) hex4() (rune, error) {
-	if p.pos+4 > len(p.in) {
-		return 0, p.errorf("short \\u escape")
-	}
-	n, err := strconv.ParseUint(string(p.in[p.pos:p.pos+4]), 16, 32)
-	if err != nil {
-		return 0, p.errorf("invalid \\u escape")
-	}
-	p.pos += 4
-	return rune(n), nil
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString writes s with the shortest escapes canonical JSON allows.
-func appendString(out []byte, s string) []byte {
-	out = append(out, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		out = append(out, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			out = append(out, '\\', c)
-		case '\b':
-			out = append(out, '\\', 'b')
-		case '\f':
-			out = append(out, '\\', 'f')
-		case '\n':
-			out = append(out, '\\', 'n')
-		case '\r':
-			out = append(out, '\\', 'r')
-		case '\t':
-			out = append(out, '\\', 't')
-		default:
-			out = append(out, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		start = i + 1
-	}
-	out = append(out, s[start:]...)
-	return append(out, '"')
 }

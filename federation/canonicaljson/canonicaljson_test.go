@@ -31,6 +31,13 @@ func TestCanonicalizeSpecExamples(t *testing.T) {
 		{"negative zero", `-0`, `0`},
 		{"largest integers", `[9007199254740991,-9007199254740991]`, `[9007199254740991,-9007199254740991]`},
 		{"array spacing", `[ 1 , [ ] , { } ]`, `[1,[],{}]`},
+		{"spec: negative zero and exponent", "{\n    \"a\": -0,\n    \"b\": 1e10\n}", `{"a":0,"b":10000000000}`},
+		{"integral fraction", `[1.0,10.50e1,0.05e2,-2.000]`, `[1,105,5,-2]`},
+		{"exponent forms", `[1E+2,1000e-3,0e999999999999999999999,-0.0]`, `[100,1,0,0]`},
+		{"largest via exponent", `9.007199254740991e15`, `9007199254740991`},
+		{"escaped key sorted by decoded value", `{"b":1,"\u0061":2}`, `{"a":2,"b":1}`},
+		{"escapes kept where required", `"\"\\\u000b\u007f"`, "\"\\\"\\\\\\u000b\u007f\""},
+		{"key needing escapes", `{"a\nb":1}`, `{"a\nb":1}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Canonicalize([]byte(tc.in))
@@ -50,11 +57,19 @@ func TestCanonicalizeSpecExamples(t *testing.T) {
 func TestCanonicalizeRejects(t *testing.T) {
 	for _, tc := range []struct{ name, in, want string }{
 		{"float", `{"a":1.5}`, "floats"},
-		{"exponent", `1e3`, "floats"},
+		{"negative exponent", `1e-3`, "floats"},
+		{"tiny", `1e-400`, "floats"},
+		{"exponent too large", `1e16`, "outside"},
+		{"exponent huge", `1e99999999999999999999`, "outside"},
+		{"fraction without digits", `1.`, "fraction needs digits"},
+		{"exponent without digits", `1e+`, "exponent needs digits"},
+		{"lone minus", `-`, "needs digits"},
 		{"too large", `9007199254740992`, "outside"},
 		{"too small", `-9007199254740992`, "outside"},
 		{"huge", `123456789012345678901234567890`, "outside"},
 		{"duplicate key", `{"a":1,"a":2}`, "duplicate"},
+		{"duplicate key via escape", `{"a":1,"\u0061":2}`, "duplicate"},
+		{"nested duplicate key", `[{"x":{"k":1,"k":1}}]`, "duplicate"},
 		{"invalid utf-8", "\"\xff\"", "UTF-8"},
 		{"lone surrogate", `"\ud83d"`, "surrogate"},
 		{"low surrogate first", `"\ude00\ud83d"`, "surrogate"},

@@ -11,13 +11,15 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"regexp"
 	"strings"
 )
 
-// Key is one ed25519 signing key of this server.
+// Key is one ed25519 signing key of this server. Make one with NewKey,
+// GenerateKey or LoadKeyFile; the zero Key has no private half.
 type Key struct {
 	// ID is the key identifier, "ed25519:<version>".
 	ID   string
@@ -47,21 +49,27 @@ func NewKey(version string, seed []byte) (*Key, error) {
 }
 
 // GenerateKey makes a new random key with a version like Synapse's ("a_" and four
-// random characters).
+// random letters).
 func GenerateKey() (*Key, error) {
 	var seed [ed25519.SeedSize]byte
 	if _, err := rand.Read(seed[:]); err != nil {
 		return nil, fmt.Errorf("reading randomness: %w", err)
 	}
 	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-	var v [4]byte
-	if _, err := rand.Read(v[:]); err != nil {
-		return nil, fmt.Errorf("reading randomness: %w", err)
+	v := make([]byte, 0, 4)
+	var b [16]byte
+	for len(v) < cap(v) {
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("reading randomness: %w", err)
+		}
+		for _, c := range b {
+			// Rejecting the top of the byte range keeps every letter equally likely.
+			if int(c) < 256/len(alphabet)*len(alphabet) && len(v) < cap(v) {
+				v = append(v, alphabet[int(c)%len(alphabet)])
+			}
+		}
 	}
-	for i := range v {
-		v[i] = alphabet[int(v[i])%len(alphabet)]
-	}
-	return NewKey("a_"+string(v[:]), seed[:])
+	return NewKey("a_"+string(v), seed[:])
 }
 
 // Line is the key in Synapse's key file format: "ed25519 <version> <unpadded base64 seed>".
@@ -83,33 +91,48 @@ func WriteNewKeyFile(path string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating signing key file %s: %w", path, err)
 	}
-	if _, err := f.WriteString(k.Line() + "\n"); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("writing signing key file %s: %w", path, err)
+	_, err = f.WriteString(k.Line() + "\n")
+	if err == nil {
+		err = f.Sync() // the key must survive a crash right after keygen
 	}
-	if err := f.Close(); err != nil {
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		// A truncated key file would be refused at the next start; leave none.
+		os.Remove(path)
 		return nil, fmt.Errorf("writing signing key file %s: %w", path, err)
 	}
 	return k, nil
 }
 
 // LoadKeyFile reads the keys of a Synapse-format key file, one a line (blank
-// lines and # comments allowed). It refuses a file others can read, since the
-// key is the server's identity.
+// lines and # comments allowed). It refuses a file that group or others can
+// access, since the key is the server's identity.
 func LoadKeyFile(path string) ([]*Key, error) {
-	st, err := os.Stat(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening signing key file: %w", err)
+	}
+	defer f.Close()
+	// Stat the open file, not the path, so the mode checked is the mode of
+	// the bytes read.
+	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("signing key file %s: %w", path, err)
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("signing key file %s is not a regular file", path)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("signing key file %s has mode %#o: others can read the server's private key; run chmod 600 %s", path, st.Mode().Perm(), path)
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("signing key file %s has mode %#o, so group or others can access the server's private key; run chmod 600 %s", path, perm, path)
 	}
-	data, err := os.ReadFile(path)
+	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading signing key file %s: %w", path, err)
+	}
+	if len(data) > maxKeyFileSize {
+		return nil, fmt.Errorf("signing key file %s is larger than %d bytes; it is not a key file", path, maxKeyFileSize)
 	}
 	keys, err := ParseKeys(data)
 	if err != nil {
@@ -117,6 +140,9 @@ func LoadKeyFile(path string) ([]*Key, error) {
 	}
 	return keys, nil
 }
+
+// maxKeyFileSize bounds what LoadKeyFile reads; a key line is about 60 bytes.
+const maxKeyFileSize = 64 << 10
 
 // ParseKeys parses key file contents.
 func ParseKeys(data []byte) ([]*Key, error) {
@@ -138,6 +164,9 @@ func ParseKeys(data []byte) ([]*Key, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: seed is not base64: %w", n, err)
 		}
+		if len(seed) != ed25519.SeedSize {
+			return nil, fmt.Errorf("line %d: wrong seed length: %d bytes, an ed25519 seed is %d", n, len(seed), ed25519.SeedSize)
+		}
 		k, err := NewKey(f[1], seed)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
@@ -145,7 +174,7 @@ func ParseKeys(data []byte) ([]*Key, error) {
 		keys = append(keys, k)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading lines: %w", err)
 	}
 	if len(keys) == 0 {
 		return nil, errors.New("no key in the file (it is empty)")

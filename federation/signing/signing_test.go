@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -83,7 +84,7 @@ func TestKeyFileRoundTrip(t *testing.T) {
 	if len(keys) != 1 || keys[0].ID != k.ID || !keys[0].Public().Equal(k.Public()) {
 		t.Fatalf("loaded %+v, wrote %+v", keys, k)
 	}
-	if !strings.HasPrefix(k.ID, "ed25519:a_") {
+	if !regexp.MustCompile(`^ed25519:a_[a-zA-Z]{4}$`).MatchString(k.ID) {
 		t.Fatalf("key id %s not in Synapse's style", k.ID)
 	}
 	if _, err := WriteNewKeyFile(path); err == nil || !strings.Contains(err.Error(), "refusing to overwrite") {
@@ -109,7 +110,11 @@ func TestLoadKeyFileErrors(t *testing.T) {
 		{"world readable", write("world", "ed25519 a "+specSeed+"\n", 0o644), "chmod 600"},
 		{"wrong algorithm", write("alg", "rsa a "+specSeed+"\n", 0o600), "line 1: unsupported algorithm"},
 		{"bad base64", write("b64", "ed25519 a !!!!\n", 0o600), "not base64"},
-		{"short seed", write("short", "ed25519 a AAAA\n", 0o600), "seed is 3 bytes"},
+		{"short seed", write("short", "ed25519 a AAAA\n", 0o600), "line 1: wrong seed length: 3 bytes"},
+		{"group readable", write("group", "ed25519 a "+specSeed+"\n", 0o640), "chmod 600"},
+		{"too large", write("large", strings.Repeat("#\n", 40<<10), 0o600), "larger than"},
+		{"only comments", write("comments", "# nothing\n\n", 0o600), "empty"},
+		{"second line bad", write("second", "ed25519 a "+specSeed+"\ned25519 b "+specSeed[:20]+"\n", 0o600), "line 2: wrong seed length"},
 		{"bad version", write("ver", "ed25519 a-b "+specSeed+"\n", 0o600), "version"},
 		{"fields", write("fields", "# comment\ned25519 "+specSeed+"\n", 0o600), "line 2"},
 		{"directory", dir, "not a regular file"},
@@ -130,5 +135,47 @@ func TestSynapseSeedWithPadding(t *testing.T) {
 	}
 	if !keys[0].Public().Equal(specKey(t).Public()) {
 		t.Fatalf("padded seed parsed to another key")
+	}
+}
+
+func TestWriteNewKeyFileErrorNamesFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "no-such-dir", "signing.key")
+	if _, err := WriteNewKeyFile(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("error %v does not name %s", err, path)
+	}
+}
+
+func TestSignAndVerifyRejectBadObjects(t *testing.T) {
+	k := specKey(t)
+	for _, tc := range []struct{ name, in, want string }{
+		{"array", `[1]`, "not a JSON object"},
+		{"null", `null`, "not a JSON object"},
+		{"invalid", `{"a":`, "end of input"},
+		{"duplicate key", `{"a":1,"a":2}`, "duplicate"},
+		{"float", `{"a":0.5}`, "floats"},
+		{"signatures not an object", `{"signatures":[1]}`, "signatures"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := SignJSON("domain", k, []byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("SignJSON error %v, want %q", err, tc.want)
+			}
+			if err := VerifyJSON("domain", "ed25519:1", k.Public(), []byte(tc.in)); !errors.Is(err, ErrBadSignature) {
+				t.Errorf("VerifyJSON error %v, want ErrBadSignature", err)
+			}
+		})
+	}
+	if err := VerifyJSON("domain", "ed25519:1", k.Public(), []byte(`{"a":1}`)); err == nil || !strings.Contains(err.Error(), "no signatures") {
+		t.Errorf("unsigned object: %v", err)
+	}
+}
+
+func TestVerifyAcceptsPaddedSignature(t *testing.T) {
+	k := specKey(t)
+	padded := `{"signatures":{"domain":{"ed25519:1":"K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ=="}}}`
+	if err := VerifyJSON("domain", "ed25519:1", k.Public(), []byte(padded)); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyJSON("domain", "ed25519:1", k.Public()[:5], []byte(padded)); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("short public key: %v", err)
 	}
 }
