@@ -1,6 +1,7 @@
 package canonicaljson
 
 import (
+	"fmt"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -260,10 +261,11 @@ func appendRune(out []byte, r rune) []byte {
 }
 
 // appendString writes the decoded string s canonically, quotes included.
-func appendString(out []byte, s []byte) []byte {
+func appendString[S string | []byte](out []byte, s S) []byte {
 	out = append(out, '"')
 	start := 0
-	for i, c := range s {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if c >= 0x20 && c != '"' && c != '\\' {
 			continue
 		}
@@ -273,4 +275,13 @@ func appendString(out []byte, s []byte) []byte {
 	}
 	out = append(out, s[start:]...)
 	return append(out, '"')
+}
+
+// AppendString appends s as a canonical JSON string. It fails on invalid
+// UTF-8, which has no JSON form.
+func AppendString(dst []byte, s string) ([]byte, error) {
+	if !utf8.ValidString(s) {
+		return nil, fmt.Errorf("%w: invalid UTF-8 in string %q", ErrNotCanonicalizable, s)
+	}
+	return appendString(dst, s), nil
 }

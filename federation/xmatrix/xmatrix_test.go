@@ -1,12 +1,96 @@
 package xmatrix
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
+	"github.com/fedpipe/fedpipe/federation/canonicaljson"
 	"github.com/fedpipe/fedpipe/federation/signing"
 )
+
+// specKey is the key of the specification's cryptographic test vectors.
+func specKey(t *testing.T) *signing.Key {
+	t.Helper()
+	seed, err := base64.RawStdEncoding.DecodeString("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := signing.NewKey("1", seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// The header's signature must be the one the spec's JSON signing algorithm
+// gives for the request object, computed here the slow, independent way.
+func TestAuthorizationMatchesSignJSON(t *testing.T) {
+	k := specKey(t)
+	for _, tc := range []struct {
+		name    string
+		content []byte
+	}{
+		{"with body", []byte(`{"pdus": [{"b":1,"a":"\u00e9"}], "origin": "o.example", "origin_server_ts": 1e3}`)},
+		{"empty object body", []byte(`{}`)},
+		{"no body", nil},
+		{"empty body", []byte{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := map[string]any{"method": "PUT", "uri": "/_matrix/federation/v1/send/a%2Fb?x=\"y\"", "origin": "o.example", "destination": "d.example:8448"}
+			if len(tc.content) > 0 {
+				req["content"] = json.RawMessage(tc.content)
+			}
+			obj, err := json.Marshal(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			signed, err := signing.SignJSON("o.example", k, obj)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out struct {
+				Signatures map[string]map[string]string `json:"signatures"`
+			}
+			if err := json.Unmarshal(signed, &out); err != nil {
+				t.Fatal(err)
+			}
+			want := out.Signatures["o.example"]["ed25519:1"]
+			hv, err := Authorization("o.example", "d.example:8448", k, "PUT", req["uri"].(string), tc.content)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := Parse(hv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.Signature != want {
+				t.Fatalf("header %s\nsignature %s, SignJSON gives %s", hv, h.Signature, want)
+			}
+			rb, err := RequestBytes("PUT", req["uri"].(string), "o.example", "d.example:8448", tc.content)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := canonicaljson.Check(rb); err != nil {
+				t.Fatalf("RequestBytes not canonical: %v: %s", err, rb)
+			}
+		})
+	}
+}
+
+func TestAuthorizationRejectsBadContent(t *testing.T) {
+	k := specKey(t)
+	for name, body := range map[string]string{"not JSON": `{"a":`, "float": `{"a":0.5}`, "duplicate key": `{"a":1,"a":1}`} {
+		if _, err := Authorization("o", "d", k, "PUT", "/x", []byte(body)); !errors.Is(err, canonicaljson.ErrNotCanonicalizable) {
+			t.Errorf("%s: error %v", name, err)
+		}
+	}
+	if _, err := Authorization("o\xff", "d", k, "PUT", "/x", nil); err == nil {
+		t.Error("invalid UTF-8 origin accepted")
+	}
+}
 
 func TestAuthorizationRoundTrip(t *testing.T) {
 	k, err := signing.GenerateKey()
@@ -81,6 +165,9 @@ func TestParseRejects(t *testing.T) {
 		{"no equals", `X-Matrix origin`, "name=value"},
 		{"garbage after value", `X-Matrix origin="o"x,key="k",sig="s"`, "expected ','"},
 		{"control char", "X-Matrix origin=\"o\x01\",key=\"k\",sig=\"s\"", "control"},
+		{"quote in unquoted value", `X-Matrix origin=o"x,key=k,sig=s`, "unquoted"},
+		{"empty value", `X-Matrix origin=,key=k,sig=s`, "empty value"},
+		{"unterminated escape", `X-Matrix origin="o\`, "escape"},
 		{"too long", "X-Matrix origin=\"" + strings.Repeat("a", MaxHeaderLength) + "\"", "longer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
