@@ -1,0 +1,135 @@
+// Package ingest is the HTTP ingest API for homeservers not written in Go:
+// POST /_fedpipe/v1/events persists a batch of events with their state deltas
+// in one PostgreSQL transaction (all or nothing) through the outbox library and
+// answers their stream positions.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+
+	"github.com/go-kit/kit/endpoint"
+	httptransport "github.com/go-kit/kit/transport/http"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fedpipe/fedpipe/producers/outbox"
+)
+
+// Path is the route of the ingest endpoint.
+const Path = "/_fedpipe/v1/events"
+
+// DefaultMaxBodyBytes is the default request body limit: room for a few hundred
+// PDUs of the specification's maximum size.
+const DefaultMaxBodyBytes = 16 << 20
+
+// DefaultMaxEvents is the default limit on events per request, which bounds the
+// length of the transaction a request holds open.
+const DefaultMaxEvents = 5000
+
+// Config configures the ingest API.
+type Config struct {
+	// Token, when set, must be presented as "Authorization: Bearer <token>".
+	Token string
+	// MaxBodyBytes is the largest request body accepted; larger ones get 413.
+	MaxBodyBytes int64
+	// MaxEvents is the most events accepted in one request.
+	MaxEvents int
+}
+
+// Validate fills in defaults and reports invalid settings.
+func (c *Config) Validate() error {
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxEvents == 0 {
+		c.MaxEvents = DefaultMaxEvents
+	}
+	if c.MaxBodyBytes < 0 {
+		return fmt.Errorf("ingest: MaxBodyBytes must be positive, got %d", c.MaxBodyBytes)
+	}
+	if c.MaxEvents < 0 {
+		return fmt.Errorf("ingest: MaxEvents must be positive, got %d", c.MaxEvents)
+	}
+	return nil
+}
+
+// persistRequest is a decoded request: events ready for the outbox.
+type persistRequest struct {
+	events []outbox.EventWithDeltas
+}
+
+// persistResponse is the body of a successful answer.
+type persistResponse struct {
+	Positions []int64 `json:"positions"`
+}
+
+// makePersistEndpoint persists a request's events in one transaction.
+func makePersistEndpoint(pool *pgxpool.Pool) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		req := request.(persistRequest)
+		positions, err := outbox.PersistBatch(ctx, pool, req.events)
+		if err != nil {
+			return nil, duplicate(ctx, pool, req.events, err)
+		}
+		if positions == nil {
+			positions = []int64{}
+		}
+		return persistResponse{Positions: positions}, nil
+	}
+}
+
+// NewHandler returns the ingest API's HTTP handler, serving Path.
+func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer prometheus.Registerer) (http.Handler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if pool == nil || logger == nil || registerer == nil {
+		return nil, errors.New("ingest: pool, logger and registerer are required")
+	}
+	m, err := newMetrics(registerer)
+	if err != nil {
+		return nil, err
+	}
+	ep := instrument(m)(makePersistEndpoint(pool))
+	server := httptransport.NewServer(ep,
+		decodeRequest(cfg),
+		encodeResponse,
+		httptransport.ServerErrorEncoder(encodeError(logger, m)),
+	)
+	mux := http.NewServeMux()
+	mux.Handle("POST "+Path, authenticate(cfg.Token, m, server))
+	mux.HandleFunc(Path, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Allow", http.MethodPost)
+		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
+	})
+	return mux, nil
+}
+
+// duplicate turns a unique violation on event_id into a client error naming
+// the first event already persisted; other errors pass unchanged.
+func duplicate(ctx context.Context, pool *pgxpool.Pool, events []outbox.EventWithDeltas, err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || pgErr.ConstraintName != "events_event_id_key" {
+		return err
+	}
+	ids := make([]string, len(events))
+	for i, ev := range events {
+		ids[i] = ev.EventID
+	}
+	var existing []string
+	if qerr := pool.QueryRow(ctx, "SELECT coalesce(array_agg(event_id), '{}') FROM events WHERE event_id = ANY($1)", ids).Scan(&existing); qerr != nil {
+		return err
+	}
+	for i, id := range ids {
+		if slices.Contains(existing, id) {
+			return &requestError{http.StatusConflict, "M_INVALID_PARAM", fmt.Sprintf("events[%d].event_id: %s is already persisted; nothing in this request was", i, id)}
+		}
+	}
+	return err
+}

@@ -1,0 +1,57 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/go-kit/kit/endpoint"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the ingest API's Prometheus collectors.
+type metrics struct {
+	requests *prometheus.CounterVec
+	events   prometheus.Counter
+	duration prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_ingest_requests_total",
+			Help: "Ingest requests answered, by HTTP status code.",
+		}, []string{"code"}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_ingest_events_total",
+			Help: "Events persisted through the ingest API.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "fedpipe_ingest_persist_duration_seconds",
+			Help:    "Time to persist one ingest request's events, successful or not.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering ingest metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// instrument counts persisted events and times the endpoint.
+func instrument(m *metrics) endpoint.Middleware {
+	return func(next endpoint.Endpoint) endpoint.Endpoint {
+		return func(ctx context.Context, request any) (any, error) {
+			start := time.Now()
+			resp, err := next(ctx, request)
+			m.duration.Observe(time.Since(start).Seconds())
+			if err == nil {
+				m.events.Add(float64(len(request.(persistRequest).events)))
+				m.requests.WithLabelValues("200").Inc()
+			}
+			return resp, err
+		}
+	}
+}
