@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 )
 
 // ErrNotCanonicalizable is wrapped by every error about input that has no
@@ -48,7 +49,23 @@ func Canonicalize(in []byte) ([]byte, error) {
 // so callers building a larger document avoid a copy. On error dst's contents
 // beyond its original length are unspecified.
 func AppendCanonical(dst, in []byte) ([]byte, error) {
-	p := parser{in: in}
+	box, _ := levelPool.Get().(*[]*level)
+	if box == nil {
+		box = new([]*level)
+	}
+	p := parser{in: in, levels: *box}
+	defer func() {
+		if len(p.levels) > 32 {
+			return // deep documents are rare; do not keep their scratch
+		}
+		for _, lv := range p.levels {
+			if cap(lv.buf) > maxPooledScratch {
+				lv.buf = nil
+			}
+		}
+		*box = p.levels
+		levelPool.Put(box)
+	}()
 	p.skipSpace()
 	out, err := p.value(dst, 0)
 	if err != nil {
@@ -86,6 +103,14 @@ type parser struct {
 	// out. Only one object per depth is open at a time, so the space is reused.
 	levels []*level
 }
+
+// levelPool keeps parsers' scratch levels between calls: signing a transaction
+// canonicalizes every PDU, and fresh scratch for each dominated the cost.
+var levelPool sync.Pool
+
+// maxPooledScratch bounds the scratch a pooled level keeps: a whole transaction
+// body passes through level 0, and 12 MiB should not stay cached.
+const maxPooledScratch = 256 << 10
 
 type level struct {
 	buf     []byte

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+
+	"github.com/fedpipe/fedpipe/federation/canonicaljson"
 )
 
 // The specification's limits on one transaction.
@@ -18,8 +20,38 @@ const (
 	MaxEDUs = 100
 )
 
-// ErrFull is returned when adding to a transaction that holds its limit.
+// MaxPDUSize is the spec's limit on one PDU (65536 bytes, as Synapse's
+// MAX_PDU_SIZE); receivers reject larger events.
+const MaxPDUSize = 65536
+
+// MaxBodySize is the largest request body Synapse accepts on its federation
+// listener: 200 × MaxPDUSize (about 12.5 MiB), room for 50 full PDUs and EDUs,
+// as its max_request_body_size sets it. There is no 1 MiB limit on inbound
+// transactions; a body past this one is refused before it is parsed.
+const MaxBodySize = 200 * MaxPDUSize
+
+// ErrFull is returned when adding to a transaction that holds its limit of
+// PDUs or EDUs, or whose body would grow past MaxBodySize.
 var ErrFull = errors.New("transaction is full")
+
+// ErrTooLarge is wrapped when one PDU or EDU alone is larger than a receiver
+// accepts, so it can never be sent and should be dropped.
+var ErrTooLarge = errors.New("too large to send")
+
+// ItemError says which PDU or EDU of a transaction cannot be sent and why, so
+// the sender can drop that one (errors.As) and send the rest.
+type ItemError struct {
+	// Kind is "pdu" or "edu".
+	Kind string
+	// Index is the position in Transaction.PDUs or Transaction.EDUs.
+	Index int
+	Err   error
+}
+
+func (e *ItemError) Error() string { return fmt.Sprintf("%s %d: %v", e.Kind, e.Index, e.Err) }
+
+// Unwrap returns the cause.
+func (e *ItemError) Unwrap() error { return e.Err }
 
 // EDU is an ephemeral data unit.
 type EDU struct {
@@ -38,23 +70,52 @@ type Transaction struct {
 	EDUs           []EDU
 }
 
-// AddPDU adds a PDU, or returns ErrFull at MaxPDUs.
+// AddPDU adds a PDU. It returns ErrFull at MaxPDUs or when the body would
+// exceed MaxBodySize, and an error wrapping ErrTooLarge for a PDU larger than
+// MaxPDUSize.
 func (t *Transaction) AddPDU(p json.RawMessage) error {
-	if len(t.PDUs) >= MaxPDUs {
+	if len(p) > MaxPDUSize {
+		return fmt.Errorf("pdu of %d bytes, limit %d: %w", len(p), MaxPDUSize, ErrTooLarge)
+	}
+	if len(t.PDUs) >= MaxPDUs || t.sizeEstimate()+len(p)+1 > MaxBodySize {
 		return ErrFull
 	}
 	t.PDUs = append(t.PDUs, p)
 	return nil
 }
 
-// AddEDU adds an EDU, or returns ErrFull at MaxEDUs.
+// AddEDU adds an EDU. It returns ErrFull at MaxEDUs or when the body would
+// exceed MaxBodySize, and an error wrapping ErrTooLarge for an EDU that could
+// not fit even in an empty transaction.
 func (t *Transaction) AddEDU(e EDU) error {
-	if len(t.EDUs) >= MaxEDUs {
+	n := eduSize(e)
+	if n+emptySize(t.Origin) > MaxBodySize {
+		return fmt.Errorf("%s edu of %d bytes, limit %d: %w", e.Type, n, MaxBodySize, ErrTooLarge)
+	}
+	if len(t.EDUs) >= MaxEDUs || t.sizeEstimate()+n > MaxBodySize {
 		return ErrFull
 	}
 	t.EDUs = append(t.EDUs, e)
 	return nil
 }
+
+// sizeEstimate bounds the encoded body from above (names are assumed to need
+// escaping of every byte), so a transaction AddPDU and AddEDU accept always
+// encodes within MaxBodySize.
+func (t *Transaction) sizeEstimate() int {
+	n := emptySize(t.Origin)
+	for _, p := range t.PDUs {
+		n += len(p) + 1
+	}
+	for _, e := range t.EDUs {
+		n += eduSize(e)
+	}
+	return n
+}
+
+func emptySize(origin string) int { return 64 + 6*len(origin) }
+
+func eduSize(e EDU) int { return len(`{"edu_type":,"content":},`) + 6*len(e.Type) + 2 + len(e.Content) }
 
 // Empty reports whether the transaction carries nothing.
 func (t *Transaction) Empty() bool { return len(t.PDUs) == 0 && len(t.EDUs) == 0 }
@@ -64,8 +125,10 @@ func (t *Transaction) Path() string {
 	return "/_matrix/federation/v1/send/" + url.PathEscape(t.ID)
 }
 
-// Body encodes the request body. PDUs and EDU contents are copied byte for byte;
-// each must be a JSON object.
+// Body encodes the request body. PDUs and EDU contents are copied byte for
+// byte, never re-encoded. Each must be a JSON object that has a canonical form,
+// so that a body Body returns can always be signed; a PDU or EDU that cannot
+// be sent is reported as an *ItemError.
 func (t *Transaction) Body() ([]byte, error) {
 	if t.Origin == "" {
 		return nil, errors.New("transaction has no origin")
@@ -73,22 +136,27 @@ func (t *Transaction) Body() ([]byte, error) {
 	if len(t.PDUs) > MaxPDUs || len(t.EDUs) > MaxEDUs {
 		return nil, fmt.Errorf("transaction holds %d PDUs and %d EDUs, limits are %d and %d", len(t.PDUs), len(t.EDUs), MaxPDUs, MaxEDUs)
 	}
-	size := 64 + len(t.Origin)
-	for _, p := range t.PDUs {
-		size += len(p) + 1
+	var scratch []byte
+	check := func(raw json.RawMessage) error {
+		if !isObject(raw) {
+			return errors.New("not a JSON object")
+		}
+		var err error
+		scratch, err = canonicaljson.AppendCanonical(scratch[:0], raw)
+		return err
 	}
-	for _, e := range t.EDUs {
-		size += len(e.Type) + len(e.Content) + 32
-	}
-	b := make([]byte, 0, size)
+	b := make([]byte, 0, t.sizeEstimate())
 	b = append(b, `{"origin":`...)
 	b = appendJSONString(b, t.Origin)
 	b = append(b, `,"origin_server_ts":`...)
 	b = strconv.AppendInt(b, t.OriginServerTS, 10)
 	b = append(b, `,"pdus":[`...)
 	for i, p := range t.PDUs {
-		if !isObject(p) {
-			return nil, fmt.Errorf("pdu %d is not a JSON object", i)
+		if len(p) > MaxPDUSize {
+			return nil, &ItemError{"pdu", i, fmt.Errorf("%d bytes, limit %d: %w", len(p), MaxPDUSize, ErrTooLarge)}
+		}
+		if err := check(p); err != nil {
+			return nil, &ItemError{"pdu", i, err}
 		}
 		if i > 0 {
 			b = append(b, ',')
@@ -97,8 +165,11 @@ func (t *Transaction) Body() ([]byte, error) {
 	}
 	b = append(b, `],"edus":[`...)
 	for i, e := range t.EDUs {
-		if !isObject(e.Content) {
-			return nil, fmt.Errorf("edu %d (%s) content is not a JSON object", i, e.Type)
+		if e.Type == "" {
+			return nil, &ItemError{"edu", i, errors.New("no edu_type")}
+		}
+		if err := check(e.Content); err != nil {
+			return nil, &ItemError{"edu", i, fmt.Errorf("%s content: %w", e.Type, err)}
 		}
 		if i > 0 {
 			b = append(b, ',')
@@ -110,11 +181,14 @@ func (t *Transaction) Body() ([]byte, error) {
 		b = append(b, '}')
 	}
 	b = append(b, "]}"...)
+	if len(b) > MaxBodySize {
+		return nil, fmt.Errorf("transaction body of %d bytes, limit %d: %w", len(b), MaxBodySize, ErrTooLarge)
+	}
 	return b, nil
 }
 
-// isObject is a cheap check that raw looks like a JSON object; the bytes were
-// validated where they entered the system.
+// isObject is a cheap first check that raw is a JSON object, for a clearer
+// error than the parser's.
 func isObject(raw json.RawMessage) bool {
 	i, j := 0, len(raw)-1
 	for i < len(raw) && (raw[i] == ' ' || raw[i] == '\n' || raw[i] == '\t' || raw[i] == '\r') {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/fedpipe/fedpipe/federation/canonicaljson"
 )
 
 func TestLimits(t *testing.T) {
@@ -64,6 +66,71 @@ func TestBodyRejects(t *testing.T) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestBodyNamesTheItemThatCannotBeSent(t *testing.T) {
+	good := json.RawMessage(`{"type":"m.room.message"}`)
+	for _, tc := range []struct {
+		name      string
+		tx        Transaction
+		kind      string
+		index     int
+		want      string
+		tooLarge  bool
+		canonical bool
+	}{
+		{"invalid pdu", Transaction{Origin: "o", PDUs: []json.RawMessage{good, json.RawMessage(`{garbage}`)}}, "pdu", 1, "expected an object key", false, true},
+		{"two documents", Transaction{Origin: "o", PDUs: []json.RawMessage{json.RawMessage(`{} {}`)}}, "pdu", 0, "after the document", false, true},
+		{"float in pdu", Transaction{Origin: "o", PDUs: []json.RawMessage{good, good, json.RawMessage(`{"a":0.5}`)}}, "pdu", 2, "floats", false, true},
+		{"duplicate key in edu", Transaction{Origin: "o", EDUs: []EDU{{Type: "m.typing", Content: json.RawMessage(`{"a":1,"a":1}`)}}}, "edu", 0, "duplicate", false, true},
+		{"edu without type", Transaction{Origin: "o", EDUs: []EDU{{Content: json.RawMessage(`{}`)}}}, "edu", 0, "no edu_type", false, false},
+		{"oversized pdu", Transaction{Origin: "o", PDUs: []json.RawMessage{json.RawMessage(`{"a":"` + strings.Repeat("x", MaxPDUSize) + `"}`)}}, "pdu", 0, "limit", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.tx.Body()
+			var ie *ItemError
+			if !errors.As(err, &ie) || ie.Kind != tc.kind || ie.Index != tc.index || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %s %d saying %q", err, tc.kind, tc.index, tc.want)
+			}
+			if errors.Is(err, ErrTooLarge) != tc.tooLarge {
+				t.Fatalf("errors.Is(ErrTooLarge) = %v", !tc.tooLarge)
+			}
+			if errors.Is(err, canonicaljson.ErrNotCanonicalizable) != tc.canonical {
+				t.Fatalf("errors.Is(ErrNotCanonicalizable) = %v", !tc.canonical)
+			}
+		})
+	}
+}
+
+func TestSizeLimits(t *testing.T) {
+	var tx Transaction
+	tx.Origin = "o.example"
+	big := json.RawMessage(`{"a":"` + strings.Repeat("x", MaxPDUSize) + `"}`)
+	if err := tx.AddPDU(big); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized PDU: %v", err)
+	}
+	huge := EDU{Type: "m.direct_to_device", Content: json.RawMessage(`{"a":"` + strings.Repeat("x", MaxBodySize) + `"}`)}
+	if err := tx.AddEDU(huge); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("EDU larger than any body: %v", err)
+	}
+	// EDUs have no size limit of their own; the body limit fills the transaction.
+	chunk := EDU{Type: "m.direct_to_device", Content: json.RawMessage(`{"a":"` + strings.Repeat("x", MaxBodySize/10) + `"}`)}
+	added := 0
+	for ; added < MaxEDUs; added++ {
+		if err := tx.AddEDU(chunk); err != nil {
+			if !errors.Is(err, ErrFull) {
+				t.Fatalf("EDU %d: %v", added, err)
+			}
+			break
+		}
+	}
+	if added != 9 {
+		t.Fatalf("added %d EDUs of a tenth of the limit, want 9", added)
+	}
+	b, err := tx.Body()
+	if err != nil || len(b) > MaxBodySize {
+		t.Fatalf("body of %d bytes: %v", len(b), err)
 	}
 }
 
