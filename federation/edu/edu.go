@@ -5,6 +5,7 @@ package edu
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/fedpipe/fedpipe/federation/txn"
@@ -24,7 +25,8 @@ type PresenceUpdate struct {
 	UserID        string `json:"user_id"`
 	Presence      string `json:"presence"` // online, unavailable or offline
 	LastActiveAgo int64  `json:"last_active_ago"`
-	// CurrentlyActive is sent only for online users, as Synapse does.
+	// CurrentlyActive is sent only for online users, as Synapse does;
+	// Presence.EDU drops it for others.
 	CurrentlyActive *bool `json:"currently_active,omitempty"`
 	// StatusMsg is sent only when set.
 	StatusMsg *string `json:"status_msg,omitempty"`
@@ -82,6 +84,31 @@ type DirectToDevice struct {
 	Messages  map[string]map[string]json.RawMessage `json:"messages"`
 }
 
+// ErrInvalid is wrapped by the EDU methods when content lacks a field the
+// specification requires or holds a value it does not allow.
+var ErrInvalid = errors.New("invalid EDU content")
+
+// Presence states.
+const (
+	Online      = "online"
+	Unavailable = "unavailable"
+	Offline     = "offline"
+)
+
+// NewPresenceUpdate builds a user's presence update the way Synapse formats it
+// for federation: currently_active only for online users, status_msg only
+// when set.
+func NewPresenceUpdate(userID, presence string, lastActiveAgo int64, currentlyActive bool, statusMsg string) PresenceUpdate {
+	u := PresenceUpdate{UserID: userID, Presence: presence, LastActiveAgo: lastActiveAgo}
+	if presence == Online {
+		u.CurrentlyActive = &currentlyActive
+	}
+	if statusMsg != "" {
+		u.StatusMsg = &statusMsg
+	}
+	return u
+}
+
 // Encode returns the EDU of the given type with content encoded as JSON.
 func Encode(eduType string, content any) (txn.EDU, error) {
 	raw, err := json.Marshal(content)
@@ -91,22 +118,92 @@ func Encode(eduType string, content any) (txn.EDU, error) {
 	return txn.EDU{Type: eduType, Content: raw}, nil
 }
 
-// EDU returns the m.presence EDU.
+func invalid(eduType, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalid, eduType, fmt.Sprintf(format, args...))
+}
+
+// EDU returns the m.presence EDU. Updates are normalized as NewPresenceUpdate
+// builds them (the caller's slice is not changed).
 func (p Presence) EDU() (txn.EDU, error) {
-	if p.Push == nil {
-		p.Push = []PresenceUpdate{}
+	push := make([]PresenceUpdate, 0, len(p.Push))
+	for i, u := range p.Push {
+		if u.UserID == "" {
+			return txn.EDU{}, invalid(TypePresence, "update %d has no user_id", i)
+		}
+		switch u.Presence {
+		case Online, Unavailable, Offline:
+		default:
+			return txn.EDU{}, invalid(TypePresence, "update %d (%s): presence %q is not online, unavailable or offline", i, u.UserID, u.Presence)
+		}
+		if u.LastActiveAgo < 0 {
+			return txn.EDU{}, invalid(TypePresence, "update %d (%s): negative last_active_ago", i, u.UserID)
+		}
+		if u.Presence != Online {
+			u.CurrentlyActive = nil
+		}
+		if u.StatusMsg != nil && *u.StatusMsg == "" {
+			u.StatusMsg = nil
+		}
+		push = append(push, u)
 	}
-	return Encode(TypePresence, p)
+	return Encode(TypePresence, Presence{Push: push})
 }
 
 // EDU returns the m.typing EDU.
-func (t Typing) EDU() (txn.EDU, error) { return Encode(TypeTyping, t) }
+func (t Typing) EDU() (txn.EDU, error) {
+	if t.RoomID == "" || t.UserID == "" {
+		return txn.EDU{}, invalid(TypeTyping, "room_id and user_id are required (got %q, %q)", t.RoomID, t.UserID)
+	}
+	return Encode(TypeTyping, t)
+}
 
 // EDU returns the m.receipt EDU.
-func (r Receipt) EDU() (txn.EDU, error) { return Encode(TypeReceipt, r) }
+func (r Receipt) EDU() (txn.EDU, error) {
+	if len(r) == 0 {
+		return txn.EDU{}, invalid(TypeReceipt, "no rooms")
+	}
+	for room, rr := range r {
+		if len(rr.Read) == 0 {
+			return txn.EDU{}, invalid(TypeReceipt, "room %s has no m.read receipts", room)
+		}
+		for user, ur := range rr.Read {
+			if len(ur.EventIDs) == 0 {
+				return txn.EDU{}, invalid(TypeReceipt, "receipt of %s in %s has no event_ids", user, room)
+			}
+		}
+	}
+	return Encode(TypeReceipt, r)
+}
 
 // EDU returns the m.device_list_update EDU.
-func (d DeviceListUpdate) EDU() (txn.EDU, error) { return Encode(TypeDeviceListUpdate, d) }
+func (d DeviceListUpdate) EDU() (txn.EDU, error) {
+	if d.UserID == "" || d.DeviceID == "" {
+		return txn.EDU{}, invalid(TypeDeviceListUpdate, "user_id and device_id are required (got %q, %q)", d.UserID, d.DeviceID)
+	}
+	if len(d.Keys) > 0 {
+		var keys map[string]json.RawMessage
+		if err := json.Unmarshal(d.Keys, &keys); err != nil || keys == nil {
+			return txn.EDU{}, invalid(TypeDeviceListUpdate, "keys of %s %s are not a JSON object", d.UserID, d.DeviceID)
+		}
+	}
+	return Encode(TypeDeviceListUpdate, d)
+}
 
 // EDU returns the m.direct_to_device EDU.
-func (d DirectToDevice) EDU() (txn.EDU, error) { return Encode(TypeDirectToDevice, d) }
+func (d DirectToDevice) EDU() (txn.EDU, error) {
+	if d.Sender == "" || d.Type == "" || d.MessageID == "" {
+		return txn.EDU{}, invalid(TypeDirectToDevice, "sender, type and message_id are required (got %q, %q, %q)", d.Sender, d.Type, d.MessageID)
+	}
+	if len(d.Messages) == 0 {
+		return txn.EDU{}, invalid(TypeDirectToDevice, "message %s has no messages", d.MessageID)
+	}
+	for user, devices := range d.Messages {
+		for dev, msg := range devices {
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal(msg, &m); err != nil || m == nil {
+				return txn.EDU{}, invalid(TypeDirectToDevice, "message for %s device %s is not a JSON object", user, dev)
+			}
+		}
+	}
+	return Encode(TypeDirectToDevice, d)
+}
