@@ -122,17 +122,81 @@ func TestEveryEDUKindMatchesItsSchema(t *testing.T) {
 	}
 }
 
-func TestMalformedEDUFailsItsSchema(t *testing.T) {
-	s := compile(t, "event-schemas/m.presence.yaml")
-	for name, raw := range map[string]string{
-		"unknown state":  `{"edu_type":"m.presence","content":{"push":[{"user_id":"@a:x","presence":"asleep","last_active_ago":1}]}}`,
-		"no user":        `{"edu_type":"m.presence","content":{"push":[{"presence":"online","last_active_ago":1}]}}`,
-		"wrong edu type": `{"edu_type":"m.typing","content":{"push":[]}}`,
-	} {
-		if err := validate(t, s, []byte(raw)); err == nil {
-			t.Errorf("%s: schema accepted %s", name, raw)
-		}
+// mutate decodes an EDU built by package edu, changes it, and re-encodes it,
+// so each negative case differs from a valid EDU in exactly one way.
+func mutate(t *testing.T, e txn.EDU, change func(content map[string]any)) []byte {
+	t.Helper()
+	var content map[string]any
+	if err := json.Unmarshal(e.Content, &content); err != nil {
+		t.Fatal(err)
 	}
+	change(content)
+	raw, err := json.Marshal(map[string]any{"edu_type": e.Type, "content": content})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func TestMalformedEDUFailsItsSchema(t *testing.T) {
+	byType := map[string]txn.EDU{}
+	for _, e := range fedpipeEDUs(t) {
+		byType[e.Type] = e
+	}
+	first := func(m map[string]any, key string) map[string]any {
+		for _, v := range m[key].([]any) {
+			return v.(map[string]any)
+		}
+		return nil
+	}
+	for _, tc := range []struct {
+		name, typ string
+		change    func(map[string]any)
+	}{
+		{"presence state unknown", edu.TypePresence, func(c map[string]any) { first(c, "push")["presence"] = "asleep" }},
+		{"presence without user", edu.TypePresence, func(c map[string]any) { delete(first(c, "push"), "user_id") }},
+		{"presence currently_active not boolean", edu.TypePresence, func(c map[string]any) { first(c, "push")["currently_active"] = "yes" }},
+		{"presence without push", edu.TypePresence, func(c map[string]any) { delete(c, "push") }},
+		{"typing not boolean", edu.TypeTyping, func(c map[string]any) { c["typing"] = "yes" }},
+		{"typing without room", edu.TypeTyping, func(c map[string]any) { delete(c, "room_id") }},
+		{"receipt without data", edu.TypeReceipt, func(c map[string]any) {
+			delete(c["!r:example.org"].(map[string]any)["m.read"].(map[string]any)["@a:example.org"].(map[string]any), "data")
+		}},
+		{"receipt ts not integer", edu.TypeReceipt, func(c map[string]any) {
+			c["!r:example.org"].(map[string]any)["m.read"].(map[string]any)["@a:example.org"].(map[string]any)["data"] = map[string]any{"ts": "now"}
+		}},
+		{"device list without stream_id", edu.TypeDeviceListUpdate, func(c map[string]any) { delete(c, "stream_id") }},
+		{"device list prev_id not integers", edu.TypeDeviceListUpdate, func(c map[string]any) { c["prev_id"] = []any{"5"} }},
+		{"to-device without message_id", edu.TypeDirectToDevice, func(c map[string]any) { delete(c, "message_id") }},
+		{"to-device messages not objects", edu.TypeDirectToDevice, func(c map[string]any) { c["messages"] = map[string]any{"@b:remote.org": "hi"} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := mutate(t, byType[tc.typ], tc.change)
+			if err := validate(t, compile(t, "event-schemas/"+tc.typ+".yaml"), raw); err == nil {
+				t.Errorf("schema accepted %s", raw)
+			}
+		})
+	}
+	s := compile(t, "event-schemas/m.presence.yaml")
+	if err := validate(t, s, []byte(`{"edu_type":"m.typing","content":{"push":[]}}`)); err == nil {
+		t.Error("m.presence schema accepted an m.typing edu_type")
+	}
+}
+
+// compileRequestBody compiles the request body schema of PUT /send/{txnId}
+// from the API description, which adds `edus` to transaction.yaml.
+func compileRequestBody(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	c.UseLoader(yamlLoader{})
+	c.DefaultDraft(jsonschema.Draft4)
+	loc := "file://" + filepath.Join(specDir(t), "data/api/server-server/transactions.yaml") +
+		"#/paths/~1send~1%7BtxnId%7D/put/requestBody/content/application~1json/schema"
+	s, err := c.Compile(loc)
+	if err != nil {
+		t.Fatalf("compiling the /send request body schema: %v", err)
+	}
+	return s
 }
 
 func TestFullTransactionMatchesSchema(t *testing.T) {
@@ -158,6 +222,20 @@ func TestFullTransactionMatchesSchema(t *testing.T) {
 	}
 	if err := validate(t, compile(t, "transaction.yaml"), body); err != nil {
 		t.Fatalf("transaction does not match the specification: %v", err)
+	}
+	requestBody := compileRequestBody(t)
+	if err := validate(t, requestBody, body); err != nil {
+		t.Fatalf("transaction does not match the /send request body: %v", err)
+	}
+	for name, bad := range map[string]string{
+		"edu without content": strings.Replace(string(body), `"edus":[{"edu_type":"m.presence","content":`, `"edus":[{"edu_type":"m.presence","contents":`, 1),
+		"edus not an array":   `{"origin":"o","origin_server_ts":1,"pdus":[],"edus":{}}`,
+		"no origin_server_ts": `{"origin":"o","pdus":[]}`,
+		"pdu not an object":   `{"origin":"o","origin_server_ts":1,"pdus":["$e"]}`,
+	} {
+		if err := validate(t, requestBody, []byte(bad)); err == nil {
+			t.Errorf("%s: the /send request body schema accepted it", name)
+		}
 	}
 	var decoded struct {
 		EDUs []json.RawMessage `json:"edus"`
