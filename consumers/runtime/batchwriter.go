@@ -1,0 +1,161 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+)
+
+// Writer is what a BatchWriter writes with (a *kafka.Writer).
+type Writer interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// BatchWriter collects the records stages produce and writes them in large
+// batches from one loop, calling each caller's done once its records are acked.
+// Order of Write calls is kept. Failed writes are retried, never dropped.
+type BatchWriter struct {
+	w        Writer
+	maxBatch int
+	linger   time.Duration
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	queue   []pendingWrite
+	queued  int
+	wake    chan struct{}
+	space   chan struct{}
+	written prometheus.Counter
+	batches prometheus.Histogram
+}
+
+type pendingWrite struct {
+	msgs []kafka.Message
+	done func()
+}
+
+// NewBatchWriter returns a BatchWriter writing at most maxBatch records per
+// request, waiting up to linger for more.
+func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.Logger, reg Registerer) *BatchWriter {
+	b := &BatchWriter{w: w, maxBatch: max(maxBatch, 1), linger: linger, log: logger, wake: make(chan struct{}, 1), space: make(chan struct{}, 1),
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_batchwriter_records_written_total", Help: "Records written by batch writers."}),
+		batches: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_batchwriter_batch_records", Help: "Records per batch write.", Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
+	}
+	if err := reg.Register(b.written); err != nil {
+		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+			b.written = are.ExistingCollector.(prometheus.Counter)
+		}
+	}
+	if err := reg.Register(b.batches); err != nil {
+		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+			b.batches = are.ExistingCollector.(prometheus.Histogram)
+		}
+	}
+	return b
+}
+
+// Write queues msgs; done is called once they are all acknowledged. It blocks
+// while the queue holds more than ten batches (back-pressure), until ctx ends.
+func (b *BatchWriter) Write(ctx context.Context, msgs []kafka.Message, done func()) error {
+	for {
+		b.mu.Lock()
+		if b.queued < 10*b.maxBatch || len(msgs) == 0 {
+			b.queue = append(b.queue, pendingWrite{msgs: msgs, done: done})
+			b.queued += len(msgs)
+			b.mu.Unlock()
+			select {
+			case b.wake <- struct{}{}:
+			default:
+			}
+			return nil
+		}
+		b.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.space:
+		case <-time.After(10 * time.Millisecond): // another writer may have taken the signal
+		}
+	}
+}
+
+// Run writes queued records until ctx ends. Records not yet acked then stay
+// undone, so their source records are not committed and will be redelivered.
+func (b *BatchWriter) Run(ctx context.Context) error {
+	delay := 50 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-b.wake:
+		}
+		if b.linger > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(b.linger):
+			}
+		}
+		for {
+			batch, msgs := b.take()
+			if len(batch) == 0 {
+				break
+			}
+			for {
+				err := b.w.WriteMessages(ctx, msgs...)
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+				b.log.Warn("batch write failed; retrying", "records", len(msgs), "err", err, "in", delay)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(delay):
+				}
+				delay = min(delay*2, 5*time.Second)
+			}
+			delay = 50 * time.Millisecond
+			b.written.Add(float64(len(msgs)))
+			b.batches.Observe(float64(len(msgs)))
+			for _, p := range batch {
+				if p.done != nil {
+					p.done()
+				}
+			}
+			b.mu.Lock()
+			b.queued -= len(msgs)
+			b.mu.Unlock()
+			select {
+			case b.space <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// take removes whole pending writes from the queue, up to maxBatch records
+// (at least one pending write).
+func (b *BatchWriter) take() ([]pendingWrite, []kafka.Message) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var msgs []kafka.Message
+	n := 0
+	for n < len(b.queue) && (n == 0 || len(msgs)+len(b.queue[n].msgs) <= b.maxBatch) {
+		msgs = append(msgs, b.queue[n].msgs...)
+		n++
+	}
+	batch := append([]pendingWrite(nil), b.queue[:n]...)
+	b.queue = b.queue[n:]
+	return batch, msgs
+}
+
+// String describes the writer for logs.
+func (b *BatchWriter) String() string { return fmt.Sprintf("BatchWriter(max %d)", b.maxBatch) }

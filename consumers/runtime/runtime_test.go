@@ -1,0 +1,317 @@
+package runtime_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+)
+
+// recorder is a Stage that records what it handles and when partitions are owned.
+type recorder struct {
+	mu       sync.Mutex
+	member   string
+	handled  map[string]int // "partition/offset" → times
+	hold     func(m kafka.Message) bool
+	held     []func()
+	poison   func(m kafka.Message) bool
+	owners   *owners
+	opened   int
+}
+
+// owners tracks which member owns each partition, failing on overlap.
+type owners struct {
+	mu      sync.Mutex
+	current map[int]string
+	overlap []string
+}
+
+func (o *owners) open(p int, member string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if cur, ok := o.current[p]; ok {
+		o.overlap = append(o.overlap, fmt.Sprintf("partition %d opened by %s while owned by %s", p, member, cur))
+	}
+	o.current[p] = member
+}
+
+func (o *owners) close(p int, member string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.current[p] == member {
+		delete(o.current, p)
+	}
+}
+
+type handler struct {
+	r *recorder
+	p int
+}
+
+func (r *recorder) Open(_ context.Context, _ string, p int) (runtime.PartitionHandler, error) {
+	r.mu.Lock()
+	r.opened++
+	r.mu.Unlock()
+	if r.owners != nil {
+		r.owners.open(p, r.member)
+	}
+	return &handler{r: r, p: p}, nil
+}
+
+func (h *handler) Handle(_ context.Context, m kafka.Message, done func()) error {
+	h.r.mu.Lock()
+	defer h.r.mu.Unlock()
+	if h.r.poison != nil && h.r.poison(m) {
+		return runtime.Poison(errors.New("cannot decode"))
+	}
+	h.r.handled[fmt.Sprintf("%d/%d", m.Partition, m.Offset)]++
+	if h.r.hold != nil && h.r.hold(m) {
+		h.r.held = append(h.r.held, done)
+		return nil
+	}
+	done()
+	return nil
+}
+
+func (h *handler) Close(context.Context) error {
+	if h.r.owners != nil {
+		time.Sleep(20 * time.Millisecond) // widen the window an overlap would need
+		h.r.owners.close(h.p, h.r.member)
+	}
+	return nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.handled)
+}
+
+func newRecorder(member string) *recorder {
+	return &recorder{member: member, handled: map[string]int{}}
+}
+
+func produce(t *testing.T, addr, topic string, n int) {
+	t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	var msgs []kafka.Message
+	for i := 0; i < n; i++ {
+		msgs = append(msgs, kafka.Message{Key: []byte(strconv.Itoa(i)), Value: []byte(fmt.Sprintf(`{"n":%d}`, i))})
+	}
+	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func setup(t *testing.T, partitions int) (*kfake.Cluster, string) {
+	t.Helper()
+	c, addr := testenv.Broker(t, kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	if err := c.CreateTopic("in", int32(partitions), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateTopic("dead", 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	return c, addr
+}
+
+func member(t *testing.T, addr string, stage runtime.Stage, deadTopic string) (stop func() error) {
+	t.Helper()
+	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"in"}, DeadLetterTopic: deadTopic,
+		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second, HeartbeatInterval: 200 * time.Millisecond,
+		MaxWait: 20 * time.Millisecond}, stage, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- g.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-errc })
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func TestHandlesAndCommits(t *testing.T) {
+	_, addr := setup(t, 3)
+	produce(t, addr, "in", 100)
+	r := newRecorder("a")
+	stop := member(t, addr, r, "dead")
+	testenv.Eventually(t, 20*time.Second, "100 records handled", func() bool { return r.count() == 100 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r2 := newRecorder("b")
+	stop2 := member(t, addr, r2, "dead")
+	produce(t, addr, "in", 10)
+	testenv.Eventually(t, 20*time.Second, "10 new records", func() bool { return r2.count() >= 10 })
+	time.Sleep(200 * time.Millisecond)
+	if n := r2.count(); n != 10 {
+		t.Fatalf("after restart %d records handled, want only the 10 new ones", n)
+	}
+	_ = stop2()
+}
+
+func TestWatermarkHoldsBackCommitUntilDone(t *testing.T) {
+	_, addr := setup(t, 1)
+	produce(t, addr, "in", 20)
+	r := newRecorder("a")
+	r.hold = func(m kafka.Message) bool { return m.Offset == 5 } // record 5 never finishes
+	stop := member(t, addr, r, "dead")
+	testenv.Eventually(t, 20*time.Second, "20 records handled", func() bool { return r.count() == 20 })
+	time.Sleep(100 * time.Millisecond) // a few commit intervals
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r2 := newRecorder("b")
+	stop2 := member(t, addr, r2, "dead")
+	defer stop2()
+	testenv.Eventually(t, 20*time.Second, "redelivery from the held record", func() bool { return r2.count() == 15 })
+	r2.mu.Lock()
+	defer r2.mu.Unlock()
+	if r2.handled["0/4"] != 0 || r2.handled["0/5"] != 1 || r2.handled["0/19"] != 1 {
+		t.Fatalf("redelivered %v, want offsets 5..19 only", r2.handled)
+	}
+}
+
+func TestPoisonGoesToDeadLetterAndPartitionContinues(t *testing.T) {
+	_, addr := setup(t, 1)
+	produce(t, addr, "in", 10)
+	r := newRecorder("a")
+	r.poison = func(m kafka.Message) bool { return m.Offset == 3 }
+	stop := member(t, addr, r, "dead")
+	defer stop()
+	testenv.Eventually(t, 20*time.Second, "the other 9 records", func() bool { return r.count() == 9 })
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: "dead", Partition: 0, MaxWait: 20 * time.Millisecond})
+	defer rd.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := rd.FetchMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := map[string]string{}
+	for _, x := range m.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if h["source_topic"] != "in" || h["source_partition"] != "0" || h["source_offset"] != "3" || h["deadletter_reason"] == "" || string(m.Value) != `{"n":3}` {
+		t.Fatalf("dead letter %s headers %v", m.Value, h)
+	}
+}
+
+func TestDeadLetterWriteFailureStopsTheMember(t *testing.T) {
+	_, addr := setup(t, 1)
+	produce(t, addr, "in", 3)
+	r := newRecorder("a")
+	r.poison = func(m kafka.Message) bool { return m.Offset == 1 }
+	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"in"}, DeadLetterTopic: "no-such-topic",
+		CommitInterval: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond}, r, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = g.Run(ctx)
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("Run = %v (ctx %v), want the dead-letter error", err, ctx.Err())
+	}
+	if r.count() != 1 {
+		t.Fatalf("handled %d records; the partition must stop at the poison record", r.count())
+	}
+}
+
+func TestRebalanceNeverOverlapsOwnership(t *testing.T) {
+	_, addr := setup(t, 6)
+	own := &owners{current: map[int]string{}}
+	a, b, c := newRecorder("a"), newRecorder("b"), newRecorder("c")
+	for _, r := range []*recorder{a, b, c} {
+		r.owners = own
+	}
+	produce(t, addr, "in", 300)
+	stopA := member(t, addr, a, "dead")
+	member(t, addr, b, "dead")
+	total := func() int {
+		seen := map[string]bool{}
+		for _, r := range []*recorder{a, b, c} {
+			r.mu.Lock()
+			for k := range r.handled {
+				seen[k] = true
+			}
+			r.mu.Unlock()
+		}
+		return len(seen)
+	}
+	testenv.Eventually(t, 30*time.Second, "first records", func() bool { return total() >= 100 })
+	member(t, addr, c, "dead") // a third member joins
+	produce(t, addr, "in", 300)
+	_ = stopA() // and one leaves
+	produce(t, addr, "in", 300)
+	testenv.Eventually(t, 60*time.Second, "all 900 records", func() bool { return total() == 900 })
+	own.mu.Lock()
+	defer own.mu.Unlock()
+	if len(own.overlap) > 0 {
+		t.Fatalf("ownership overlapped: %v", own.overlap)
+	}
+}
+
+type slowWriter struct {
+	mu    sync.Mutex
+	got   []string
+	fails int
+}
+
+func (w *slowWriter) WriteMessages(_ context.Context, msgs ...kafka.Message) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.fails > 0 {
+		w.fails--
+		return errors.New("broker unavailable")
+	}
+	for _, m := range msgs {
+		w.got = append(w.got, string(m.Value))
+	}
+	return nil
+}
+
+func TestBatchWriterOrderAndDone(t *testing.T) {
+	w := &slowWriter{fails: 2}
+	b := runtime.NewBatchWriter(w, 7, time.Millisecond, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = b.Run(ctx) }()
+	var mu sync.Mutex
+	var doneOrder []int
+	for i := 0; i < 50; i++ {
+		msgs := []kafka.Message{{Value: []byte(fmt.Sprint(i, "a"))}, {Value: []byte(fmt.Sprint(i, "b"))}}
+		if err := b.Write(ctx, msgs, func() { mu.Lock(); doneOrder = append(doneOrder, i); mu.Unlock() }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "all writes done", func() bool { mu.Lock(); defer mu.Unlock(); return len(doneOrder) == 50 })
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.got) != 100 {
+		t.Fatalf("%d records written, want 100 (failures retried, nothing dropped)", len(w.got))
+	}
+	for i := 0; i < 50; i++ {
+		if w.got[2*i] != fmt.Sprint(i, "a") || w.got[2*i+1] != fmt.Sprint(i, "b") || doneOrder[i] != i {
+			t.Fatalf("order broken at %d: %v / %v", i, w.got[2*i:2*i+2], doneOrder[i])
+		}
+	}
+}
