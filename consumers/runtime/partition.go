@@ -24,6 +24,12 @@ type partition struct {
 func (p *partition) run(ctx context.Context) error {
 	g := p.g
 	log := g.log.With("topic", p.topic, "partition", p.id)
+	if ctx.Err() != nil {
+		// kafka-go runs functions started on an already-ended generation without
+		// waiting for them before the next one: such a partition may already
+		// belong to another member, so it must not even be opened.
+		return nil
+	}
 	h, err := p.open(ctx)
 	if err != nil || h == nil {
 		return nil // the generation ended while opening

@@ -20,14 +20,14 @@ import (
 
 // recorder is a Stage that records what it handles and when partitions are owned.
 type recorder struct {
-	mu       sync.Mutex
-	member   string
-	handled  map[string]int // "partition/offset" → times
-	hold     func(m kafka.Message) bool
-	held     []func()
-	poison   func(m kafka.Message) bool
-	owners   *owners
-	opened   int
+	mu      sync.Mutex
+	member  string
+	handled map[string]int // "partition/offset" → times
+	hold    func(m kafka.Message) bool
+	held    []func()
+	poison  func(m kafka.Message) bool
+	owners  *owners
+	opened  int
 }
 
 // owners tracks which member owns each partition, failing on overlap.
