@@ -27,7 +27,7 @@ type server struct {
 	db   string
 }
 
-func start(t *testing.T, cfg ingest.Config) *server {
+func start(t testing.TB, cfg ingest.Config) *server {
 	t.Helper()
 	url := testenv.Database(t)
 	pool := testenv.Pool(t, url)
