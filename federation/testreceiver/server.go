@@ -247,11 +247,15 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	}
 	s.inFlight[pair] = true
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.inFlight, pair)
-		s.mu.Unlock()
-	}()
+	var releaseOnce sync.Once
+	release := func() {
+		releaseOnce.Do(func() {
+			s.mu.Lock()
+			delete(s.inFlight, pair)
+			s.mu.Unlock()
+		})
+	}
+	defer release()
 
 	if fault != nil {
 		if fault.Delay > 0 {
@@ -262,6 +266,9 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if fault.DropConnection {
+			// Release first: the client sees the close at once and may resend
+			// (net/http retries an idempotent PUT), which is not an overlap.
+			release()
 			if hj, ok := w.(http.Hijacker); ok {
 				if c, _, err := hj.Hijack(); err == nil {
 					c.Close()
