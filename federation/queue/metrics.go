@@ -1,0 +1,37 @@
+package queue
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	txns                                 *prometheus.CounterVec
+	pdusSent, edusSent, pduRejected      prometheus.Counter
+	pdusToCatchUp, edusDropped, backoffs prometheus.Counter
+	catchUps                             prometheus.Counter
+	destinations, active                 prometheus.Gauge
+	sendSeconds                          prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	m := &metrics{
+		txns:          prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_transactions_total", Help: "Transactions sent, by result (ok, failed, fatal)."}, []string{"result"}),
+		pdusSent:      c("fedpipe_sender_pdus_sent_total", "PDUs delivered in accepted transactions."),
+		edusSent:      c("fedpipe_sender_edus_sent_total", "EDUs delivered in accepted transactions."),
+		pduRejected:   c("fedpipe_sender_pdus_rejected_total", "PDUs a destination answered with a per-PDU error."),
+		pdusToCatchUp: c("fedpipe_sender_pdus_deferred_total", "PDUs recorded for catch-up instead of sent (destination backing off)."),
+		edusDropped:   c("fedpipe_sender_edus_dropped_total", "EDUs dropped because their destination was backing off."),
+		backoffs:      c("fedpipe_sender_backoffs_total", "Times a destination started or extended a backoff."),
+		catchUps:      c("fedpipe_sender_catchups_total", "Catch-up runs started."),
+		destinations:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_sender_destinations", Help: "Destinations with a queue on this member."}),
+		active:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_sender_active_destinations", Help: "Destinations with a transaction being sent."}),
+		sendSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_sender_transaction_duration_seconds", Help: "Time to send one transaction, retries included.", Buckets: prometheus.DefBuckets}),
+	}
+	for _, col := range []prometheus.Collector{m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
+		if err := reg.Register(col); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

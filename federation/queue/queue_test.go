@@ -1,0 +1,303 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/federation/txn"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+)
+
+// transport records transactions and fails destinations on demand.
+type transport struct {
+	mu       sync.Mutex
+	got      map[string][]*txn.Transaction
+	failing  map[string]error
+	inFlight map[string]int
+	overlap  atomic.Int64
+	delay    time.Duration
+}
+
+var errDown = errors.New("destination down")
+
+func (t *transport) SendTransaction(_ context.Context, tx *txn.Transaction) (txn.Response, error) {
+	t.mu.Lock()
+	t.inFlight[tx.Destination]++
+	if t.inFlight[tx.Destination] > 1 {
+		t.overlap.Add(1)
+	}
+	err := t.failing[tx.Destination]
+	t.mu.Unlock()
+	time.Sleep(t.delay)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.inFlight[tx.Destination]--
+	if err != nil {
+		return txn.Response{}, err
+	}
+	t.got[tx.Destination] = append(t.got[tx.Destination], tx)
+	return txn.Response{}, nil
+}
+
+func (t *transport) pdus(dest string) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for _, tx := range t.got[dest] {
+		for _, p := range tx.PDUs {
+			out = append(out, string(p))
+		}
+	}
+	return out
+}
+
+// memStore is an in-memory Store for the domain tests (the PostgreSQL one is
+// tested in consumers/sender).
+type memStore struct {
+	mu      sync.Mutex
+	retry   map[string]queue.RetryState
+	catchUp map[string]map[string]queue.CatchUp
+	pdus    map[string]json.RawMessage // event id → PDU
+}
+
+func (s *memStore) LoadRetry(_ context.Context, d string) (queue.RetryState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.retry[d], nil
+}
+func (s *memStore) SaveRetry(_ context.Context, d string, r queue.RetryState) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retry[d] = r
+	return nil
+}
+func (s *memStore) RecordCatchUp(_ context.Context, d string, rooms []queue.CatchUp) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.catchUp[d] == nil {
+		s.catchUp[d] = map[string]queue.CatchUp{}
+	}
+	for _, c := range rooms {
+		if old, ok := s.catchUp[d][c.RoomID]; !ok || c.Position > old.Position {
+			s.catchUp[d][c.RoomID] = c
+		}
+	}
+	return nil
+}
+func (s *memStore) CatchUpRooms(_ context.Context, d string) ([]queue.CatchUp, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []queue.CatchUp
+	for _, c := range s.catchUp[d] {
+		c.PDU = s.pdus[c.EventID]
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].RoomID < out[j].RoomID })
+	return out, nil
+}
+func (s *memStore) ClearCatchUp(_ context.Context, d string, c queue.CatchUp) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.catchUp[d][c.RoomID]; ok && cur.Position == c.Position {
+		delete(s.catchUp[d], c.RoomID)
+	}
+	return nil
+}
+func (s *memStore) DueDestinations(_ context.Context, now time.Time, limit int) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for d, rooms := range s.catchUp {
+		if len(rooms) > 0 && !s.retry[d].Failing(now) && len(out) < limit {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+type fixture struct {
+	m     *queue.Manager
+	tr    *transport
+	store *memStore
+	clk   *clock
+	done  atomic.Int64
+	pos   atomic.Int64
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{
+		tr:    &transport{got: map[string][]*txn.Transaction{}, failing: map[string]error{}, inFlight: map[string]int{}, delay: time.Millisecond},
+		store: &memStore{retry: map[string]queue.RetryState{}, catchUp: map[string]map[string]queue.CatchUp{}, pdus: map[string]json.RawMessage{}},
+		clk:   &clock{now: time.Unix(1_700_000_000, 0)},
+	}
+	m, err := queue.NewManager(queue.Config{Origin: "me.test", Now: f.clk.Now, Rand: func() float64 { return 0.5 }, CatchUpInterval: 5 * time.Millisecond,
+		Classify: func(err error) queue.Outcome { return queue.Backoff }}, f.tr, f.store, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.m = m
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = m.Run(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	testenv.Eventually(t, 5*time.Second, "manager running", func() bool {
+		return m.Enqueue(context.Background(), "probe.test", queue.Item{EDU: txn.EDU{Type: "m.x", Content: json.RawMessage(`{}`)}, Done: func() {}}) == nil
+	})
+	return f
+}
+
+func (f *fixture) pdu(t *testing.T, dest, room string) string {
+	t.Helper()
+	p := f.pos.Add(1)
+	id := fmt.Sprintf("$e%d", p)
+	raw := json.RawMessage(fmt.Sprintf(`{"room_id":%q,"n":%d}`, room, p))
+	f.store.mu.Lock()
+	f.store.pdus[id] = raw
+	f.store.mu.Unlock()
+	if err := f.m.Enqueue(context.Background(), dest, queue.Item{RoomID: room, EventID: id, Position: p, PDU: raw, Done: func() { f.done.Add(1) }}); err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
+}
+
+func TestBatchesInOrderOneInFlight(t *testing.T) {
+	f := setup(t)
+	var want []string
+	for i := 0; i < 230; i++ {
+		want = append(want, f.pdu(t, "a.test", "!r"))
+		f.pdu(t, "b.test", "!r")
+	}
+	testenv.Eventually(t, 10*time.Second, "all done", func() bool { return f.done.Load() == 460 })
+	got := f.tr.pdus("a.test")
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("order or content differs: %d sent, want %d", len(got), len(want))
+	}
+	f.tr.mu.Lock()
+	for _, tx := range f.tr.got["a.test"] {
+		if len(tx.PDUs) > txn.MaxPDUs {
+			t.Errorf("transaction of %d PDUs", len(tx.PDUs))
+		}
+	}
+	ids := map[string]bool{}
+	for _, tx := range f.tr.got["a.test"] {
+		if ids[tx.ID] {
+			t.Errorf("transaction id %s reused for a new transaction", tx.ID)
+		}
+		ids[tx.ID] = true
+	}
+	f.tr.mu.Unlock()
+	if n := f.tr.overlap.Load(); n != 0 {
+		t.Fatalf("%d overlapping transactions to one destination", n)
+	}
+}
+
+func TestBackoffCatchUpAndResume(t *testing.T) {
+	f := setup(t)
+	f.tr.mu.Lock()
+	f.tr.failing["a.test"] = errDown
+	f.tr.mu.Unlock()
+	f.pdu(t, "a.test", "!r1")
+	testenv.Eventually(t, 5*time.Second, "failure recorded", func() bool { return f.done.Load() == 1 })
+	r, _ := f.store.LoadRetry(context.Background(), "a.test")
+	if r.Interval != 10*time.Minute || r.NextAttempt != f.clk.Now().Add(11*time.Minute) { // jitter 0.8+0.5*0.6 = 1.1
+		t.Fatalf("backoff %+v", r)
+	}
+	// While backing off: PDUs go to catch-up, not memory; EDUs are dropped.
+	f.pdu(t, "a.test", "!r1")
+	last1 := f.pdu(t, "a.test", "!r1")
+	last2 := f.pdu(t, "a.test", "!r2")
+	if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(`{}`)}, Done: func() { f.done.Add(1) }}); err != nil {
+		t.Fatal(err)
+	}
+	if f.done.Load() != 5 || len(f.tr.pdus("a.test")) != 0 {
+		t.Fatalf("done %d, sent %d", f.done.Load(), len(f.tr.pdus("a.test")))
+	}
+	// Due again but still failing: the backoff doubles.
+	f.clk.advance(12 * time.Minute)
+	testenv.Eventually(t, 5*time.Second, "second failure", func() bool {
+		r, _ := f.store.LoadRetry(context.Background(), "a.test")
+		return r.Interval == 20*time.Minute
+	})
+	// Recovered: catch-up sends the latest event of each room, one room per transaction, then live resumes.
+	f.tr.mu.Lock()
+	delete(f.tr.failing, "a.test")
+	f.tr.mu.Unlock()
+	f.clk.advance(30 * time.Minute)
+	testenv.Eventually(t, 5*time.Second, "catch-up", func() bool { return len(f.tr.pdus("a.test")) == 2 })
+	got := f.tr.pdus("a.test")
+	sort.Strings(got)
+	want := []string{last1, last2}
+	sort.Strings(want)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("catch-up sent %v, want the latest per room %v", got, want)
+	}
+	testenv.Eventually(t, 5*time.Second, "backoff cleared", func() bool {
+		r, _ := f.store.LoadRetry(context.Background(), "a.test")
+		return r.Interval == 0
+	})
+	live := f.pdu(t, "a.test", "!r1")
+	testenv.Eventually(t, 5*time.Second, "live again", func() bool {
+		p := f.tr.pdus("a.test")
+		return len(p) == 3 && p[2] == live
+	})
+}
+
+func TestStopWaitsForInFlight(t *testing.T) {
+	f := setup(t)
+	f.tr.delay = 100 * time.Millisecond
+	for i := 0; i < 120; i++ {
+		f.pdu(t, "a.test", "!r")
+	}
+	testenv.Eventually(t, 5*time.Second, "a transaction in flight", func() bool {
+		f.tr.mu.Lock()
+		defer f.tr.mu.Unlock()
+		return f.tr.inFlight["a.test"] == 1
+	})
+	if err := f.m.Stop(context.Background(), []string{"a.test"}); err != nil {
+		t.Fatal(err)
+	}
+	f.tr.mu.Lock()
+	inFlight := f.tr.inFlight["a.test"]
+	f.tr.mu.Unlock()
+	if inFlight != 0 {
+		t.Fatal("Stop returned while a transaction was in flight")
+	}
+	if d := f.done.Load(); d >= 120 {
+		t.Fatalf("%d items done although the queue was stopped early", d)
+	}
+}
+
+func TestBackoffSchedule(t *testing.T) {
+	cfg := queue.Config{Origin: "o", Classify: func(error) queue.Outcome { return queue.Backoff }}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BackoffInitial != 10*time.Minute || cfg.BackoffMax != 7*24*time.Hour || cfg.BackoffMultiplier != 2 || cfg.JitterMin != 0.8 || cfg.JitterMax != 1.4 {
+		t.Fatalf("defaults differ from Synapse's: %+v", cfg)
+	}
+}
