@@ -1,0 +1,45 @@
+package router
+
+import (
+	"errors"
+	"strings"
+)
+
+// Config configures the router stage.
+type Config struct {
+	// ServerName is our server name: only events originating here are routed,
+	// and it is never a destination.
+	ServerName string
+	// Prefix is the topic prefix; the router reads <Prefix>.room. Default "fedpipe".
+	Prefix string
+	// Instance names this process in the instance header of the records it writes.
+	// Default "router".
+	Instance string
+}
+
+// DefaultPrefix is the topic prefix when Config.Prefix is empty.
+const DefaultPrefix = "fedpipe"
+
+func (c Config) withDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Instance == "" {
+		c.Instance = "router"
+	}
+	return c
+}
+
+// Validate reports the first setting that cannot work, after defaults.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.ServerName == "":
+		return errors.New("router: server name is required")
+	case strings.ContainsAny(c.ServerName, " \t\r\n/@"):
+		return errors.New("router: server name must be a bare host[:port]")
+	case strings.ContainsAny(c.Prefix, " \t\r\n"):
+		return errors.New("router: topic prefix must not contain whitespace")
+	}
+	return nil
+}

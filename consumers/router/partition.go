@@ -1,0 +1,146 @@
+package router
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/routing"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// room is a room's membership in memory and how far it has got.
+type room struct {
+	state *routing.RoomState
+	pos   routing.Positions
+}
+
+// partitionHandler routes one partition of <prefix>.room. Handle is called in
+// offset order, one record at a time, so it needs no lock; only the done
+// callbacks it hands to the writer run elsewhere.
+type partitionHandler struct {
+	r         *Router
+	topic     string
+	partition int
+	rooms     map[string]*room
+}
+
+// Handle routes an event or applies a state delta. A record that cannot be
+// decoded is poison; any other error leaves memory as it was before the call,
+// so the runtime can hand the same record again.
+func (p *partitionHandler) Handle(ctx context.Context, m kafka.Message, done func()) error {
+	rec, err := schema.DecodeRoomRecord(m.Value)
+	if err != nil {
+		return fmt.Errorf("decoding %s/%d@%d: %w: %w", p.topic, p.partition, m.Offset, runtime.ErrPoison, err)
+	}
+	switch rec.Kind {
+	case schema.KindEvent:
+		err = p.event(ctx, rec, done)
+	case schema.KindStateDelta:
+		err = p.delta(ctx, rec, done)
+	default:
+		// DecodeRoomRecord admits only the kinds above; a new kind is for a newer router.
+		return fmt.Errorf("%s/%d@%d: %w: room record of kind %q", p.topic, p.partition, m.Offset, runtime.ErrPoison, rec.Kind)
+	}
+	if err == nil {
+		p.r.m.records.WithLabelValues(rec.Kind).Inc()
+	}
+	return err
+}
+
+// event writes one outbound record per destination of a local event. The
+// membership in memory is the state before the event: the deltas of position N
+// follow the event of position N on the topic.
+func (p *partitionHandler) event(ctx context.Context, rec schema.RoomRecord, done func()) error {
+	if rec.Origin != p.r.cfg.ServerName {
+		// Remote events go nowhere (routing.PDUDestinations); skip loading the room.
+		done()
+		return nil
+	}
+	rm, err := p.room(ctx, rec.RoomID)
+	if err != nil {
+		return err
+	}
+	if rm.pos.NeedsRewind(rec.Position) {
+		// A replay: memory already holds this event's deltas or later ones.
+		joined, err := p.r.store.joinedBefore(ctx, rec.RoomID, rec.Position)
+		if err != nil {
+			return err
+		}
+		rm.state = routing.NewRoomState(joined...)
+		rm.pos.Applied = rec.Position - 1
+		p.r.m.rewinds.Inc()
+	}
+	dests := routing.PDUDestinations(rm.state, p.r.cfg.ServerName, routing.Event{Origin: rec.Origin, Type: rec.Type, StateKey: rec.StateKey})
+	p.r.m.destinations.Observe(float64(len(dests)))
+	if len(dests) == 0 {
+		done()
+		return nil
+	}
+	msgs, err := pduRecords(rec, dests, p.r.cfg.Instance)
+	if err != nil {
+		return err
+	}
+	if err := p.r.out.Write(ctx, msgs, done); err != nil {
+		return fmt.Errorf("writing %d outbound records of %s: %w", len(msgs), rec.EventID, err)
+	}
+	p.r.m.outbound.Add(float64(len(msgs)))
+	return nil
+}
+
+// delta applies a membership delta in memory and, unless it is a replay of a
+// stored one, stores it first with the room's position (routing.Positions).
+func (p *partitionHandler) delta(ctx context.Context, rec schema.RoomRecord, done func()) error {
+	if rec.Type != routing.TypeMember {
+		done()
+		return nil
+	}
+	rm, err := p.room(ctx, rec.RoomID)
+	if err != nil {
+		return err
+	}
+	user := *rec.StateKey
+	switch rm.pos.Delta(rec.Position) {
+	case routing.DeltaSkip:
+	case routing.DeltaApply:
+		rm.state.Apply(user, rec.Membership)
+	case routing.DeltaApplyAndStore:
+		joined := rec.Membership == routing.MembershipJoin
+		if _, ok := routing.ServerName(user); ok && rm.state.IsJoined(user) != joined {
+			if err := p.r.store.save(ctx, change{roomID: rec.RoomID, userID: user, position: rec.Position, joined: joined}); err != nil {
+				return err
+			}
+			p.r.m.changes.Inc()
+			rm.state.Apply(user, rec.Membership)
+			rm.pos.Stored = max(rm.pos.Stored, rec.Position)
+		}
+	}
+	rm.pos.Applied = max(rm.pos.Applied, rec.Position)
+	done()
+	return nil
+}
+
+// room returns a room's membership, loading it on first sight.
+func (p *partitionHandler) room(ctx context.Context, roomID string) (*room, error) {
+	if rm, ok := p.rooms[roomID]; ok {
+		return rm, nil
+	}
+	joined, last, err := p.r.store.load(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	rm := &room{state: routing.NewRoomState(joined...), pos: routing.Positions{Applied: last, Stored: last}}
+	p.rooms[roomID] = rm
+	p.r.m.rooms.Inc()
+	return rm, nil
+}
+
+// Close drops the partition's rooms: whoever handles it next loads them again
+// from PostgreSQL, which holds every change whose record was handled.
+func (p *partitionHandler) Close(context.Context) error {
+	p.r.m.rooms.Sub(float64(len(p.rooms)))
+	p.rooms = map[string]*room{}
+	return nil
+}

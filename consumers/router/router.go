@@ -1,0 +1,104 @@
+// Package router is the fedpipe-router stage: a consumer-group stage over
+// <prefix>.room that keeps every room's joined servers from its membership
+// deltas (stored in PostgreSQL, replay-safe) and writes one <prefix>.outbound
+// pdu record per (locally originated event, destination). The rules live in
+// federation/routing; this package is the Kafka and PostgreSQL side of them.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// Writer writes records to <prefix>.outbound and calls done once the broker has
+// acknowledged all of them, in order (runtime.BatchWriter).
+type Writer interface {
+	Write(ctx context.Context, msgs []kafka.Message, done func()) error
+}
+
+// Router is the stage: runtime.New(cfg, router, ...) runs it in a consumer group.
+// It owns no loop of its own; the Writer's Run and the group's Run are the
+// caller's to supervise.
+type Router struct {
+	cfg   Config
+	store store
+	out   Writer
+	log   *slog.Logger
+	m     metrics
+}
+
+// New returns a router writing through out.
+func New(cfg Config, pool *pgxpool.Pool, out Writer, logger *slog.Logger, reg prometheus.Registerer) (*Router, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if pool == nil || out == nil || logger == nil {
+		return nil, errors.New("router: pool, writer and logger are required")
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Router{cfg: cfg, store: store{pool}, out: out, log: logger, m: m}, nil
+}
+
+// Open starts handling one partition of <prefix>.room. Its rooms are loaded
+// from PostgreSQL when first seen, since the partition may have been handled by
+// another member until now.
+func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.PartitionHandler, error) {
+	if want := schema.Topic(r.cfg.Prefix, "room"); topic != want {
+		return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s", topic, want)
+	}
+	return &partitionHandler{r: r, topic: topic, partition: partition, rooms: map[string]*room{}}, nil
+}
+
+type metrics struct {
+	records      *prometheus.CounterVec
+	outbound     prometheus.Counter
+	rooms        prometheus.Gauge
+	destinations prometheus.Histogram
+	changes      prometheus.Counter
+	rewinds      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	m := metrics{
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_router_records_total", Help: "Room records routed, by kind (event, state_delta).",
+		}, []string{"kind"}),
+		outbound: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_router_outbound_records_total", Help: "Outbound pdu records written (one per event and destination).",
+		}),
+		rooms: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "fedpipe_router_rooms_cached", Help: "Rooms whose membership is held in memory by this process.",
+		}),
+		destinations: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "fedpipe_router_destinations_per_event", Help: "Destinations of each locally originated event.",
+			Buckets: []float64{0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+		}),
+		changes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_router_membership_changes_stored_total", Help: "Changes of a user's joined-ness stored in PostgreSQL.",
+		}),
+		rewinds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_router_replay_rewinds_total", Help: "Replayed events whose room state was rebuilt from the stored history.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds} {
+			if err := reg.Register(c); err != nil {
+				return m, fmt.Errorf("router: registering metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,87 @@
+package router
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// store is the router's PostgreSQL state (schema/migrations/0002_router.sql).
+type store struct{ pool *pgxpool.Pool }
+
+// load returns a room's joined users and last stored position (0 for a room
+// never seen), read in one statement so they agree.
+func (s store) load(ctx context.Context, roomID string) (joined []string, last int64, err error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT r.last_position, m.user_id
+		FROM router_rooms r LEFT JOIN router_room_members m USING (room_id)
+		WHERE r.room_id = $1`, roomID)
+	if err != nil {
+		return nil, 0, fmt.Errorf("loading membership of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var user *string
+		if err := rows.Scan(&last, &user); err != nil {
+			return nil, 0, fmt.Errorf("loading membership of %s: %w", roomID, err)
+		}
+		if user != nil {
+			joined = append(joined, *user)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("loading membership of %s: %w", roomID, err)
+	}
+	return joined, last, nil
+}
+
+// joinedBefore rebuilds the users joined to a room as of the position before pos
+// from the history of changes.
+func (s store) joinedBefore(ctx context.Context, roomID string, pos int64) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT user_id FROM (
+			SELECT DISTINCT ON (user_id) user_id, joined
+			FROM router_membership_changes
+			WHERE room_id = $1 AND position < $2
+			ORDER BY user_id, position DESC
+		) latest WHERE joined`, roomID, pos)
+	if err != nil {
+		return nil, fmt.Errorf("loading membership of %s before %d: %w", roomID, pos, err)
+	}
+	joined, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("loading membership of %s before %d: %w", roomID, pos, err)
+	}
+	return joined, nil
+}
+
+// change is one stored change of a user's joined-ness.
+type change struct {
+	roomID, userID string
+	position       int64
+	joined         bool
+}
+
+// save stores changes, each with its room's last position, in one transaction:
+// the statements of a batch run in one implicit transaction, one round trip.
+// Every statement is an upsert, so saving a change again is harmless.
+func (s store) save(ctx context.Context, changes ...change) error {
+	b := &pgx.Batch{}
+	for _, c := range changes {
+		b.Queue(`INSERT INTO router_membership_changes (room_id, user_id, position, joined) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (room_id, user_id, position) DO UPDATE SET joined = EXCLUDED.joined`, c.roomID, c.userID, c.position, c.joined)
+		if c.joined {
+			b.Queue(`INSERT INTO router_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, c.roomID, c.userID)
+		} else {
+			b.Queue(`DELETE FROM router_room_members WHERE room_id = $1 AND user_id = $2`, c.roomID, c.userID)
+		}
+		b.Queue(`INSERT INTO router_rooms (room_id, last_position) VALUES ($1, $2)
+			ON CONFLICT (room_id) DO UPDATE SET last_position = GREATEST(router_rooms.last_position, EXCLUDED.last_position)`, c.roomID, c.position)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("storing %d membership changes: %w", len(changes), err)
+	}
+	return nil
+}
