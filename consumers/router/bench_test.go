@@ -17,7 +17,7 @@ func BenchmarkRouterThroughput(b *testing.B) {
 		e := newEnv(b)
 		plan, err := loadgen.Generate(loadgen.Config{LocalServer: ourServer,
 			RemoteServers: []string{"one.test", "two.test", "three.test", "four.test", "five.test", "six.test"},
-			Rooms: 50, Events: 20000, ServersPerRoom: 3, Seed: 11, PDUPadding: 200})
+			Rooms:         50, Events: 20000, ServersPerRoom: 3, Seed: 11, PDUPadding: 200})
 		if err != nil {
 			b.Fatal(err)
 		}
