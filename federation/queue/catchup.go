@@ -23,11 +23,12 @@ func (m *Manager) catchUpLoop(ctx context.Context) error {
 		}
 		for _, dest := range due {
 			m.mu.Lock()
-			q, owned := m.queues[dest]
+			_, queued := m.queues[dest]
 			m.mu.Unlock()
-			if !owned {
-				continue // another member's destination, or none of ours yet
+			if !queued && (m.cfg.Owns == nil || !m.cfg.Owns(dest)) {
+				continue // another member's destination
 			}
+			q := m.queue(dest)
 			q.mu.Lock()
 			if q.running || q.stopping {
 				q.mu.Unlock()

@@ -104,6 +104,10 @@ type Config struct {
 	// CatchUpInterval, so thousands due at once do not open thousands of
 	// connections in the same second.
 	WakeupsPerTick int
+	// Owns reports whether this member serves dest now (its partition is
+	// assigned here), so destinations due for catch-up after a restart are woken
+	// by their owner only. Nil: only destinations with a queue are woken.
+	Owns func(dest string) bool
 	// Now is the clock (tests).
 	Now func() time.Time
 	// Rand returns a float in [0,1) (tests).

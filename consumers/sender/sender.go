@@ -1,0 +1,134 @@
+// Package sender is the fedpipe-sender stage: it consumes <prefix>.outbound
+// (partitioned by destination) and feeds each record to its destination's queue
+// (federation/queue). A record's offset is committed once its PDU was delivered
+// or recorded for catch-up. When a partition is revoked, the queues of its
+// destinations are stopped and their in-flight transactions finish before the
+// next owner starts, so two members never send to one destination at once.
+package sender
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/federation/txn"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// Config configures the stage.
+type Config struct {
+	// Queue configures the destination queues (Origin and Classify are required).
+	Queue queue.Config
+	// OutboundPartitions is the partition count of the outbound topic, to tell
+	// which destinations this member owns (murmur2 of the destination, as the
+	// router partitions them).
+	OutboundPartitions int
+}
+
+// Validate reports invalid settings.
+func (c *Config) Validate() error {
+	if c.OutboundPartitions <= 0 {
+		return errors.New("sender: the outbound topic's partition count must be set")
+	}
+	if c.Queue.Origin == "" {
+		return errors.New("sender: origin (our server name) must be set")
+	}
+	return c.Queue.Validate()
+}
+
+// Sender is the stage.
+type Sender struct {
+	m     *queue.Manager
+	log   *slog.Logger
+	parts []int
+
+	mu    sync.Mutex
+	owned map[int]int // partition → open handlers
+}
+
+// New returns the stage sending with transport and keeping state in pool.
+func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog.Logger, reg prometheus.Registerer) (*Sender, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Sender{log: logger, owned: map[int]int{}}
+	for i := 0; i < cfg.OutboundPartitions; i++ {
+		s.parts = append(s.parts, i)
+	}
+	cfg.Queue.Owns = s.owns
+	m, err := queue.NewManager(cfg.Queue, transport, NewStore(pool), logger, reg)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	return s, nil
+}
+
+// owns reports whether dest's partition is assigned to this member.
+func (s *Sender) owns(dest string) bool {
+	p := (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(dest)}, s.parts...)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.owned[p] > 0
+}
+
+// Run runs the destination queues until ctx ends.
+func (s *Sender) Run(ctx context.Context) error { return s.m.Run(ctx) }
+
+// Open implements runtime.Stage.
+func (s *Sender) Open(_ context.Context, _ string, id int) (runtime.PartitionHandler, error) {
+	s.mu.Lock()
+	s.owned[id]++
+	s.mu.Unlock()
+	return &partition{s: s, id: id, dests: map[string]bool{}}, nil
+}
+
+type partition struct {
+	s     *Sender
+	id    int
+	mu    sync.Mutex
+	dests map[string]bool
+}
+
+// Handle implements runtime.PartitionHandler.
+func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) error {
+	rec, err := schema.DecodeOutboundRecord(m.Value)
+	if err != nil {
+		return runtime.Poison(err)
+	}
+	p.mu.Lock()
+	p.dests[rec.Destination] = true
+	p.mu.Unlock()
+	it := queue.Item{Done: done}
+	switch rec.Kind {
+	case schema.KindPDU:
+		it.RoomID, it.EventID, it.Position, it.PDU = rec.RoomID, rec.EventID, rec.Position, rec.PDU
+	case schema.KindEDU:
+		it.EDU = txn.EDU{Type: rec.EDUType, Content: rec.Content}
+	}
+	return p.s.m.Enqueue(ctx, rec.Destination, it)
+}
+
+// Close implements runtime.PartitionHandler: it stops the partition's
+// destinations and waits for their in-flight transactions.
+func (p *partition) Close(ctx context.Context) error {
+	p.mu.Lock()
+	dests := make([]string, 0, len(p.dests))
+	for d := range p.dests {
+		dests = append(dests, d)
+	}
+	p.mu.Unlock()
+	p.s.mu.Lock()
+	if p.s.owned[p.id]--; p.s.owned[p.id] <= 0 {
+		delete(p.s.owned, p.id)
+	}
+	p.s.mu.Unlock()
+	return p.s.m.Stop(ctx, dests)
+}

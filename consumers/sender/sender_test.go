@@ -1,0 +1,179 @@
+package sender_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/consumers/sender"
+	"github.com/fedpipe/fedpipe/federation/client"
+	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/federation/signing"
+	"github.com/fedpipe/fedpipe/federation/testreceiver"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/producers/outbox"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+type env struct {
+	addr string
+	pool *pgxpool.Pool
+	recv *testreceiver.Server
+	cl   *client.Client
+}
+
+func setup(t *testing.T, dests ...string) *env {
+	t.Helper()
+	c, addr := testenv.Broker(t)
+	for _, tp := range []string{"out", "dead"} {
+		if err := c.CreateTopic(tp, 4, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := signing.GenerateKey()
+	recv, err := testreceiver.Start(testreceiver.Config{Names: dests, Keys: func(string, string) (ed25519.PublicKey, error) { return key.Public(), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = recv.Close() })
+	static := map[string]string{}
+	for _, d := range dests {
+		static[d] = recv.Addr()
+	}
+	res, _ := discovery.New(discovery.Config{Static: static})
+	cl, err := client.New(client.Config{Origin: "me.test", RootCAs: recv.CAPool(), AllowedNetworks: []string{"127.0.0.0/8"}, RetryDelay: 5 * time.Millisecond}, key, res, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{addr: addr, pool: pool, recv: recv, cl: cl}
+}
+
+func classify(err error) queue.Outcome {
+	switch client.KindOf(err) {
+	case client.KindFatal:
+		return queue.Fatal
+	case client.KindBackoff:
+		return queue.Backoff
+	default:
+		return queue.Retry
+	}
+}
+
+func (e *env) run(t *testing.T, backoff time.Duration) {
+	t.Helper()
+	s, err := sender.New(sender.Config{OutboundPartitions: 4, Queue: queue.Config{Origin: "me.test", Classify: classify, BackoffInitial: backoff, BackoffMax: 10 * backoff, CatchUpInterval: 20 * time.Millisecond}},
+		e.pool, e.cl, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: "fedpipe-sender", Topics: []string{"out"}, DeadLetterTopic: "dead", CommitInterval: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond},
+		s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = s.Run(ctx) }()
+	go func() { defer wg.Done(); _ = g.Run(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// publish persists an event (for catch-up) and writes its outbound record.
+func (e *env) publish(t *testing.T, dest, room string, n int) string {
+	t.Helper()
+	id := fmt.Sprintf("$%043d", n)
+	pdu := json.RawMessage(fmt.Sprintf(`{"room_id":%q,"sender":"@a:me.test","type":"m.room.message","content":{"n":%d}}`, room, n))
+	pos, err := outbox.PersistBatch(context.Background(), e.pool, []outbox.EventWithDeltas{{Event: outbox.Event{EventID: id, RoomID: room, RoomVersion: "10", Sender: "@a:me.test", Type: "m.room.message", PDU: pdu}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := schema.OutboundRecord{V: 1, Kind: schema.KindPDU, Destination: dest, RoomID: room, EventID: id, Position: pos[0], RoomVersion: "10", PDU: pdu}.Marshal()
+	w := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: "out", RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte(dest), Value: rec}); err != nil {
+		t.Fatal(err)
+	}
+	return string(pdu)
+}
+
+func TestDeliversInOrderInFullTransactions(t *testing.T) {
+	e := setup(t, "a.test", "b.test")
+	var want []string
+	for i := 0; i < 120; i++ {
+		want = append(want, e.publish(t, "a.test", "!r:me.test", i))
+	}
+	e.publish(t, "b.test", "!r:me.test", 1000)
+	e.run(t, time.Minute)
+	testenv.Eventually(t, 30*time.Second, "120 PDUs at a.test", func() bool { return len(e.recv.PDUs("a.test")) >= 120 })
+	got := e.recv.PDUs("a.test")
+	for i := range want {
+		if string(got[i]) != want[i] {
+			t.Fatalf("PDU %d differs or out of order: %s", i, got[i])
+		}
+	}
+	for _, tx := range e.recv.Transactions("a.test") {
+		if len(tx.PDUs) > 50 {
+			t.Fatalf("transaction with %d PDUs", len(tx.PDUs))
+		}
+	}
+	if e.recv.ConcurrentRejections() != 0 {
+		t.Fatal("overlapping transactions")
+	}
+}
+
+func TestForbiddenDestinationBacksOffAndCatchesUp(t *testing.T) {
+	e := setup(t, "a.test")
+	e.recv.SetFault("a.test", testreceiver.Fault{Status: 403})
+	e.run(t, 300*time.Millisecond)
+	e.publish(t, "a.test", "!r1:me.test", 1)
+	testenv.Eventually(t, 20*time.Second, "backoff persisted", func() bool {
+		var ms int64
+		_ = e.pool.QueryRow(context.Background(), "SELECT retry_interval_ms FROM sender_destinations WHERE destination='a.test'").Scan(&ms)
+		return ms > 0
+	})
+	e.publish(t, "a.test", "!r1:me.test", 2)
+	last1 := e.publish(t, "a.test", "!r1:me.test", 3)
+	last2 := e.publish(t, "a.test", "!r2:me.test", 4)
+	testenv.Eventually(t, 20*time.Second, "catch-up rows for both rooms", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), "SELECT count(*) FROM sender_catchup WHERE destination='a.test'").Scan(&n)
+		return n == 2
+	})
+	e.recv.ClearFault("a.test")
+	testenv.Eventually(t, 30*time.Second, "catch-up delivered the latest event of each room", func() bool {
+		got := map[string]bool{}
+		for _, p := range e.recv.PDUs("a.test") {
+			got[string(p)] = true
+		}
+		return got[last1] && got[last2]
+	})
+	if n := len(e.recv.PDUs("a.test")); n != 2 {
+		t.Fatalf("%d PDUs delivered by catch-up, want 2 (one per room)", n)
+	}
+	for _, tx := range e.recv.Transactions("a.test") {
+		if len(tx.PDUs) != 1 {
+			t.Fatalf("catch-up transaction with %d PDUs, want one room per transaction", len(tx.PDUs))
+		}
+	}
+	last := e.publish(t, "a.test", "!r1:me.test", 5)
+	testenv.Eventually(t, 20*time.Second, "live again", func() bool {
+		p := e.recv.PDUs("a.test")
+		return len(p) == 3 && string(p[2]) == last
+	})
+}

@@ -1,0 +1,120 @@
+package sender
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fedpipe/fedpipe/federation/queue"
+)
+
+// Store is the PostgreSQL queue.Store: backoff and catch-up survive restarts and
+// move with a destination's partition to another sender member.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// NewStore returns a Store on pool (migrated with schema.Migrate).
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// LoadRetry implements queue.Store.
+func (s *Store) LoadRetry(ctx context.Context, dest string) (queue.RetryState, error) {
+	var interval, next int64
+	err := s.pool.QueryRow(ctx, "SELECT retry_interval_ms, next_attempt_ms FROM sender_destinations WHERE destination = $1", dest).Scan(&interval, &next)
+	if err == pgx.ErrNoRows {
+		return queue.RetryState{}, nil
+	}
+	if err != nil {
+		return queue.RetryState{}, fmt.Errorf("loading backoff of %s: %w", dest, err)
+	}
+	return queue.RetryState{Interval: time.Duration(interval) * time.Millisecond, NextAttempt: time.UnixMilli(next)}, nil
+}
+
+// SaveRetry implements queue.Store.
+func (s *Store) SaveRetry(ctx context.Context, dest string, r queue.RetryState) error {
+	var next int64
+	if r.Interval > 0 {
+		next = r.NextAttempt.UnixMilli()
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO sender_destinations (destination, retry_interval_ms, next_attempt_ms) VALUES ($1, $2, $3)
+		ON CONFLICT (destination) DO UPDATE SET retry_interval_ms = EXCLUDED.retry_interval_ms, next_attempt_ms = EXCLUDED.next_attempt_ms, updated_at = now()`,
+		dest, r.Interval.Milliseconds(), next)
+	if err != nil {
+		return fmt.Errorf("saving backoff of %s: %w", dest, err)
+	}
+	return nil
+}
+
+// RecordCatchUp implements queue.Store, keeping the latest position per room.
+func (s *Store) RecordCatchUp(ctx context.Context, dest string, rooms []queue.CatchUp) error {
+	if len(rooms) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, c := range rooms {
+		b.Queue(`INSERT INTO sender_catchup (destination, room_id, position, event_id) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (destination, room_id) DO UPDATE SET position = EXCLUDED.position, event_id = EXCLUDED.event_id
+			WHERE sender_catchup.position < EXCLUDED.position`, dest, c.RoomID, c.Position, c.EventID)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("recording catch-up of %s: %w", dest, err)
+	}
+	return nil
+}
+
+// CatchUpRooms implements queue.Store; PDUs come from the events table.
+func (s *Store) CatchUpRooms(ctx context.Context, dest string) ([]queue.CatchUp, error) {
+	rows, err := s.pool.Query(ctx, `SELECT c.room_id, c.position, c.event_id, COALESCE(e.json, '')
+		FROM sender_catchup c LEFT JOIN events e ON e.event_id = c.event_id
+		WHERE c.destination = $1 ORDER BY c.position`, dest)
+	if err != nil {
+		return nil, fmt.Errorf("reading catch-up of %s: %w", dest, err)
+	}
+	defer rows.Close()
+	var out []queue.CatchUp
+	for rows.Next() {
+		var c queue.CatchUp
+		var pdu string
+		if err := rows.Scan(&c.RoomID, &c.Position, &c.EventID, &pdu); err != nil {
+			return nil, err
+		}
+		if pdu != "" {
+			c.PDU = json.RawMessage(pdu)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// ClearCatchUp implements queue.Store.
+func (s *Store) ClearCatchUp(ctx context.Context, dest string, c queue.CatchUp) error {
+	_, err := s.pool.Exec(ctx, "DELETE FROM sender_catchup WHERE destination = $1 AND room_id = $2 AND position = $3", dest, c.RoomID, c.Position)
+	if err != nil {
+		return fmt.Errorf("clearing catch-up of %s in %s: %w", dest, c.RoomID, err)
+	}
+	return nil
+}
+
+// DueDestinations implements queue.Store.
+func (s *Store) DueDestinations(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.destination FROM sender_catchup c
+		LEFT JOIN sender_destinations d ON d.destination = c.destination
+		WHERE COALESCE(d.next_attempt_ms, 0) <= $1 LIMIT $2`, now.UnixMilli(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing due destinations: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,17 @@
+-- The sender's durable state: per-destination backoff, and per (destination,
+-- room) the latest event a backing-off destination missed, for catch-up.
+
+CREATE TABLE sender_destinations (
+    destination        text PRIMARY KEY,
+    retry_interval_ms  bigint NOT NULL DEFAULT 0,   -- 0: healthy
+    next_attempt_ms    bigint NOT NULL DEFAULT 0,   -- unix ms
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE sender_catchup (
+    destination text NOT NULL,
+    room_id     text NOT NULL,
+    position    bigint NOT NULL,
+    event_id    text NOT NULL,
+    PRIMARY KEY (destination, room_id)
+);
