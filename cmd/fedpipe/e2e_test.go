@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fedpipe/fedpipe/federation/signing"
+	"github.com/fedpipe/fedpipe/federation/testreceiver"
+	"github.com/fedpipe/fedpipe/internal/config"
+	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+)
+
+// pipeline is a test deployment: a kfake broker over TCP, a fresh PostgreSQL
+// database, simulated remote servers, and fedpipe's configuration for them.
+type pipeline struct {
+	t    *testing.T
+	cfg  config.Config
+	recv *testreceiver.Server
+	key  *signing.Key
+	in   *infra
+	log  *slog.Logger
+}
+
+func newPipeline(t *testing.T, remotes []string) *pipeline {
+	t.Helper()
+	_, addr := testenv.Broker(t)
+	dir := t.TempDir()
+	keyPath := filepath.Join(dir, "signing.key")
+	key, err := signing.WriteNewKeyFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv, err := testreceiver.Start(testreceiver.Config{Names: remotes, Keys: func(origin, keyID string) (ed25519.PublicKey, error) {
+		if origin == "local.test" && keyID == key.ID {
+			return key.Public(), nil
+		}
+		return nil, fmt.Errorf("unknown key %s of %s", keyID, origin)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = recv.Close() })
+	cfg := config.Default()
+	cfg.ServerName = "local.test"
+	cfg.Instance = "test"
+	cfg.DataDir = dir
+	cfg.SigningKeyPath = keyPath
+	cfg.Kafka.Brokers = []string{addr}
+	cfg.Kafka.Partitions = 4
+	cfg.Kafka.OutboundPartitions = 8
+	cfg.Database.URL = testenv.Database(t)
+	cfg.Relay.PollInterval = 10 * time.Millisecond
+	cfg.Ingest.Listen = "127.0.0.1:0"
+	cfg.Admin.Listen = ""
+	cfg.Federation.Static = map[string]string{}
+	for _, r := range remotes {
+		cfg.Federation.Static[r] = recv.Addr()
+	}
+	cfg.Federation.AllowedNetworks = []string{"127.0.0.0/8"}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, recv.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Federation.CAFile = caFile
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	in, err := startInfra(context.Background(), cfg, log, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = in.Close() })
+	return &pipeline{t: t, cfg: cfg, recv: recv, key: key, in: in, log: log}
+}
+
+// start runs stages until the returned stop is called; stop returns their error.
+func (p *pipeline) start(stages ...string) (stop func() error) {
+	p.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	g, gctx := errgroup.WithContext(ctx)
+	// Each start is like another process: its own metrics registry.
+	member := *p.in
+	member.reg = prometheus.NewRegistry()
+	if err := member.startStages(gctx, g, stages, nil); err != nil {
+		cancel()
+		p.t.Fatal(err)
+	}
+	stopped := false
+	stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		return g.Wait()
+	}
+	p.t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+func remotes(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("remote%d.test", i)
+	}
+	return out
+}
+
+func (p *pipeline) plan(rooms, events int, seed uint64) *loadgen.Plan {
+	p.t.Helper()
+	plan, err := loadgen.Generate(loadgen.Config{LocalServer: "local.test", RemoteServers: p.recv.Names(), Rooms: rooms, Events: events, ServersPerRoom: 3, Seed: seed})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return plan
+}
+
+// waitDelivered waits until the receivers hold every expected delivery.
+func (p *pipeline) waitDelivered(plan *loadgen.Plan, timeout time.Duration) loadgen.Report {
+	p.t.Helper()
+	var rep loadgen.Report
+	testenv.Eventually(p.t, timeout, fmt.Sprintf("%d deliveries", plan.Expected), func() bool {
+		rep = plan.Check(p.recv.PDUs, -1)
+		return rep.Totals().Delivered == plan.Expected
+	})
+	return rep
+}
+
+func TestEndToEndEveryJoinedServerGetsItsRoomsEvents(t *testing.T) {
+	p := newPipeline(t, remotes(5))
+	p.start("relay", "router", "sender", "ingest")
+	plan := p.plan(30, 1500, 1)
+	persist := loadgen.HTTPPersister(http.DefaultClient, "http://"+p.in.listeners["ingest"]+"/_fedpipe/v1/events", "")
+	if _, err := plan.Ingest(context.Background(), persist, 100, nil); err != nil {
+		t.Fatal(err)
+	}
+	rep := p.waitDelivered(plan, 60*time.Second)
+	// Let stragglers arrive, then judge: nothing unexpected, nothing twice, in room order.
+	time.Sleep(300 * time.Millisecond)
+	rep = plan.Check(p.recv.PDUs, -1)
+	tot := rep.Totals()
+	if !rep.OK() || tot.Duplicates != 0 {
+		rep.Print(testWriter{t})
+		t.Fatalf("deliveries wrong: %+v", tot)
+	}
+	if n := p.recv.ConcurrentRejections(); n != 0 {
+		t.Fatalf("%d concurrent transactions to one destination", n)
+	}
+	t.Logf("%d events, %d deliveries to %d servers", len(plan.Events), tot.Delivered, len(rep.Servers))
+}
+
+// Two sender members share the outbound topic through rebalances (a member
+// joins mid-run, another leaves): every delivery happens and no destination
+// ever sees two transactions at once.
+func TestTwoSendersShareDestinationsThroughRebalances(t *testing.T) {
+	p := newPipeline(t, remotes(6))
+	p.start("relay", "router")
+	stopA := p.start("sender")
+	plan := p.plan(40, 3000, 2)
+	persist := loadgen.PoolPersister(p.in.pool)
+	third := len(plan.Events) / 3
+	ctx := context.Background()
+	ingest := func(from, to int) {
+		for i := from; i < to; i += 100 {
+			if err := persist(ctx, plan.Events[i:min(i+100, to)]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ingest(0, third)
+	p.start("sender") // member B joins: rebalance
+	ingest(third, 2*third)
+	if err := stopA(); err != nil { // member A leaves: rebalance again
+		t.Fatalf("sender A: %v", err)
+	}
+	ingest(2*third, len(plan.Events))
+	rep := p.waitDelivered(plan, 90*time.Second)
+	if !rep.OK() {
+		rep.Print(testWriter{t})
+		t.Fatal("deliveries wrong")
+	}
+	if n := p.recv.ConcurrentRejections(); n != 0 {
+		t.Fatalf("%d concurrent transactions to one destination", n)
+	}
+	t.Logf("duplicates through two rebalances: %d of %d", rep.Totals().Duplicates, plan.Expected)
+}

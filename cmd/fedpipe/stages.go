@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fedpipe/fedpipe/consumers/router"
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/consumers/sender"
+	"github.com/fedpipe/fedpipe/federation/client"
+	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
+	"github.com/fedpipe/fedpipe/producers/ingest"
+	"github.com/fedpipe/fedpipe/producers/relay"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// Consumer-group ids of the stages.
+const (
+	routerGroup = "fedpipe-router"
+	senderGroup = "fedpipe-sender"
+)
+
+var allStages = []string{"relay", "router", "sender", "ingest"}
+
+// cmdRun returns the command running the given stages; `run` also takes
+// --stages to pick a subset.
+func cmdRun(defaults ...string) func(context.Context, []string, io.Writer, io.Writer) error {
+	return func(ctx context.Context, args []string, _, stderr io.Writer) error {
+		fs, path := newFlagSet("run", stderr)
+		stages := fs.String("stages", "", "comma-separated stages to run (relay,router,sender,ingest); default: the command's")
+		cfg, err := loadConfig(fs, path, args)
+		if err != nil {
+			return err
+		}
+		run := defaults
+		if *stages != "" {
+			run = splitList(*stages)
+			for _, s := range run {
+				if !slices.Contains(allStages, s) {
+					return fmt.Errorf("--stages: unknown stage %q (relay, router, sender, ingest)", s)
+				}
+			}
+		}
+		log := newLogger(cfg.LogLevel, stderr)
+		in, err := startInfra(ctx, cfg, log, slices.Contains(run, "sender"))
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		g, gctx := errgroup.WithContext(ctx)
+		if err := in.startStages(gctx, g, run, nil); err != nil {
+			return err
+		}
+		log.Info("fedpipe running", "stages", run, "instance", cfg.Instance, "server_name", cfg.ServerName)
+		err = g.Wait()
+		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+			log.Info("fedpipe stopped")
+			return nil
+		}
+		return err
+	}
+}
+
+// stageOptions lets the demo and tests adjust what the configuration cannot say.
+type stageOptions struct {
+	// clientConfig adjusts the federation client (the demo trusts its receiver's CA).
+	clientConfig func(*client.Config)
+}
+
+// startStages starts each named stage and the admin listener in g.
+func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []string, opts *stageOptions) error {
+	cfg := in.cfg
+	prefix := cfg.Kafka.TopicPrefix
+	deadLetters := schema.Topic(prefix, "deadletter")
+	groupConfig := func(id, topic string) runtime.Config {
+		return runtime.Config{Brokers: in.brokers, GroupID: id, Topics: []string{topic}, DeadLetterTopic: deadLetters, Instance: cfg.Instance}
+	}
+	for _, s := range stages {
+		switch s {
+		case "relay":
+			rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
+				in.pool, kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg)
+			if err != nil {
+				return fmt.Errorf("relay: %w", err)
+			}
+			g.Go(func() error { return rl.Run(ctx) })
+		case "router":
+			log := in.log.With("stage", "router")
+			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg)
+			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance}, in.pool, out, log, in.reg)
+			if err != nil {
+				return fmt.Errorf("router: %w", err)
+			}
+			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room")), rt, log, in.reg)
+			if err != nil {
+				return fmt.Errorf("router group: %w", err)
+			}
+			g.Go(func() error { return out.Run(ctx) })
+			g.Go(func() error { return grp.Run(ctx) })
+		case "sender":
+			log := in.log.With("stage", "sender")
+			res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static})
+			if err != nil {
+				return fmt.Errorf("discovery: %w", err)
+			}
+			ccfg := client.Config{Origin: cfg.ServerName, CAFile: cfg.Federation.CAFile, InsecureSkipVerify: cfg.Federation.InsecureSkipVerify,
+				AllowedNetworks: cfg.Federation.AllowedNetworks, RequestTimeout: cfg.Federation.RequestTimeout}
+			if opts != nil && opts.clientConfig != nil {
+				opts.clientConfig(&ccfg)
+			}
+			cl, err := client.New(ccfg, in.key, res, log)
+			if err != nil {
+				return fmt.Errorf("federation client: %w", err)
+			}
+			snd, err := sender.New(sender.Config{OutboundPartitions: cfg.Kafka.OutboundPartitions, Queue: queue.Config{
+				Origin: cfg.ServerName, Classify: classify, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax}},
+				in.pool, cl, log, in.reg)
+			if err != nil {
+				return fmt.Errorf("sender: %w", err)
+			}
+			grp, err := runtime.New(groupConfig(senderGroup, schema.Topic(prefix, "outbound")), snd, log, in.reg)
+			if err != nil {
+				return fmt.Errorf("sender group: %w", err)
+			}
+			g.Go(func() error { return snd.Run(ctx) })
+			g.Go(func() error { return grp.Run(ctx) })
+		case "ingest":
+			if cfg.Ingest.Listen == "" {
+				continue
+			}
+			h, err := ingest.NewHandler(ingest.Config{Token: cfg.Ingest.Token, MaxBodyBytes: cfg.Ingest.MaxBodyBytes}, in.pool, in.log.With("stage", "ingest"), in.reg)
+			if err != nil {
+				return fmt.Errorf("ingest: %w", err)
+			}
+			if err := serveHTTP(ctx, g, "ingest", cfg.Ingest.Listen, h, in); err != nil {
+				return err
+			}
+		}
+	}
+	if cfg.Admin.Listen != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg}))
+		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, mux, in); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// classify maps the federation client's error kinds onto the queue's outcomes.
+func classify(err error) queue.Outcome {
+	switch client.KindOf(err) {
+	case client.KindFatal:
+		return queue.Fatal
+	case client.KindBackoff:
+		return queue.Backoff
+	default:
+		return queue.Retry
+	}
+}
+
+// serveHTTP listens now (so a taken port fails the start) and serves in g until ctx ends.
+func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler, in *infra) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s listener: %w", name, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	in.listeners[name] = ln.Addr().String()
+	in.log.Info("listening", "listener", name, "addr", ln.Addr().String())
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("%s listener: %w", name, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return nil
+}
