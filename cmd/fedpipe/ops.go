@@ -46,4 +46,3 @@ func cmdConfig(_ context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("unknown config subcommand %q (example, check)", args[0])
 	}
 }
-
