@@ -12,7 +12,13 @@ import (
 // byte for byte. Producers use these Marshal methods, never json.Marshal.
 
 // Marshal encodes the record with its PDU bytes untouched.
+// A state delta removing an m.room.member entry carries "membership":"" (the
+// contract says the new membership is "" when removed), which omitempty would
+// drop.
 func (r RoomRecord) Marshal() ([]byte, error) {
+	if r.Kind == KindStateDelta && r.Type == "m.room.member" && r.Membership == "" {
+		return spliceRaw(r, "membership", json.RawMessage(`""`))
+	}
 	raw := r.PDU
 	r.PDU = nil
 	return spliceRaw(r, "pdu", raw)
