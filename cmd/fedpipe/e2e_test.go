@@ -24,7 +24,7 @@ import (
 // pipeline is a test deployment: a kfake broker over TCP, a fresh PostgreSQL
 // database, simulated remote servers, and fedpipe's configuration for them.
 type pipeline struct {
-	t    *testing.T
+	t    testing.TB
 	cfg  config.Config
 	recv *testreceiver.Server
 	key  *signing.Key
@@ -32,7 +32,7 @@ type pipeline struct {
 	log  *slog.Logger
 }
 
-func newPipeline(t *testing.T, remotes []string) *pipeline {
+func newPipeline(t testing.TB, remotes []string) *pipeline {
 	t.Helper()
 	_, addr := testenv.Broker(t)
 	dir := t.TempDir()
@@ -110,7 +110,7 @@ func (p *pipeline) start(stages ...string) (stop func() error) {
 	return stop
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
 

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
+	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkEndToEnd measures (event, destination) deliveries per second and the
+// time from the ingest commit to arrival at the receiver, for 1,000 rooms, 50
+// remote servers and 100,000 events on the embedded stack (kfake, PostgreSQL,
+// loopback HTTPS), then raw kafka-go produce and consume of the same bytes
+// through the same broker. FEDPIPE_BENCH_ROOMS/SERVERS/EVENTS scale it down.
+//
+//	go test -run '^$' -bench EndToEnd -benchtime 1x -timeout 30m ./cmd/fedpipe
+func BenchmarkEndToEnd(b *testing.B) {
+	rooms, servers, events := envInt("FEDPIPE_BENCH_ROOMS", 1000), envInt("FEDPIPE_BENCH_SERVERS", 50), envInt("FEDPIPE_BENCH_EVENTS", 100000)
+	for i := 0; i < b.N; i++ {
+		p := newPipeline(b, remotes(servers))
+		plan, err := loadgen.Generate(loadgen.Config{LocalServer: "local.test", RemoteServers: p.recv.Names(), Rooms: rooms, Events: events, ServersPerRoom: 4, Seed: 42, PDUPadding: 300})
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.start("relay", "router", "sender")
+		b.ResetTimer()
+		start := time.Now()
+		committed, err := plan.Ingest(context.Background(), loadgen.PoolPersister(p.in.pool), 500, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ingested := time.Since(start)
+		last := time.Now()
+		testenv.Eventually(b, 30*time.Minute, "every delivery", func() bool {
+			if p.recv.TotalPDUs() < plan.Expected {
+				return false
+			}
+			last = time.Now()
+			return true
+		})
+		elapsed := last.Sub(start)
+		b.StopTimer()
+
+		// Latency: first arrival of each (event, destination) minus its commit time.
+		var lat []time.Duration
+		for _, dest := range p.recv.Names() {
+			pdus, at := p.recv.PDUArrivals(dest)
+			seen := map[int]bool{}
+			for j, pdu := range pdus {
+				seq, ok := plan.SeqOf(pdu)
+				if !ok || seen[seq] {
+					continue
+				}
+				seen[seq] = true
+				lat = append(lat, at[j].Sub(committed[seq]))
+			}
+		}
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+		rate := float64(plan.Expected) / elapsed.Seconds()
+		b.ReportMetric(rate, "deliveries/s")
+		b.ReportMetric(float64(pct(0.50).Milliseconds()), "p50-ms")
+		b.ReportMetric(float64(pct(0.99).Milliseconds()), "p99-ms")
+		b.Logf("%d events, %d deliveries to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p99 %s",
+			len(plan.Events), plan.Expected, servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), rate, pct(0.5), pct(0.99))
+
+		// Raw kafka-go: the same PDU bytes, one record per delivery, through the same broker.
+		raw := rawKafka(b, p.cfg.Kafka.Brokers, plan)
+		b.ReportMetric(raw, "raw-records/s")
+		b.ReportMetric(rate/raw, "fedpipe/raw")
+		b.Logf("raw kafka-go produce+consume of the same %d records: %.0f records/s; fedpipe reaches %.1f%% of it", plan.Expected, raw, 100*rate/raw)
+	}
+}
+
+// rawKafka produces one record per (event, destination) with the PDU as value
+// and consumes them back, returning records per second for both together.
+func rawKafka(b *testing.B, brokers []string, plan *loadgen.Plan) float64 {
+	ctx := context.Background()
+	topic := "bench.raw"
+	c := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	if _, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: 8, ReplicationFactor: 1}}}); err != nil {
+		b.Fatal(err)
+	}
+	w := kafkaio.NewWriter(brokers, topic)
+	defer w.Close()
+	var msgs []kafka.Message
+	for _, ev := range plan.Events {
+		for _, d := range ev.Destinations {
+			msgs = append(msgs, kafka.Message{Key: []byte(d), Value: ev.PDU})
+		}
+	}
+	start := time.Now()
+	for i := 0; i < len(msgs); i += 2000 {
+		if err := w.WriteMessages(ctx, msgs[i:min(i+2000, len(msgs))]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, GroupTopics: []string{topic}, GroupID: fmt.Sprintf("bench-%d", time.Now().UnixNano()), StartOffset: kafka.FirstOffset, MaxWait: 50 * time.Millisecond, MaxBytes: 10 << 20})
+	defer r.Close()
+	for n := 0; n < len(msgs); n++ {
+		if _, err := r.FetchMessage(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return float64(len(msgs)) / time.Since(start).Seconds()
+}
