@@ -10,11 +10,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 
 	"github.com/go-kit/kit/endpoint"
 	httptransport "github.com/go-kit/kit/transport/http"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -75,7 +73,7 @@ func makePersistEndpoint(pool *pgxpool.Pool) endpoint.Endpoint {
 		req := request.(persistRequest)
 		positions, err := outbox.PersistBatch(ctx, pool, req.events)
 		if err != nil {
-			return nil, duplicate(ctx, pool, req.events, err)
+			return replayed(ctx, pool, req.events, err)
 		}
 		if positions == nil {
 			positions = []int64{}
@@ -109,27 +107,4 @@ func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer 
 		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
 	})
 	return mux, nil
-}
-
-// duplicate turns a unique violation on event_id into a client error naming
-// the first event already persisted; other errors pass unchanged.
-func duplicate(ctx context.Context, pool *pgxpool.Pool, events []outbox.EventWithDeltas, err error) error {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || pgErr.ConstraintName != "events_event_id_key" {
-		return err
-	}
-	ids := make([]string, len(events))
-	for i, ev := range events {
-		ids[i] = ev.EventID
-	}
-	var existing []string
-	if qerr := pool.QueryRow(ctx, "SELECT coalesce(array_agg(event_id), '{}') FROM events WHERE event_id = ANY($1)", ids).Scan(&existing); qerr != nil {
-		return err
-	}
-	for i, id := range ids {
-		if slices.Contains(existing, id) {
-			return &requestError{http.StatusConflict, "M_INVALID_PARAM", fmt.Sprintf("events[%d].event_id: %s is already persisted; nothing in this request was", i, id)}
-		}
-	}
-	return err
 }

@@ -179,6 +179,29 @@ func TestDuplicateEventPersistsNothing(t *testing.T) {
 	}
 }
 
+// A request sent again after its answer was lost gets the stored positions,
+// so a caller can always retry; the same id with other bytes is a conflict.
+func TestRetriedRequestGetsTheSamePositions(t *testing.T) {
+	s := start(t, ingest.Config{})
+	msg := `{"room_id":"!r:hs.test","sender":"@alice:hs.test","type":"m.room.message","content":{"body":"once"}}`
+	body := `{"events":[` + memberEvent(1) + `,` + messageEvent(2, msg) + `]}`
+	first := s.post(t, body, "")
+	if first.status != http.StatusOK {
+		t.Fatalf("first: %+v", first)
+	}
+	again := s.post(t, body, "")
+	if again.status != http.StatusOK || fmt.Sprint(again.Positions) != fmt.Sprint(first.Positions) {
+		t.Fatalf("retry answered %+v, want 200 with %v", again, first.Positions)
+	}
+	changed := strings.Replace(body, `"once"`, `"twice"`, 1)
+	if a := s.post(t, changed, ""); a.status != http.StatusConflict || !strings.HasPrefix(a.Error, "events[1].event_id: ") {
+		t.Fatalf("same ids, other bytes: %+v, want 409 naming events[1].event_id", a)
+	}
+	if n := s.count(t); n != 2 {
+		t.Fatalf("%d events stored, want 2", n)
+	}
+}
+
 func TestBodyLimit(t *testing.T) {
 	s := start(t, ingest.Config{MaxBodyBytes: 1024})
 	pad := strings.Repeat(" ", 2000)
