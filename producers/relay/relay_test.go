@@ -158,6 +158,9 @@ func TestPublishesInOrderWithKeysAndHeaders(t *testing.T) {
 		t.Fatalf("%d state records, want 4", len(state))
 	}
 	for _, m := range state {
+		if err := schema.ValidateRecord("state", m.Value); err != nil {
+			t.Fatalf("state record fails its schema: %v", err)
+		}
 		rec, _ := schema.DecodeRoomRecord(m.Value)
 		if string(m.Key) != string(schema.StateKey(rec.RoomID, rec.Type, *rec.StateKey)) {
 			t.Fatalf("state key %s", m.Key)
