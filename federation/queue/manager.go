@@ -11,8 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
 // ErrNotRunning is returned by Enqueue before Run has started or after it ended.
@@ -46,9 +44,11 @@ type destQueue struct {
 	// catchingUp: missed rooms are being sent; live PDUs go to the store meanwhile.
 	catchingUp bool
 	stopping   bool
+	stopped    chan struct{} // closed by Stop: interrupts a retry pause
 	retry      RetryState
 	loaded     bool
-	idle       chan struct{} // closed when the worker exits; nil when none runs
+	idle       chan struct{}      // closed when the worker exits; nil when none runs
+	cancel     context.CancelFunc // cancels the running worker (Stop past its deadline)
 }
 
 // NewManager returns a Manager; Run must be running for Enqueue to work.
@@ -71,20 +71,72 @@ func NewManager(cfg Config, t Transport, s Store, logger *slog.Logger, reg prome
 }
 
 // Run supervises the destination workers and paces catch-up until ctx ends.
+// It fails when a worker cannot record a backoff in the store even after
+// retries: its records are then redelivered after a restart.
 func (m *Manager) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	m.mu.Lock()
 	m.group, m.ctx = g, gctx
 	m.mu.Unlock()
 	g.Go(func() error { return m.catchUpLoop(gctx) })
+	// Workers are added to g (under m.mu) only while group is set, and this
+	// goroutine, counted in g, clears it: so no Go call can race with Wait
+	// once the count has dropped to zero.
+	g.Go(func() error {
+		<-gctx.Done()
+		m.mu.Lock()
+		m.group = nil
+		m.mu.Unlock()
+		return nil
+	})
 	err := g.Wait()
-	m.mu.Lock()
-	m.group = nil
-	m.mu.Unlock()
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// spawn runs a destination worker under Run's errgroup. The caller has set
+// q.running and q.idle.
+func (m *Manager) spawn(q *destQueue, loop func(context.Context, *destQueue) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.group == nil {
+		q.mu.Lock()
+		q.finish()
+		q.mu.Unlock()
+		return ErrNotRunning
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	q.mu.Lock()
+	q.cancel = cancel
+	idle := q.idle
+	q.mu.Unlock()
+	m.m.active.Inc()
+	m.group.Go(func() error {
+		defer cancel()
+		err := loop(ctx, q)
+		m.m.active.Dec()
+		q.mu.Lock()
+		if q.idle == idle { // the loop has not handed over to a newer worker
+			q.finish()
+		}
+		q.mu.Unlock()
+		return err
+	})
+	return nil
+}
+
+// finish marks q's worker gone. q.mu is held. A loop calls it itself when it
+// decides to exit on an empty queue, atomically with that decision, so an
+// item enqueued just after starts a new worker.
+func (q *destQueue) finish() {
+	q.running = false
+	q.cancel = nil
+	if q.idle != nil {
+		close(q.idle)
+		q.idle = nil
+	}
 }
 
 func (m *Manager) queue(dest string) *destQueue {
@@ -92,7 +144,7 @@ func (m *Manager) queue(dest string) *destQueue {
 	defer m.mu.Unlock()
 	q, ok := m.queues[dest]
 	if !ok {
-		q = &destQueue{dest: dest}
+		q = &destQueue{dest: dest, stopped: make(chan struct{})}
 		m.queues[dest] = q
 		m.m.destinations.Set(float64(len(m.queues)))
 	}
@@ -105,18 +157,10 @@ func (m *Manager) queue(dest string) *destQueue {
 // was not taken (the store failed) and should be offered again.
 func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
 	q := m.queue(dest)
-	q.mu.Lock()
-	if !q.loaded {
-		q.mu.Unlock()
-		r, err := m.store.LoadRetry(ctx, dest)
-		if err != nil {
-			return fmt.Errorf("loading backoff of %s: %w", dest, err)
-		}
-		q.mu.Lock()
-		if !q.loaded {
-			q.retry, q.loaded = r, true
-		}
+	if err := m.load(ctx, q); err != nil {
+		return fmt.Errorf("loading backoff of %s: %w", dest, err)
 	}
+	q.mu.Lock()
 	now := m.cfg.Now()
 	if q.retry.Failing(now) || q.catchingUp || q.retry.Interval > 0 {
 		// Backing off, or due but not caught up yet: the catch-up loop sends it.
@@ -145,163 +189,18 @@ func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
 	}
 	q.mu.Unlock()
 	if start {
-		return m.spawn(q, m.sendLoop)
-	}
-	return nil
-}
-
-// spawn runs a destination worker under Run's errgroup.
-func (m *Manager) spawn(q *destQueue, loop func(context.Context, *destQueue)) error {
-	m.mu.Lock()
-	g, ctx := m.group, m.ctx
-	m.mu.Unlock()
-	if g == nil {
-		q.mu.Lock()
-		q.running = false
-		close(q.idle)
-		q.idle = nil
-		q.mu.Unlock()
-		return ErrNotRunning
-	}
-	m.m.active.Inc()
-	g.Go(func() error {
-		defer m.m.active.Dec()
-		loop(ctx, q)
-		return nil
-	})
-	return nil
-}
-
-// finish marks q's worker gone.
-func (q *destQueue) finish() {
-	q.running = false
-	if q.idle != nil {
-		close(q.idle)
-		q.idle = nil
-	}
-}
-
-// sendLoop sends q's live items, one transaction at a time, until q is empty,
-// stopping, or the destination fails.
-func (m *Manager) sendLoop(ctx context.Context, q *destQueue) {
-	for {
-		q.mu.Lock()
-		if q.stopping || ctx.Err() != nil || (len(q.pdus) == 0 && len(q.edus) == 0) {
-			q.finish()
+		if err := m.spawn(q, m.sendLoop); err != nil {
+			q.mu.Lock() // not taken: the caller offers it again
+			if it.isPDU() && len(q.pdus) > 0 {
+				q.pdus = q.pdus[:len(q.pdus)-1]
+			} else if !it.isPDU() && len(q.edus) > 0 {
+				q.edus = q.edus[:len(q.edus)-1]
+			}
 			q.mu.Unlock()
-			return
-		}
-		np, ne := min(len(q.pdus), txn.MaxPDUs), min(len(q.edus), txn.MaxEDUs)
-		items := append(append([]Item(nil), q.pdus[:np]...), q.edus[:ne]...)
-		q.pdus, q.edus = q.pdus[np:], q.edus[ne:]
-		q.mu.Unlock()
-
-		t := m.newTxn(q.dest)
-		for i := range items {
-			var err error
-			if items[i].isPDU() {
-				err = t.AddPDU(items[i].PDU)
-			} else {
-				err = t.AddEDU(items[i].EDU)
-			}
-			if err != nil { // cannot happen within the limits taken above
-				m.log.Error("building transaction", "destination", q.dest, "err", err)
-			}
-		}
-		if m.send(ctx, q, t, items) != nil {
-			return
+			return err
 		}
 	}
-}
-
-// send sends t; on success the items are done. On failure the destination backs
-// off: its PDUs (these and all queued) are recorded for catch-up and its EDUs
-// dropped; the worker then exits (the error is returned).
-func (m *Manager) send(ctx context.Context, q *destQueue, t *txn.Transaction, items []Item) error {
-	start := m.cfg.Now()
-	resp, err := m.t.SendTransaction(ctx, t)
-	m.m.sendSeconds.Observe(m.cfg.Now().Sub(start).Seconds())
-	if err == nil {
-		m.m.txns.WithLabelValues("ok").Inc()
-		m.m.pdusSent.Add(float64(len(t.PDUs)))
-		m.m.edusSent.Add(float64(len(t.EDUs)))
-		for id, reason := range resp.Errors() {
-			m.m.pduRejected.Inc()
-			m.log.Warn("destination rejected a PDU", "destination", q.dest, "event_id", id, "error", reason)
-		}
-		for _, it := range items {
-			it.Done()
-		}
-		return nil
-	}
-	if ctx.Err() != nil {
-		q.mu.Lock()
-		q.finish()
-		q.mu.Unlock()
-		return err // stopping: items stay undone and are redelivered to the next owner
-	}
-	switch m.cfg.Classify(err) {
-	case Fatal:
-		m.m.txns.WithLabelValues("fatal").Inc()
-		m.log.Error("destination refused our transaction as malformed; dropping it", "destination", q.dest, "txn", t.ID, "pdus", len(t.PDUs), "err", err)
-		for _, it := range items {
-			it.Done()
-		}
-		return nil
-	default:
-		m.m.txns.WithLabelValues("failed").Inc()
-		if berr := m.backOff(ctx, q, items, err); berr != nil {
-			m.log.Error("recording backoff failed; items will be redelivered", "destination", q.dest, "err", berr)
-		}
-		return err
-	}
-}
-
-// backOff records the failure and moves everything pending for q to catch-up.
-func (m *Manager) backOff(ctx context.Context, q *destQueue, inFlight []Item, cause error) error {
-	q.mu.Lock()
-	items := append(append(append([]Item(nil), inFlight...), q.pdus...), q.edus...)
-	q.pdus, q.edus = nil, nil
-	interval := m.cfg.nextInterval(q.retry.Interval)
-	q.retry = RetryState{Interval: interval, NextAttempt: m.cfg.Now().Add(m.cfg.jitter(interval, m.cfg.Rand()))}
-	r := q.retry
-	q.finish()
-	q.mu.Unlock()
-	m.log.Warn("destination failing; backing off", "destination", q.dest, "interval", interval, "until", r.NextAttempt, "err", cause)
-	m.m.backoffs.Inc()
-	latest := map[string]CatchUp{}
-	var edus []Item
-	for _, it := range items {
-		if !it.isPDU() {
-			edus = append(edus, it)
-			continue
-		}
-		if c, ok := latest[it.RoomID]; !ok || it.Position > c.Position {
-			latest[it.RoomID] = CatchUp{RoomID: it.RoomID, Position: it.Position, EventID: it.EventID}
-		}
-	}
-	rooms := make([]CatchUp, 0, len(latest))
-	for _, c := range latest {
-		rooms = append(rooms, c)
-	}
-	if err := m.store.SaveRetry(ctx, q.dest, r); err != nil {
-		return err // nothing done: the items are redelivered and tried again
-	}
-	if err := m.store.RecordCatchUp(ctx, q.dest, rooms); err != nil {
-		return err
-	}
-	for _, it := range items {
-		if it.isPDU() {
-			m.m.pdusToCatchUp.Inc()
-		}
-		it.Done()
-	}
-	m.m.edusDropped.Add(float64(len(edus)))
 	return nil
-}
-
-func (m *Manager) newTxn(dest string) *txn.Transaction {
-	return &txn.Transaction{ID: fmt.Sprintf("%s.%d", m.txnBase, m.txnSeq.Add(1)), Origin: m.cfg.Origin, Destination: dest, OriginServerTS: m.cfg.Now().UnixMilli()}
 }
 
 // Stop stops the queues of dests (their partition was revoked): it waits for
@@ -310,6 +209,7 @@ func (m *Manager) newTxn(dest string) *txn.Transaction {
 // nothing of this member runs for dests.
 func (m *Manager) Stop(ctx context.Context, dests []string) error {
 	var waits []chan struct{}
+	var stopping []*destQueue
 	m.mu.Lock()
 	for _, d := range dests {
 		q, ok := m.queues[d]
@@ -318,21 +218,52 @@ func (m *Manager) Stop(ctx context.Context, dests []string) error {
 		}
 		delete(m.queues, d)
 		q.mu.Lock()
-		q.stopping = true
+		if !q.stopping {
+			q.stopping = true
+			close(q.stopped)
+		}
 		q.pdus, q.edus = nil, nil
 		if q.idle != nil {
+			stopping = append(stopping, q)
 			waits = append(waits, q.idle)
 		}
 		q.mu.Unlock()
 	}
 	m.m.destinations.Set(float64(len(m.queues)))
 	m.mu.Unlock()
-	for _, w := range waits {
+	for i, w := range waits {
 		select {
 		case <-w:
+			continue
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for in-flight transactions: %w", ctx.Err())
 		}
+		// Out of time: cancel the sends still in flight and wait for them to
+		// return (transports honour cancellation), so that nothing of this
+		// member is sending to these destinations once Stop returns.
+		for _, q := range stopping[i:] {
+			q.mu.Lock()
+			if q.cancel != nil {
+				q.cancel()
+			}
+			q.mu.Unlock()
+		}
+		for _, w := range waits[i:] {
+			<-w
+		}
+		return fmt.Errorf("waiting for in-flight transactions: %w (they were cancelled)", ctx.Err())
 	}
 	return nil
+}
+
+// Destinations lists the destinations with a queue on this member, so a
+// partition's owner can stop every one of its destinations, including those
+// only woken for catch-up.
+func (m *Manager) Destinations() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.queues))
+	for d := range m.queues {
+		out = append(out, d)
+	}
+	return out
 }

@@ -9,6 +9,8 @@ type metrics struct {
 	catchUps                             prometheus.Counter
 	destinations, active                 prometheus.Gauge
 	sendSeconds                          prometheus.Histogram
+	dropped                              *prometheus.CounterVec
+	retries, storeErrors, catchUpSent    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,7 +30,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		active:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_sender_active_destinations", Help: "Destinations with a transaction being sent."}),
 		sendSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_sender_transaction_duration_seconds", Help: "Time to send one transaction, retries included.", Buckets: prometheus.DefBuckets}),
 	}
-	for _, col := range []prometheus.Collector{m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
+	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_dropped_total",
+		Help: "PDUs and EDUs dropped as unsendable (too large, not canonical JSON) or because the destination called their transaction malformed (fatal)."}, []string{"kind", "reason"})
+	m.retries = c("fedpipe_sender_transaction_retries_total", "Transactions sent again with the same id after a transient failure.")
+	m.catchUpSent = c("fedpipe_sender_catchup_pdus_sent_total", "Catch-up PDUs (the latest missed event of a room) accepted by their destination.")
+	m.storeErrors = c("fedpipe_sender_store_errors_total", "Failed store writes of backoff or catch-up state (retried).")
+	for _, col := range []prometheus.Collector{m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}

@@ -108,6 +108,20 @@ type Config struct {
 	// assigned here), so destinations due for catch-up after a restart are woken
 	// by their owner only. Nil: only destinations with a queue are woken.
 	Owns func(dest string) bool
+	// RetryAttempts is how many more times a transaction failing with Retry is
+	// sent, with the same transaction id, before the destination backs off
+	// (default 2; -1 for none): the transport's in-request retries span about a
+	// second, and one 503 should not silence a server for 10 minutes.
+	RetryAttempts int
+	// RetryDelay is the pause before the first such retry, doubling (default 5 s).
+	RetryDelay time.Duration
+	// StoreAttempts bounds the tries of a store write the queue cannot go on
+	// without (recording a backoff and what the destination missed); when
+	// they are exhausted Run fails, so the records are redelivered after a
+	// restart instead of silently stalling the partition (default 5).
+	StoreAttempts int
+	// StoreRetryDelay is the first pause between those tries, doubling (default 200 ms).
+	StoreRetryDelay time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
 	// Rand returns a float in [0,1) (tests).
@@ -130,6 +144,14 @@ func (c *Config) Validate() error {
 	def(&c.BackoffInitial, 10*time.Minute)
 	def(&c.BackoffMax, 7*24*time.Hour)
 	def(&c.CatchUpInterval, time.Second)
+	def(&c.RetryDelay, 5*time.Second)
+	def(&c.StoreRetryDelay, 200*time.Millisecond)
+	if c.RetryAttempts == 0 {
+		c.RetryAttempts = 2
+	}
+	if c.StoreAttempts == 0 {
+		c.StoreAttempts = 5
+	}
 	if c.BackoffMultiplier == 0 {
 		c.BackoffMultiplier = 2
 	}
@@ -141,6 +163,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 {
+		return errors.New("queue: retry settings must not be negative")
 	}
 	if c.BackoffMultiplier < 1 || c.JitterMin <= 0 || c.JitterMax < c.JitterMin || c.BackoffMax < c.BackoffInitial {
 		return fmt.Errorf("queue: invalid backoff settings")

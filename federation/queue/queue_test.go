@@ -26,10 +26,27 @@ type transport struct {
 	failing  map[string]error
 	inFlight map[string]int
 	overlap  atomic.Int64
-	delay    time.Duration
+	delay    atomic.Int64 // nanoseconds
+	attempts map[string]int // "destination id" → sends
+	flaky    map[string]int // destination → sends still to fail with errTransient
 }
 
-var errDown = errors.New("destination down")
+var (
+	errDown      = errors.New("destination down")
+	errTransient = errors.New("503, retried within the request")
+	errBad       = errors.New("400: our transaction is malformed")
+)
+
+// classify maps the stub's errors as consumers/sender maps the client's.
+func classify(err error) queue.Outcome {
+	switch {
+	case errors.Is(err, errTransient):
+		return queue.Retry
+	case errors.Is(err, errBad):
+		return queue.Fatal
+	}
+	return queue.Backoff
+}
 
 func (t *transport) SendTransaction(_ context.Context, tx *txn.Transaction) (txn.Response, error) {
 	t.mu.Lock()
@@ -38,8 +55,18 @@ func (t *transport) SendTransaction(_ context.Context, tx *txn.Transaction) (txn
 		t.overlap.Add(1)
 	}
 	err := t.failing[tx.Destination]
+	if t.flaky[tx.Destination] > 0 {
+		t.flaky[tx.Destination]--
+		err = errTransient
+	}
+	if t.attempts != nil {
+		t.attempts[tx.Destination+" "+tx.ID]++
+	}
 	t.mu.Unlock()
-	time.Sleep(t.delay)
+	if _, berr := tx.Body(); berr != nil && err == nil {
+		err = fmt.Errorf("%w: %w", errBad, berr) // as the federation client reports it
+	}
+	time.Sleep(time.Duration(t.delay.Load()))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.inFlight[tx.Destination]--
@@ -145,17 +172,27 @@ type fixture struct {
 	clk   *clock
 	done  atomic.Int64
 	pos   atomic.Int64
+	reg   *prometheus.Registry
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t *testing.T) *fixture { return setupWith(t, nil) }
+
+// setupWith runs a Manager on the stubs, adjust changing its Config.
+func setupWith(t *testing.T, adjust func(*queue.Config)) *fixture {
 	t.Helper()
 	f := &fixture{
-		tr:    &transport{got: map[string][]*txn.Transaction{}, failing: map[string]error{}, inFlight: map[string]int{}, delay: time.Millisecond},
+		tr:    &transport{got: map[string][]*txn.Transaction{}, failing: map[string]error{}, inFlight: map[string]int{}, attempts: map[string]int{}, flaky: map[string]int{}},
 		store: &memStore{retry: map[string]queue.RetryState{}, catchUp: map[string]map[string]queue.CatchUp{}, pdus: map[string]json.RawMessage{}},
 		clk:   &clock{now: time.Unix(1_700_000_000, 0)},
+		reg:   prometheus.NewRegistry(),
 	}
-	m, err := queue.NewManager(queue.Config{Origin: "me.test", Now: f.clk.Now, Rand: func() float64 { return 0.5 }, CatchUpInterval: 5 * time.Millisecond,
-		Classify: func(err error) queue.Outcome { return queue.Backoff }}, f.tr, f.store, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	f.tr.delay.Store(int64(time.Millisecond))
+	cfg := queue.Config{Origin: "me.test", Now: f.clk.Now, Rand: func() float64 { return 0.5 }, CatchUpInterval: 5 * time.Millisecond,
+		RetryDelay: 5 * time.Millisecond, Classify: classify}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	m, err := queue.NewManager(cfg, f.tr, f.store, slog.New(slog.DiscardHandler), f.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +306,7 @@ func TestBackoffCatchUpAndResume(t *testing.T) {
 
 func TestStopWaitsForInFlight(t *testing.T) {
 	f := setup(t)
-	f.tr.delay = 100 * time.Millisecond
+	f.tr.delay.Store(int64(100 * time.Millisecond))
 	for i := 0; i < 120; i++ {
 		f.pdu(t, "a.test", "!r")
 	}
