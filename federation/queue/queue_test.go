@@ -26,7 +26,7 @@ type transport struct {
 	failing  map[string]error
 	inFlight map[string]int
 	overlap  atomic.Int64
-	delay    atomic.Int64 // nanoseconds
+	delay    atomic.Int64   // nanoseconds
 	attempts map[string]int // "destination id" → sends
 	flaky    map[string]int // destination → sends still to fail with errTransient
 }
