@@ -163,7 +163,8 @@ func (r *Relay) loadPosition(ctx context.Context) (int64, error) {
 // ≤ L had an xid before L was read. The relay then takes an xid of its own, N,
 // with a snapshot: the transactions still running are among the snapshot's
 // in-progress list and the xids from its xmax up to N (PostgreSQL does not list
-// running xids at or above xmax). It waits until none of those is in progress.
+// running xids at or above xmax). It waits until all of those are visible to a new snapshot
+// (committed or rolled back, and no longer running for anyone).
 // Taking an xid costs one per round, and only when there is something new.
 func (r *Relay) visibleUpTo(ctx context.Context, published int64) (int64, error) {
 	var last int64
@@ -190,7 +191,10 @@ func (r *Relay) visibleUpTo(ctx context.Context, published int64) (int64, error)
 	defer func() { r.waitingXID.Observe(time.Since(start).Seconds()) }()
 	for {
 		var running bool
-		err := r.pool.QueryRow(ctx, `SELECT COALESCE(bool_or(pg_xact_status(x) = 'in progress'), false) FROM (
+		// Visible in a fresh snapshot, not merely committed: a transaction is
+		// marked committed in the commit log slightly before new snapshots stop
+		// seeing it as running, and the rows must be visible to the next query.
+		err := r.pool.QueryRow(ctx, `SELECT NOT COALESCE(bool_and(pg_visible_in_snapshot(x, pg_current_snapshot())), true) FROM (
 				SELECT unnest($1::text[])::xid8 AS x
 				UNION ALL SELECT g::text::xid8 FROM generate_series($2::bigint, $3::bigint) AS g) AS candidates`,
 			xip, int64(xmax), int64(next)-1).Scan(&running)
