@@ -1,0 +1,69 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/fedpipe/fedpipe/internal/config"
+)
+
+// docker-compose.yml is documentation that must stay true to the code: every
+// fedpipe service runs a real command, and every FEDPIPE_* variable it sets is a
+// configuration key.
+func TestComposeFileMatchesTheCLI(t *testing.T) {
+	raw, err := os.ReadFile("../../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Services map[string]struct {
+			Command     any               `yaml:"command"`
+			Entrypoint  any               `yaml:"entrypoint"`
+			Environment map[string]string `yaml:"environment"`
+			Image       string            `yaml:"image"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{}
+	for _, k := range config.Keys() {
+		known[config.EnvName(k)] = true
+	}
+	cmds := commands()
+	stages := 0
+	for name, svc := range doc.Services {
+		if svc.Image != "fedpipe:latest" {
+			continue
+		}
+		for k := range svc.Environment {
+			if strings.HasPrefix(k, "FEDPIPE_") && !known[k] {
+				t.Errorf("service %s sets %s, which is no configuration key", name, k)
+			}
+		}
+		cmd, _ := svc.Command.([]any)
+		if len(cmd) == 0 {
+			t.Errorf("service %s has no command", name)
+			continue
+		}
+		if svc.Entrypoint != nil { // the init service: a shell script
+			script, _ := cmd[0].(string)
+			for _, want := range []string{"fedpipe keygen", "fedpipe migrate", "fedpipe topics create"} {
+				if !strings.Contains(script, want) {
+					t.Errorf("service %s does not run %q", name, want)
+				}
+			}
+			continue
+		}
+		if _, ok := cmds[cmd[0].(string)]; !ok {
+			t.Errorf("service %s runs unknown command %v", name, cmd[0])
+		}
+		stages++
+	}
+	if stages < 4 {
+		t.Fatalf("found %d stage services, want relay, ingest, router and sender", stages)
+	}
+}
