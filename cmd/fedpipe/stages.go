@@ -124,7 +124,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 				return fmt.Errorf("federation client: %w", err)
 			}
 			snd, err := sender.New(sender.Config{OutboundPartitions: cfg.Kafka.OutboundPartitions, Queue: queue.Config{
-				Origin: cfg.ServerName, Classify: classify, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax}},
+				Origin: cfg.ServerName, Classify: sender.ClassifyClientError, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax}},
 				in.pool, cl, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("sender: %w", err)
@@ -156,18 +156,6 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 		}
 	}
 	return nil
-}
-
-// classify maps the federation client's error kinds onto the queue's outcomes.
-func classify(err error) queue.Outcome {
-	switch client.KindOf(err) {
-	case client.KindFatal:
-		return queue.Fatal
-	case client.KindBackoff:
-		return queue.Backoff
-	default:
-		return queue.Retry
-	}
 }
 
 // serveHTTP listens now (so a taken port fails the start) and serves in g until ctx ends.

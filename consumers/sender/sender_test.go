@@ -63,16 +63,8 @@ func setup(t *testing.T, dests ...string) *env {
 	return &env{addr: addr, pool: pool, recv: recv, cl: cl}
 }
 
-func classify(err error) queue.Outcome {
-	switch client.KindOf(err) {
-	case client.KindFatal:
-		return queue.Fatal
-	case client.KindBackoff:
-		return queue.Backoff
-	default:
-		return queue.Retry
-	}
-}
+// classify is the stage's real classification, under the name the tests use.
+var classify = sender.ClassifyClientError
 
 func (e *env) run(t *testing.T, backoff time.Duration) {
 	t.Helper()
