@@ -9,6 +9,7 @@ package sender
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 
@@ -71,9 +72,15 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 	return s, nil
 }
 
+// partitionOf is dest's partition of the outbound topic, as the router's
+// murmur2 writer chose it.
+func (s *Sender) partitionOf(dest string) int {
+	return (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(dest)}, s.parts...)
+}
+
 // owns reports whether dest's partition is assigned to this member.
 func (s *Sender) owns(dest string) bool {
-	p := (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(dest)}, s.parts...)
+	p := s.partitionOf(dest)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.owned[p] > 0
@@ -84,6 +91,11 @@ func (s *Sender) Run(ctx context.Context) error { return s.m.Run(ctx) }
 
 // Open implements runtime.Stage.
 func (s *Sender) Open(_ context.Context, _ string, id int) (runtime.PartitionHandler, error) {
+	if id < 0 || id >= len(s.parts) {
+		// The configured count decides which destinations catch-up wakes here:
+		// a wrong one would wake other members' destinations.
+		return nil, fmt.Errorf("sender: partition %d assigned, but the outbound topic is configured with %d partitions", id, len(s.parts))
+	}
 	s.mu.Lock()
 	s.owned[id]++
 	s.mu.Unlock()
@@ -117,18 +129,26 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 }
 
 // Close implements runtime.PartitionHandler: it stops the partition's
-// destinations and waits for their in-flight transactions.
+// destinations and waits for their in-flight transactions. Those are the
+// destinations its records named and those catch-up woke without a record
+// (after a restart or a takeover). Ownership is given up first, so catch-up
+// cannot claim one of them once the list is taken.
 func (p *partition) Close(ctx context.Context) error {
-	p.mu.Lock()
-	dests := make([]string, 0, len(p.dests))
-	for d := range p.dests {
-		dests = append(dests, d)
-	}
-	p.mu.Unlock()
 	p.s.mu.Lock()
 	if p.s.owned[p.id]--; p.s.owned[p.id] <= 0 {
 		delete(p.s.owned, p.id)
 	}
 	p.s.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	dests := make([]string, 0, len(p.dests))
+	for d := range p.dests {
+		dests = append(dests, d)
+	}
+	for _, d := range p.s.m.Destinations() {
+		if !p.dests[d] && p.s.partitionOf(d) == p.id {
+			dests = append(dests, d)
+		}
+	}
 	return p.s.m.Stop(ctx, dests)
 }

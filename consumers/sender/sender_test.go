@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/consumers/sender"
@@ -35,7 +36,7 @@ type env struct {
 
 func setup(t *testing.T, dests ...string) *env {
 	t.Helper()
-	c, addr := testenv.Broker(t)
+	c, addr := testenv.Broker(t, kfake.GroupMinSessionTimeout(100*time.Millisecond))
 	for _, tp := range []string{"out", "dead"} {
 		if err := c.CreateTopic(tp, 4, nil); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,162 @@
+package sender_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/consumers/sender"
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/federation/testreceiver"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+)
+
+// member starts one sender member of the group; stop leaves the group (its
+// partitions drain) and returns once its Run has ended.
+func (e *env) member(t *testing.T, backoff time.Duration) (stop func()) {
+	t.Helper()
+	s, err := sender.New(sender.Config{OutboundPartitions: 4, Queue: queue.Config{Origin: "me.test", Classify: classify,
+		BackoffInitial: backoff, BackoffMax: 10 * backoff, CatchUpInterval: 20 * time.Millisecond, RetryDelay: 20 * time.Millisecond}},
+		e.pool, e.cl, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: "fedpipe-sender", Topics: []string{"out"}, DeadLetterTopic: "dead",
+		CommitInterval: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second,
+		HeartbeatInterval: 200 * time.Millisecond}, s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = s.Run(ctx) }()
+	go func() { defer wg.Done(); _ = g.Run(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// committed sums the group's committed offsets over the outbound partitions.
+func (e *env) committed(t *testing.T) int64 {
+	t.Helper()
+	cl := &kafka.Client{Addr: kafka.TCP(e.addr)}
+	resp, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: "fedpipe-sender", Topics: map[string][]int{"out": {0, 1, 2, 3}}})
+	if err != nil {
+		return -1
+	}
+	var sum int64
+	for _, p := range resp.Topics["out"] {
+		if p.CommittedOffset > 0 {
+			sum += p.CommittedOffset
+		}
+	}
+	return sum
+}
+
+func (e *env) retryInterval(dest string) int64 {
+	var ms int64
+	_ = e.pool.QueryRow(context.Background(), "SELECT retry_interval_ms FROM sender_destinations WHERE destination = $1", dest).Scan(&ms)
+	return ms
+}
+
+func TestUnavailableDestinationIsRetriedWithinTheRequest(t *testing.T) {
+	e := setup(t, "a.test")
+	e.recv.SetFault("a.test", testreceiver.Fault{Status: 503, Times: 2}) // the client's 2 in-request retries absorb it
+	e.member(t, time.Hour)
+	want := e.publish(t, "a.test", "!r:me.test", 1)
+	testenv.Eventually(t, 20*time.Second, "delivered", func() bool { return len(e.recv.PDUs("a.test")) == 1 })
+	if got := string(e.recv.PDUs("a.test")[0]); got != want {
+		t.Fatalf("delivered %s, want %s", got, want)
+	}
+	if n := e.recv.Requests("a.test"); n != 3 {
+		t.Fatalf("%d requests, want 2 answered 503 and 1 accepted", n)
+	}
+	if ms := e.retryInterval("a.test"); ms != 0 {
+		t.Fatalf("backed off for %d ms although the retry succeeded", ms)
+	}
+}
+
+func TestForbiddenDestinationsRecordsAreCommittedWhileItBacksOff(t *testing.T) {
+	e := setup(t, "a.test", "b.test")
+	e.recv.SetFault("a.test", testreceiver.Fault{Status: 403})
+	e.member(t, time.Hour)
+	for i := 0; i < 5; i++ {
+		e.publish(t, "a.test", fmt.Sprintf("!r%d:me.test", i%2), i)
+	}
+	e.publish(t, "b.test", "!r:me.test", 100)
+	testenv.Eventually(t, 20*time.Second, "all 6 records committed", func() bool { return e.committed(t) == 6 })
+	if ms := e.retryInterval("a.test"); ms <= 0 {
+		t.Fatal("no backoff persisted for the forbidden destination")
+	}
+	var rows int
+	if err := e.pool.QueryRow(context.Background(), "SELECT count(*) FROM sender_catchup WHERE destination = 'a.test'").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2 {
+		t.Fatalf("%d catch-up rows, want one per room (2)", rows)
+	}
+	if len(e.recv.PDUs("a.test")) != 0 || len(e.recv.PDUs("b.test")) != 1 {
+		t.Fatalf("delivered %d to the forbidden destination and %d to the healthy one", len(e.recv.PDUs("a.test")), len(e.recv.PDUs("b.test")))
+	}
+}
+
+func TestTwoMembersThroughARebalanceNeverOverlap(t *testing.T) {
+	dests := []string{"a.test", "b.test", "c.test", "d.test", "e.test", "f.test"}
+	e := setup(t, dests...)
+	for _, d := range dests {
+		e.recv.SetFault(d, testreceiver.Fault{Delay: 100 * time.Millisecond}) // keep transactions in flight across the rebalance
+	}
+	want := map[string]map[string]bool{}
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			d := dests[i%len(dests)]
+			if want[d] == nil {
+				want[d] = map[string]bool{}
+			}
+			want[d][e.publish(t, d, fmt.Sprintf("!r%d:me.test", i%3), i)] = true
+		}
+	}
+	delivered := func() int {
+		n := 0
+		for _, d := range dests {
+			got := map[string]bool{}
+			for _, p := range e.recv.PDUs(d) {
+				got[string(p)] = true
+			}
+			for p := range want[d] {
+				if got[p] {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	publish(0, 120)
+	stopA := e.member(t, time.Hour)
+	testenv.Eventually(t, 30*time.Second, "first deliveries", func() bool { return delivered() >= 20 })
+	e.member(t, time.Hour) // B joins: partitions move while A has transactions in flight
+	publish(120, 240)
+	testenv.Eventually(t, 30*time.Second, "deliveries after the join", func() bool { return delivered() >= 150 })
+	stopA() // A leaves: its partitions drain and move to B
+	publish(240, 300)
+	testenv.Eventually(t, 60*time.Second, "all 300 delivered", func() bool { return delivered() == 300 })
+	if n := e.recv.ConcurrentRejections(); n != 0 {
+		t.Fatalf("%d transactions overlapped at one destination", n)
+	}
+	for _, d := range dests {
+		for _, tx := range e.recv.Transactions(d) {
+			if len(tx.PDUs) > 50 {
+				t.Fatalf("transaction of %d PDUs to %s", len(tx.PDUs), d)
+			}
+		}
+	}
+}
