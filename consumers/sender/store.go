@@ -67,10 +67,10 @@ func (s *Store) RecordCatchUp(ctx context.Context, dest string, rooms []queue.Ca
 }
 
 // CatchUpRooms implements queue.Store; PDUs come from the events table.
-func (s *Store) CatchUpRooms(ctx context.Context, dest string) ([]queue.CatchUp, error) {
+func (s *Store) CatchUpRooms(ctx context.Context, dest string, limit int) ([]queue.CatchUp, error) {
 	rows, err := s.pool.Query(ctx, `SELECT c.room_id, c.position, c.event_id, COALESCE(e.json, '')
 		FROM sender_catchup c LEFT JOIN events e ON e.event_id = c.event_id
-		WHERE c.destination = $1 ORDER BY c.position`, dest)
+		WHERE c.destination = $1 ORDER BY c.position LIMIT $2`, dest, limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading catch-up of %s: %w", dest, err)
 	}
@@ -100,10 +100,11 @@ func (s *Store) ClearCatchUp(ctx context.Context, dest string, c queue.CatchUp) 
 }
 
 // DueDestinations implements queue.Store.
-func (s *Store) DueDestinations(ctx context.Context, now time.Time, limit int) ([]string, error) {
+func (s *Store) DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error) {
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.destination FROM sender_catchup c
 		LEFT JOIN sender_destinations d ON d.destination = c.destination
-		WHERE COALESCE(d.next_attempt_ms, 0) <= $1 LIMIT $2`, now.UnixMilli(), limit)
+		WHERE COALESCE(d.next_attempt_ms, 0) <= $1 AND c.destination > $2
+		ORDER BY c.destination LIMIT $3`, now.UnixMilli(), after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing due destinations: %w", err)
 	}

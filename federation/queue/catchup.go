@@ -11,19 +11,24 @@ import (
 func (m *Manager) catchUpLoop(ctx context.Context) error {
 	t := time.NewTicker(m.cfg.CatchUpInterval)
 	defer t.Stop()
+	var after string // pages through the due destinations, one page per tick
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		due, err := m.store.DueDestinations(ctx, m.cfg.Now(), m.cfg.WakeupsPerTick)
+		due, err := m.store.DueDestinations(ctx, m.cfg.Now(), after, m.cfg.WakeupsPerTick)
 		if err != nil {
 			if ctx.Err() == nil {
 				m.m.storeErrors.Inc()
 				m.log.Warn("listing destinations due for catch-up", "err", err)
 			}
 			continue
+		}
+		after = ""
+		if len(due) == m.cfg.WakeupsPerTick {
+			after = due[len(due)-1]
 		}
 		for _, dest := range due {
 			q := m.claim(dest)
@@ -111,7 +116,7 @@ func (m *Manager) catchUp(ctx context.Context, q *destQueue) error {
 			leave()
 			return nil
 		}
-		rooms, err := m.store.CatchUpRooms(ctx, q.dest)
+		rooms, err := m.store.CatchUpRooms(ctx, q.dest, m.cfg.CatchUpBatch)
 		if err != nil {
 			if ctx.Err() == nil {
 				m.m.storeErrors.Inc()

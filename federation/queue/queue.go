@@ -61,13 +61,19 @@ type Store interface {
 	SaveRetry(ctx context.Context, dest string, r RetryState) error
 	// RecordCatchUp remembers, per room, the latest event the destination missed.
 	RecordCatchUp(ctx context.Context, dest string, rooms []CatchUp) error
-	// CatchUpRooms returns the destination's missed rooms with their latest PDU.
-	CatchUpRooms(ctx context.Context, dest string) ([]CatchUp, error)
+	// CatchUpRooms returns up to limit of the destination's missed rooms with
+	// their latest PDU, oldest position first (PDU nil when the event is not
+	// stored), so a destination missing thousands of rooms is caught up in
+	// bounded memory.
+	CatchUpRooms(ctx context.Context, dest string, limit int) ([]CatchUp, error)
 	// ClearCatchUp forgets a room once its event was delivered, unless a later
 	// event was recorded meanwhile.
 	ClearCatchUp(ctx context.Context, dest string, c CatchUp) error
-	// DueDestinations lists destinations with catch-up rows whose backoff has ended.
-	DueDestinations(ctx context.Context, now time.Time, limit int) ([]string, error)
+	// DueDestinations lists up to limit destinations with catch-up rows whose
+	// backoff has ended, in name order after the name after ("" from the
+	// start): the caller pages through them, so destinations other members
+	// own (or that are busy) cannot hide the rest behind the limit.
+	DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error)
 }
 
 // Item is one PDU or EDU for a destination.
@@ -104,6 +110,8 @@ type Config struct {
 	// CatchUpInterval, so thousands due at once do not open thousands of
 	// connections in the same second.
 	WakeupsPerTick int
+	// CatchUpBatch is how many missed rooms are read at a time (default 50).
+	CatchUpBatch int
 	// Owns reports whether this member serves dest now (its partition is
 	// assigned here), so destinations due for catch-up after a restart are woken
 	// by their owner only. Nil: only destinations with a queue are woken.
@@ -148,6 +156,9 @@ func (c *Config) Validate() error {
 	def(&c.StoreRetryDelay, 200*time.Millisecond)
 	if c.RetryAttempts == 0 {
 		c.RetryAttempts = 2
+	}
+	if c.CatchUpBatch <= 0 {
+		c.CatchUpBatch = 50
 	}
 	if c.StoreAttempts == 0 {
 		c.StoreAttempts = 5

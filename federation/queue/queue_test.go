@@ -122,7 +122,7 @@ func (s *memStore) RecordCatchUp(_ context.Context, d string, rooms []queue.Catc
 	}
 	return nil
 }
-func (s *memStore) CatchUpRooms(_ context.Context, d string) ([]queue.CatchUp, error) {
+func (s *memStore) CatchUpRooms(_ context.Context, d string, limit int) ([]queue.CatchUp, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []queue.CatchUp
@@ -130,8 +130,8 @@ func (s *memStore) CatchUpRooms(_ context.Context, d string) ([]queue.CatchUp, e
 		c.PDU = s.pdus[c.EventID]
 		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].RoomID < out[j].RoomID })
-	return out, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Position < out[j].Position })
+	return out[:min(limit, len(out))], nil
 }
 func (s *memStore) ClearCatchUp(_ context.Context, d string, c queue.CatchUp) error {
 	s.mu.Lock()
@@ -141,16 +141,17 @@ func (s *memStore) ClearCatchUp(_ context.Context, d string, c queue.CatchUp) er
 	}
 	return nil
 }
-func (s *memStore) DueDestinations(_ context.Context, now time.Time, limit int) ([]string, error) {
+func (s *memStore) DueDestinations(_ context.Context, now time.Time, after string, limit int) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
 	for d, rooms := range s.catchUp {
-		if len(rooms) > 0 && !s.retry[d].Failing(now) && len(out) < limit {
+		if len(rooms) > 0 && !s.retry[d].Failing(now) && d > after {
 			out = append(out, d)
 		}
 	}
-	return out, nil
+	sort.Strings(out)
+	return out[:min(limit, len(out))], nil
 }
 
 type clock struct {

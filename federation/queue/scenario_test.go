@@ -252,3 +252,34 @@ func TestIdleDestinationsReleaseTheirWorkers(t *testing.T) {
 	f.pdu(t, "d3.test", "!r") // an idle destination starts again on demand
 	testenv.Eventually(t, 5*time.Second, "delivered after idling", func() bool { return len(f.tr.pdus("d3.test")) == 6 })
 }
+
+func TestCatchUpPagesPastDestinationsOfOtherMembers(t *testing.T) {
+	f := setupWith(t, func(c *queue.Config) {
+		c.WakeupsPerTick = 2
+		c.CatchUpBatch = 3
+		c.Owns = func(d string) bool { return d == "z.test" }
+	})
+	// Due, in name order before ours: with a fixed first page ours never came up.
+	for _, d := range []string{"a.test", "b.test", "c.test", "d.test", "z.test"} {
+		for r := 0; r < 7; r++ {
+			id := fmt.Sprintf("$%s%d", d, r)
+			f.store.mu.Lock()
+			f.store.pdus[id] = json.RawMessage(fmt.Sprintf(`{"n":%d}`, r))
+			f.store.mu.Unlock()
+			if err := f.store.RecordCatchUp(context.Background(), d, []queue.CatchUp{{RoomID: fmt.Sprintf("!r%d", r), Position: int64(10 + r), EventID: id}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	testenv.Eventually(t, 5*time.Second, "our destination caught up, all 7 rooms in batches of 3", func() bool { return len(f.tr.pdus("z.test")) == 7 })
+	for i, p := range f.tr.pdus("z.test") {
+		if p != fmt.Sprintf(`{"n":%d}`, i) {
+			t.Fatalf("catch-up PDU %d is %s: not in position order", i, p)
+		}
+	}
+	for _, d := range []string{"a.test", "b.test", "c.test", "d.test"} {
+		if n := len(f.txns(d)); n != 0 {
+			t.Fatalf("%d transactions to %s, another member's destination", n, d)
+		}
+	}
+}

@@ -1,0 +1,110 @@
+package sender_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/fedpipe/fedpipe/consumers/sender"
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/producers/outbox"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+func TestStoreKeepsBackoffAndTheLatestMissedEventPerRoom(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	s := sender.NewStore(pool)
+	persist := func(room string, n int) (string, int64, string) {
+		id := fmt.Sprintf("$%043d", n)
+		pdu := fmt.Sprintf(`{"room_id":%q,"n":%d}`, room, n)
+		pos, err := outbox.PersistBatch(ctx, pool, []outbox.EventWithDeltas{{Event: outbox.Event{EventID: id, RoomID: room, RoomVersion: "10", Sender: "@a:me.test", Type: "m.room.message", PDU: json.RawMessage(pdu)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id, pos[0], pdu
+	}
+
+	now := time.UnixMilli(1_700_000_000_000)
+	if r, err := s.LoadRetry(ctx, "a.test"); err != nil || r.Interval != 0 {
+		t.Fatalf("unknown destination: %+v, %v", r, err)
+	}
+	want := queue.RetryState{Interval: 20 * time.Minute, NextAttempt: now.Add(22 * time.Minute)}
+	if err := s.SaveRetry(ctx, "a.test", want); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.LoadRetry(ctx, "a.test"); err != nil || r.Interval != want.Interval || !r.NextAttempt.Equal(want.NextAttempt) {
+		t.Fatalf("loaded %+v, %v; want %+v", r, err, want)
+	}
+
+	id1, pos1, _ := persist("!r1:me.test", 1)
+	id2, pos2, pdu2 := persist("!r1:me.test", 2)
+	id3, pos3, pdu3 := persist("!r2:me.test", 3)
+	for _, c := range []queue.CatchUp{{RoomID: "!r1:me.test", Position: pos2, EventID: id2}, {RoomID: "!r1:me.test", Position: pos1, EventID: id1}, {RoomID: "!r2:me.test", Position: pos3, EventID: id3}} {
+		// One at a time and out of order: an older position never replaces a newer one.
+		if err := s.RecordCatchUp(ctx, "a.test", []queue.CatchUp{c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RecordCatchUp(ctx, "b.test", []queue.CatchUp{{RoomID: "!gone:me.test", Position: 99, EventID: "$notstored"}}); err != nil {
+		t.Fatal(err)
+	}
+	rooms, err := s.CatchUpRooms(ctx, "a.test", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rooms) != 2 || rooms[0].EventID != id2 || string(rooms[0].PDU) != pdu2 || rooms[1].EventID != id3 || string(rooms[1].PDU) != pdu3 {
+		t.Fatalf("catch-up rooms %+v, want the latest of each room, oldest first, with its PDU", rooms)
+	}
+	if page, _ := s.CatchUpRooms(ctx, "a.test", 1); len(page) != 1 || page[0].EventID != id2 {
+		t.Fatalf("limited read %+v", page)
+	}
+	if gone, _ := s.CatchUpRooms(ctx, "b.test", 10); len(gone) != 1 || gone[0].PDU != nil {
+		t.Fatalf("a missing event must come back without a PDU: %+v", gone)
+	}
+
+	// a.test is backed off until now+22m; b.test has no backoff.
+	for _, tc := range []struct {
+		at    time.Time
+		after string
+		limit int
+		want  string
+	}{
+		{now, "", 10, "[b.test]"},
+		{now.Add(23 * time.Minute), "", 10, "[a.test b.test]"},
+		{now.Add(23 * time.Minute), "", 1, "[a.test]"},
+		{now.Add(23 * time.Minute), "a.test", 1, "[b.test]"},
+		{now.Add(23 * time.Minute), "b.test", 1, "[]"},
+	} {
+		got, err := s.DueDestinations(ctx, tc.at, tc.after, tc.limit)
+		if err != nil || fmt.Sprint(got) != tc.want {
+			t.Fatalf("due at %s after %q: %v, %v; want %s", tc.at.Sub(now), tc.after, got, err, tc.want)
+		}
+	}
+
+	// A newer event recorded while the older one was being sent keeps its row.
+	id4, pos4, _ := persist("!r1:me.test", 4)
+	if err := s.RecordCatchUp(ctx, "a.test", []queue.CatchUp{{RoomID: "!r1:me.test", Position: pos4, EventID: id4}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rooms {
+		if err := s.ClearCatchUp(ctx, "a.test", c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if left, _ := s.CatchUpRooms(ctx, "a.test", 10); len(left) != 1 || left[0].EventID != id4 {
+		t.Fatalf("after clearing: %+v, want only the newer event of !r1", left)
+	}
+	if err := s.SaveRetry(ctx, "a.test", queue.RetryState{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.LoadRetry(ctx, "a.test"); r.Interval != 0 {
+		t.Fatalf("backoff not cleared: %+v", r)
+	}
+}
