@@ -24,10 +24,11 @@ func (m *Manager) sendLoop(ctx context.Context, q *destQueue) error {
 			q.mu.Unlock()
 			return nil
 		}
-		np, ne := min(len(q.pdus), txn.MaxPDUs), min(len(q.edus), txn.MaxEDUs)
+		np := min(len(q.pdus), txn.MaxPDUs)
 		pdus := append([]Item(nil), q.pdus[:np]...)
-		edus := append([]Item(nil), q.edus[:ne]...)
-		q.pdus, q.edus = q.pdus[np:], q.edus[ne:]
+		q.pdus = q.pdus[np:]
+		var edus []Item
+		edus, q.edus = takeEDUs(q.edus, txn.MaxEDUs)
 		q.mu.Unlock()
 
 		failed, err := m.deliver(ctx, q, pdus, edus)
