@@ -3,6 +3,7 @@ package sender
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,27 +25,46 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 // LoadRetry implements queue.Store.
 func (s *Store) LoadRetry(ctx context.Context, dest string) (queue.RetryState, error) {
 	var interval, next int64
-	err := s.pool.QueryRow(ctx, "SELECT retry_interval_ms, next_attempt_ms FROM sender_destinations WHERE destination = $1", dest).Scan(&interval, &next)
-	if err == pgx.ErrNoRows {
+	var paused bool
+	err := s.pool.QueryRow(ctx, "SELECT retry_interval_ms, next_attempt_ms, paused FROM sender_destinations WHERE destination = $1", dest).Scan(&interval, &next, &paused)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return queue.RetryState{}, nil
 	}
 	if err != nil {
 		return queue.RetryState{}, fmt.Errorf("loading backoff of %s: %w", dest, err)
 	}
-	return queue.RetryState{Interval: time.Duration(interval) * time.Millisecond, NextAttempt: time.UnixMilli(next)}, nil
+	return queue.RetryState{Interval: time.Duration(interval) * time.Millisecond, NextAttempt: time.UnixMilli(next), Paused: paused}, nil
 }
 
-// SaveRetry implements queue.Store.
+// SaveRetry implements queue.Store. failure_ts keeps when the current run of
+// failures began (the database's clock: it is for operators); paused is the
+// operator's and is left alone.
 func (s *Store) SaveRetry(ctx context.Context, dest string, r queue.RetryState) error {
 	var next int64
 	if r.Interval > 0 {
 		next = r.NextAttempt.UnixMilli()
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO sender_destinations (destination, retry_interval_ms, next_attempt_ms) VALUES ($1, $2, $3)
-		ON CONFLICT (destination) DO UPDATE SET retry_interval_ms = EXCLUDED.retry_interval_ms, next_attempt_ms = EXCLUDED.next_attempt_ms, updated_at = now()`,
+	_, err := s.pool.Exec(ctx, `INSERT INTO sender_destinations (destination, retry_interval_ms, next_attempt_ms, failure_ts)
+		VALUES ($1, $2::bigint, $3, CASE WHEN $2::bigint > 0 THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint END)
+		ON CONFLICT (destination) DO UPDATE SET retry_interval_ms = EXCLUDED.retry_interval_ms, next_attempt_ms = EXCLUDED.next_attempt_ms,
+			failure_ts = CASE WHEN EXCLUDED.retry_interval_ms > 0 THEN COALESCE(sender_destinations.failure_ts, EXCLUDED.failure_ts) END,
+			updated_at = now()`,
 		dest, r.Interval.Milliseconds(), next)
 	if err != nil {
 		return fmt.Errorf("saving backoff of %s: %w", dest, err)
+	}
+	return nil
+}
+
+// RecordSuccess implements queue.Store.
+func (s *Store) RecordSuccess(ctx context.Context, dest string, position int64) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO sender_destinations (destination, last_successful_position) VALUES ($1, $2)
+		ON CONFLICT (destination) DO UPDATE SET last_successful_position = GREATEST(sender_destinations.last_successful_position, EXCLUDED.last_successful_position),
+			updated_at = now()
+		WHERE sender_destinations.last_successful_position IS DISTINCT FROM GREATEST(sender_destinations.last_successful_position, EXCLUDED.last_successful_position)`,
+		dest, position)
+	if err != nil {
+		return fmt.Errorf("recording last successful position of %s: %w", dest, err)
 	}
 	return nil
 }
@@ -103,7 +123,7 @@ func (s *Store) ClearCatchUp(ctx context.Context, dest string, c queue.CatchUp) 
 func (s *Store) DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error) {
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.destination FROM sender_catchup c
 		LEFT JOIN sender_destinations d ON d.destination = c.destination
-		WHERE COALESCE(d.next_attempt_ms, 0) <= $1 AND c.destination > $2
+		WHERE COALESCE(d.next_attempt_ms, 0) <= $1 AND NOT COALESCE(d.paused, false) AND c.destination > $2
 		ORDER BY c.destination LIMIT $3`, now.UnixMilli(), after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing due destinations: %w", err)

@@ -101,10 +101,47 @@ func TestStoreKeepsBackoffAndTheLatestMissedEventPerRoom(t *testing.T) {
 	if left, _ := s.CatchUpRooms(ctx, "a.test", 10); len(left) != 1 || left[0].EventID != id4 {
 		t.Fatalf("after clearing: %+v, want only the newer event of !r1", left)
 	}
+	var failure1, failure2 *int64
+	_ = pool.QueryRow(ctx, "SELECT failure_ts FROM sender_destinations WHERE destination = 'a.test'").Scan(&failure1)
+	if err := s.SaveRetry(ctx, "a.test", queue.RetryState{Interval: 40 * time.Minute, NextAttempt: now.Add(44 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	_ = pool.QueryRow(ctx, "SELECT failure_ts FROM sender_destinations WHERE destination = 'a.test'").Scan(&failure2)
+	if failure1 == nil || failure2 == nil || *failure1 != *failure2 {
+		t.Fatalf("failure_ts %v then %v: want the start of the run of failures, kept", failure1, failure2)
+	}
 	if err := s.SaveRetry(ctx, "a.test", queue.RetryState{}); err != nil {
 		t.Fatal(err)
 	}
 	if r, _ := s.LoadRetry(ctx, "a.test"); r.Interval != 0 {
 		t.Fatalf("backoff not cleared: %+v", r)
+	}
+	_ = pool.QueryRow(ctx, "SELECT failure_ts FROM sender_destinations WHERE destination = 'a.test'").Scan(&failure1)
+	if failure1 != nil {
+		t.Fatal("failure_ts kept after a success")
+	}
+
+	for _, p := range []int64{pos3, pos1} { // never moves back
+		if err := s.RecordSuccess(ctx, "a.test", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var last int64
+	if err := pool.QueryRow(ctx, "SELECT last_successful_position FROM sender_destinations WHERE destination = 'a.test'").Scan(&last); err != nil || last != pos3 {
+		t.Fatalf("last successful position %d, %v; want %d", last, err, pos3)
+	}
+
+	// Paused by an operator: loaded as such, never due, and kept by SaveRetry.
+	if _, err := pool.Exec(ctx, "UPDATE sender_destinations SET paused = true WHERE destination = 'a.test'"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveRetry(ctx, "a.test", queue.RetryState{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.LoadRetry(ctx, "a.test"); !r.Paused {
+		t.Fatal("paused not loaded, or cleared by SaveRetry")
+	}
+	if due, _ := s.DueDestinations(ctx, now.Add(time.Hour), "", 10); fmt.Sprint(due) != "[b.test]" {
+		t.Fatalf("due %v: a paused destination must not be woken", due)
 	}
 }

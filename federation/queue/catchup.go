@@ -62,7 +62,9 @@ func (m *Manager) claim(dest string) *destQueue {
 	m.mu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.running || q.stopping || (q.loaded && q.retry.Failing(m.cfg.Now())) {
+	// The store's word, not the cached backoff, decides: an operator may have
+	// reset it. catchUp reloads it.
+	if q.running || q.stopping {
 		return nil
 	}
 	if m.cfg.Owns != nil && !m.cfg.Owns(dest) {
@@ -105,11 +107,21 @@ func (m *Manager) catchUp(ctx context.Context, q *destQueue) error {
 		q.catchingUp = false
 		q.mu.Unlock()
 	}
+	q.mu.Lock()
+	q.loaded = false // reload: an operator may have reset, paused or resumed it
+	q.mu.Unlock()
 	if err := m.load(ctx, q); err != nil {
 		m.m.storeErrors.Inc()
 		m.log.Warn("loading backoff for catch-up", "destination", q.dest, "err", err)
 		leave()
 		return nil // woken again at a later tick
+	}
+	q.mu.Lock()
+	failing := q.retry.Failing(m.cfg.Now())
+	q.mu.Unlock()
+	if failing {
+		leave()
+		return nil
 	}
 	for {
 		if m.stopping(ctx, q) {
@@ -166,6 +178,7 @@ func (m *Manager) catchUpRoom(ctx context.Context, q *destQueue, c CatchUp) (don
 		m.m.pdusSent.Inc()
 		m.m.catchUpSent.Inc()
 		m.clearBackoff(ctx, q)
+		m.recordSuccess(ctx, q, c.Position)
 	}
 	if err := m.store.ClearCatchUp(ctx, q.dest, c); err != nil && ctx.Err() == nil {
 		// Harmless: the room is sent again at the next catch-up.
@@ -188,6 +201,18 @@ func (m *Manager) clearBackoff(ctx context.Context, q *destQueue) {
 		// Harmless: the stored backoff only delays the next wake-up.
 		m.m.storeErrors.Inc()
 		m.log.Warn("clearing backoff", "destination", q.dest, "err", err)
+	}
+}
+
+// recordSuccess stores the destination's last successful position. A failure
+// only leaves the operator's view behind; it is logged and counted.
+func (m *Manager) recordSuccess(ctx context.Context, q *destQueue, position int64) {
+	if position <= 0 {
+		return
+	}
+	if err := m.store.RecordSuccess(ctx, q.dest, position); err != nil && ctx.Err() == nil {
+		m.m.storeErrors.Inc()
+		m.log.Warn("recording last successful position", "destination", q.dest, "err", err)
 	}
 }
 

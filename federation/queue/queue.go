@@ -39,10 +39,15 @@ type RetryState struct {
 	Interval time.Duration
 	// NextAttempt is when it may be tried again.
 	NextAttempt time.Time
+	// Paused is set by an operator (loaded, never saved by the queue): the
+	// destination is treated as backing off until it is resumed.
+	Paused bool
 }
 
 // Failing reports whether the destination is backing off at now.
-func (r RetryState) Failing(now time.Time) bool { return r.Interval > 0 && now.Before(r.NextAttempt) }
+func (r RetryState) Failing(now time.Time) bool {
+	return r.Paused || (r.Interval > 0 && now.Before(r.NextAttempt))
+}
 
 // CatchUp is a room a destination missed while backing off: its latest event.
 type CatchUp struct {
@@ -58,7 +63,11 @@ type Store interface {
 	// LoadRetry returns the destination's backoff (zero when none).
 	LoadRetry(ctx context.Context, dest string) (RetryState, error)
 	// SaveRetry stores the destination's backoff; a zero state clears it.
+	// It leaves Paused as it is stored.
 	SaveRetry(ctx context.Context, dest string, r RetryState) error
+	// RecordSuccess notes that the destination accepted a transaction holding
+	// PDUs up to stream position (the last successful position never moves back).
+	RecordSuccess(ctx context.Context, dest string, position int64) error
 	// RecordCatchUp remembers, per room, the latest event the destination missed.
 	RecordCatchUp(ctx context.Context, dest string, rooms []CatchUp) error
 	// CatchUpRooms returns up to limit of the destination's missed rooms with
@@ -70,7 +79,7 @@ type Store interface {
 	// event was recorded meanwhile.
 	ClearCatchUp(ctx context.Context, dest string, c CatchUp) error
 	// DueDestinations lists up to limit destinations with catch-up rows whose
-	// backoff has ended, in name order after the name after ("" from the
+	// backoff has ended and that are not paused, in name order after the name after ("" from the
 	// start): the caller pages through them, so destinations other members
 	// own (or that are busy) cannot hide the rest behind the limit.
 	DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error)

@@ -96,6 +96,7 @@ type memStore struct {
 	retry   map[string]queue.RetryState
 	catchUp map[string]map[string]queue.CatchUp
 	pdus    map[string]json.RawMessage // event id → PDU
+	last    map[string]int64           // last successful position
 }
 
 func (s *memStore) LoadRetry(_ context.Context, d string) (queue.RetryState, error) {
@@ -106,8 +107,33 @@ func (s *memStore) LoadRetry(_ context.Context, d string) (queue.RetryState, err
 func (s *memStore) SaveRetry(_ context.Context, d string, r queue.RetryState) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	r.Paused = s.retry[d].Paused // the operator's, not the queue's
 	s.retry[d] = r
 	return nil
+}
+func (s *memStore) RecordSuccess(_ context.Context, d string, position int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil {
+		s.last = map[string]int64{}
+	}
+	s.last[d] = max(s.last[d], position)
+	return nil
+}
+
+// setPaused is what an operator does through the admin API.
+func (s *memStore) setPaused(d string, paused bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.retry[d]
+	r.Paused = paused
+	s.retry[d] = r
+}
+
+func (s *memStore) lastSuccess(d string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last[d]
 }
 func (s *memStore) RecordCatchUp(_ context.Context, d string, rooms []queue.CatchUp) error {
 	s.mu.Lock()

@@ -283,3 +283,51 @@ func TestCatchUpPagesPastDestinationsOfOtherMembers(t *testing.T) {
 		}
 	}
 }
+
+func TestPausedDestinationIsRecordedNotSentUntilResumed(t *testing.T) {
+	f := setup(t)
+	f.store.setPaused("a.test", true)
+	f.pdu(t, "a.test", "!r1")
+	last1 := f.pdu(t, "a.test", "!r1")
+	last2 := f.pdu(t, "a.test", "!r2")
+	if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(`{}`)}, Done: func() { f.done.Add(1) }}); err != nil {
+		t.Fatal(err)
+	}
+	if f.done.Load() != 4 || len(f.txns("a.test")) != 0 {
+		t.Fatalf("paused: %d done, %d transactions; want all 4 done (recorded or dropped) and nothing sent", f.done.Load(), len(f.txns("a.test")))
+	}
+	rooms, _ := f.store.CatchUpRooms(context.Background(), "a.test", 10)
+	if len(rooms) != 2 {
+		t.Fatalf("%d rooms recorded for catch-up, want 2", len(rooms))
+	}
+	f.store.setPaused("a.test", false) // resumed by the operator
+	testenv.Eventually(t, 5*time.Second, "caught up after resuming", func() bool { return len(f.tr.pdus("a.test")) == 2 })
+	if got := f.tr.pdus("a.test"); got[0] != last1 || got[1] != last2 {
+		t.Fatalf("caught up with %v, want the latest of each room", got)
+	}
+}
+
+func TestOperatorResetEndsABackoffEarly(t *testing.T) {
+	f := setup(t)
+	f.tr.mu.Lock()
+	f.tr.failing["a.test"] = errDown
+	f.tr.mu.Unlock()
+	missed := f.pdu(t, "a.test", "!r")
+	testenv.Eventually(t, 5*time.Second, "backed off", func() bool { return f.retry("a.test").Interval == 10*time.Minute })
+	f.tr.mu.Lock()
+	delete(f.tr.failing, "a.test")
+	f.tr.mu.Unlock()
+	if err := f.store.SaveRetry(context.Background(), "a.test", queue.RetryState{}); err != nil { // the admin API's reset
+		t.Fatal(err)
+	}
+	// The clock does not move: only the reset can make the destination due.
+	testenv.Eventually(t, 5*time.Second, "caught up", func() bool { return len(f.tr.pdus("a.test")) == 1 })
+	if got := f.tr.pdus("a.test")[0]; got != missed {
+		t.Fatalf("caught up with %s, want %s", got, missed)
+	}
+	testenv.Eventually(t, 5*time.Second, "last success recorded", func() bool { return f.store.lastSuccess("a.test") == f.pos.Load() })
+	f.pdu(t, "a.test", "!r")
+	testenv.Eventually(t, 5*time.Second, "live, and its position recorded", func() bool {
+		return len(f.tr.pdus("a.test")) == 2 && f.store.lastSuccess("a.test") == f.pos.Load()
+	})
+}

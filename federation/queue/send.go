@@ -61,6 +61,11 @@ func (m *Manager) deliver(ctx context.Context, q *destQueue, pdus, edus []Item) 
 				m.m.pduRejected.Inc()
 				m.log.Warn("destination rejected a PDU", "destination", q.dest, "event_id", id, "error", reason)
 			}
+			var last int64
+			for _, it := range pdus {
+				last = max(last, it.Position)
+			}
+			m.recordSuccess(ctx, q, last)
 			done(pdus)
 			done(edus)
 			return false, nil
