@@ -63,11 +63,32 @@ func NewManager(cfg Config, t Transport, s Store, logger *slog.Logger, reg prome
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, t: t, store: s, log: logger, m: m, queues: map[string]*destQueue{},
+	mgr := &Manager{cfg: cfg, t: t, store: s, log: logger, m: m, queues: map[string]*destQueue{},
 		// Transaction ids: this process's start time plus a counter, unique per
 		// destination across restarts, as Synapse does.
 		txnBase: fmt.Sprint(cfg.Now().UnixMilli()),
-	}, nil
+	}
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedpipe_sender_destinations_backing_off",
+		Help: "Destinations with a queue on this member that are backed off, paused or catching up."}, mgr.backingOff)); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
+
+// backingOff counts, at scrape time, the destinations not sending live.
+func (m *Manager) backingOff() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.cfg.Now()
+	n := 0
+	for _, q := range m.queues {
+		q.mu.Lock()
+		if q.catchingUp || q.retry.Interval > 0 || q.retry.Failing(now) {
+			n++
+		}
+		q.mu.Unlock()
+	}
+	return float64(n)
 }
 
 // Run supervises the destination workers and paces catch-up until ctx ends.

@@ -314,6 +314,9 @@ func TestOperatorResetEndsABackoffEarly(t *testing.T) {
 	f.tr.mu.Unlock()
 	missed := f.pdu(t, "a.test", "!r")
 	testenv.Eventually(t, 5*time.Second, "backed off", func() bool { return f.retry("a.test").Interval == 10*time.Minute })
+	if n := f.metric(t, "fedpipe_sender_destinations_backing_off", "", ""); n != 1 {
+		t.Fatalf("%v destinations counted as backing off, want 1", n)
+	}
 	f.tr.mu.Lock()
 	delete(f.tr.failing, "a.test")
 	f.tr.mu.Unlock()
@@ -330,4 +333,7 @@ func TestOperatorResetEndsABackoffEarly(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "live, and its position recorded", func() bool {
 		return len(f.tr.pdus("a.test")) == 2 && f.store.lastSuccess("a.test") == f.pos.Load()
 	})
+	if n := f.metric(t, "fedpipe_sender_destinations_backing_off", "", ""); n != 0 {
+		t.Fatalf("%v destinations counted as backing off after recovery, want 0", n)
+	}
 }
