@@ -65,8 +65,11 @@ func NewManager(cfg Config, t Transport, s Store, logger *slog.Logger, reg prome
 	}
 	mgr := &Manager{cfg: cfg, t: t, store: s, log: logger, m: m, queues: map[string]*destQueue{},
 		// Transaction ids: this process's start time plus a counter, unique per
-		// destination across restarts, as Synapse does.
-		txnBase: fmt.Sprint(cfg.Now().UnixMilli()),
+		// destination across restarts, as Synapse does; plus a random part,
+		// because here a destination moves between members, and two members
+		// started in the same millisecond must not reuse each other's ids
+		// (a receiver would take a new transaction for a retried one and drop it).
+		txnBase: fmt.Sprintf("%d-%08x", cfg.Now().UnixMilli(), rand.Uint32()),
 	}
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedpipe_sender_destinations_backing_off",
 		Help: "Destinations with a queue on this member that are backed off, paused or catching up."}, mgr.backingOff)); err != nil {

@@ -337,3 +337,13 @@ func TestOperatorResetEndsABackoffEarly(t *testing.T) {
 		t.Fatalf("%v destinations counted as backing off after recovery, want 0", n)
 	}
 }
+
+func TestMembersStartedTogetherNeverShareTransactionIDs(t *testing.T) {
+	a, b := setup(t), setup(t) // same clock reading: same start millisecond
+	a.pdu(t, "x.test", "!r")
+	b.pdu(t, "x.test", "!r")
+	testenv.Eventually(t, 5*time.Second, "both sent", func() bool { return len(a.txns("x.test")) == 1 && len(b.txns("x.test")) == 1 })
+	if ida, idb := a.txns("x.test")[0].ID, b.txns("x.test")[0].ID; ida == idb {
+		t.Fatalf("two members used transaction id %s for one destination", ida)
+	}
+}
