@@ -128,6 +128,9 @@ func (m *Manager) catchUp(ctx context.Context, q *destQueue) error {
 			leave()
 			return nil
 		}
+		q.mu.Lock()
+		seen := q.recorded
+		q.mu.Unlock()
 		rooms, err := m.store.CatchUpRooms(ctx, q.dest, m.cfg.CatchUpBatch)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -139,9 +142,18 @@ func (m *Manager) catchUp(ctx context.Context, q *destQueue) error {
 		}
 		if len(rooms) == 0 {
 			m.clearBackoff(ctx, q)
-			leave()
+			q.mu.Lock()
+			// A PDU recorded since the read would be stranded: read again.
+			quiet := q.recording == 0 && q.recorded == seen
+			if quiet {
+				q.catchingUp = false
+			}
+			q.mu.Unlock()
+			if !quiet {
+				continue
+			}
 			m.log.Info("destination caught up", "destination", q.dest)
-			return m.sendLoop(ctx, q) // live items enqueued since the check above
+			return m.sendLoop(ctx, q) // live items enqueued from now on
 		}
 		for _, c := range rooms {
 			if m.stopping(ctx, q) {

@@ -45,10 +45,14 @@ type destQueue struct {
 	catchingUp bool
 	stopping   bool
 	stopped    chan struct{} // closed by Stop: interrupts a retry pause
-	retry      RetryState
-	loaded     bool
-	idle       chan struct{}      // closed when the worker exits; nil when none runs
-	cancel     context.CancelFunc // cancels the running worker (Stop past its deadline)
+	// recording counts Enqueue's catch-up writes under way, recorded those
+	// finished: catch-up ends only when none happened since its last read.
+	recording int
+	recorded  uint64
+	retry     RetryState
+	loaded    bool
+	idle      chan struct{}      // closed when the worker exits; nil when none runs
+	cancel    context.CancelFunc // cancels the running worker (Stop past its deadline)
 }
 
 // NewManager returns a Manager; Run must be running for Enqueue to work.
@@ -188,13 +192,20 @@ func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
 	now := m.cfg.Now()
 	if q.retry.Failing(now) || q.catchingUp || q.retry.Interval > 0 {
 		// Backing off, or due but not caught up yet: the catch-up loop sends it.
-		q.mu.Unlock()
 		if !it.isPDU() {
+			q.mu.Unlock()
 			m.m.edusDropped.Inc()
 			it.Done()
 			return nil
 		}
-		if err := m.store.RecordCatchUp(ctx, dest, []CatchUp{{RoomID: it.RoomID, Position: it.Position, EventID: it.EventID}}); err != nil {
+		q.recording++
+		q.mu.Unlock()
+		err := m.store.RecordCatchUp(ctx, dest, []CatchUp{{RoomID: it.RoomID, Position: it.Position, EventID: it.EventID}})
+		q.mu.Lock()
+		q.recording--
+		q.recorded++
+		q.mu.Unlock()
+		if err != nil {
 			return fmt.Errorf("recording catch-up for %s: %w", dest, err)
 		}
 		m.m.pdusToCatchUp.Inc()
