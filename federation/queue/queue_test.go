@@ -26,9 +26,10 @@ type transport struct {
 	failing  map[string]error
 	inFlight map[string]int
 	overlap  atomic.Int64
-	delay    atomic.Int64   // nanoseconds
-	attempts map[string]int // "destination id" → sends
-	flaky    map[string]int // destination → sends still to fail with errTransient
+	delay    atomic.Int64      // nanoseconds
+	attempts map[string]int    // "destination id" → sends
+	flaky    map[string]int    // destination → sends still to fail with errTransient
+	rejected map[string]string // event id → per-PDU error in the 200 answer
 }
 
 var (
@@ -74,7 +75,11 @@ func (t *transport) SendTransaction(_ context.Context, tx *txn.Transaction) (txn
 		return txn.Response{}, err
 	}
 	t.got[tx.Destination] = append(t.got[tx.Destination], tx)
-	return txn.Response{}, nil
+	resp := txn.Response{PDUs: map[string]txn.PDUResult{}}
+	for id, reason := range t.rejected {
+		resp.PDUs[id] = txn.PDUResult{Error: reason}
+	}
+	return resp, nil
 }
 
 func (t *transport) pdus(dest string) []string {

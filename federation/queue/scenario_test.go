@@ -347,3 +347,20 @@ func TestMembersStartedTogetherNeverShareTransactionIDs(t *testing.T) {
 		t.Fatalf("two members used transaction id %s for one destination", ida)
 	}
 }
+
+func TestPerPDUErrorsAreCountedAndThePDUsDone(t *testing.T) {
+	f := setup(t)
+	f.tr.mu.Lock()
+	f.tr.rejected = map[string]string{"$e1": "signature mismatch", "$e2": "not allowed"}
+	f.tr.mu.Unlock()
+	for i := 0; i < 3; i++ {
+		f.pdu(t, "a.test", "!r")
+	}
+	testenv.Eventually(t, 5*time.Second, "all done", func() bool { return f.done.Load() == 3 })
+	if n := f.metric(t, "fedpipe_sender_pdus_rejected_total", "", ""); n < 2 {
+		t.Fatalf("%v per-PDU errors counted, want at least the 2 rejected", n)
+	}
+	if f.retry("a.test").Interval != 0 {
+		t.Fatal("per-PDU errors backed the destination off")
+	}
+}
