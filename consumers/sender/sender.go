@@ -103,10 +103,11 @@ func (s *Sender) Open(_ context.Context, _ string, id int) (runtime.PartitionHan
 }
 
 type partition struct {
-	s     *Sender
-	id    int
-	mu    sync.Mutex
-	dests map[string]bool
+	s      *Sender
+	id     int
+	mu     sync.Mutex
+	dests  map[string]bool
+	closed bool
 }
 
 // Handle implements runtime.PartitionHandler.
@@ -134,13 +135,16 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 // (after a restart or a takeover). Ownership is given up first, so catch-up
 // cannot claim one of them once the list is taken.
 func (p *partition) Close(ctx context.Context) error {
-	p.s.mu.Lock()
-	if p.s.owned[p.id]--; p.s.owned[p.id] <= 0 {
-		delete(p.s.owned, p.id)
-	}
-	p.s.mu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.closed { // idempotent: ownership is given up once
+		p.closed = true
+		p.s.mu.Lock()
+		if p.s.owned[p.id]--; p.s.owned[p.id] <= 0 {
+			delete(p.s.owned, p.id)
+		}
+		p.s.mu.Unlock()
+	}
 	dests := make([]string, 0, len(p.dests))
 	for d := range p.dests {
 		dests = append(dests, d)
