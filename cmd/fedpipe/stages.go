@@ -90,7 +90,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 		switch s {
 		case "relay":
 			rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
-				in.pool, kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg)
+				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg)
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
 			}

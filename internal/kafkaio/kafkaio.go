@@ -36,6 +36,17 @@ func NewWriter(brokers []string, topic string) *kafka.Writer {
 	}
 }
 
+// NewRelayWriter returns a writer like NewWriter whose batches are limited only
+// by bytes (1 MiB), so that one WriteMessages call of at most that many bytes
+// puts each partition's records into a single record batch, written atomically.
+// The relay relies on it to keep room order through failed writes.
+func NewRelayWriter(brokers []string, topic string) *kafka.Writer {
+	w := NewWriter(brokers, topic)
+	w.BatchSize = 1 << 20
+	w.BatchBytes = 1 << 20
+	return w
+}
+
 // TopicsConfig says which topics exist and how.
 type TopicsConfig struct {
 	Prefix             string

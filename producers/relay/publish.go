@@ -44,11 +44,25 @@ func (r *Relay) publish(ctx context.Context, pos, upto int64) (int64, int, error
 		return pos, 0, err
 	}
 	var roomMsgs, stateMsgs []kafka.Message
-	for _, ev := range events {
+	size := 0
+	for i, ev := range events {
 		m, err := r.message([]byte(ev.RoomID), ev)
 		if err != nil {
 			return pos, 0, err
 		}
+		// Keep a round within MaxRoundBytes, so that each partition's records
+		// of the round form one record batch, which Kafka writes atomically: a
+		// failed write then never leaves a room's later record on the topic
+		// without its earlier one, and the retried round keeps room order.
+		evSize := recordSize(m)
+		for _, d := range deltas[ev.Position] {
+			evSize += 2*recordSize(m) + len(*d.StateKey) // a generous estimate of the delta records
+		}
+		if i > 0 && size+evSize > r.cfg.MaxRoundBytes {
+			end = events[i-1].Position
+			break
+		}
+		size += evSize
 		roomMsgs = append(roomMsgs, m)
 		for _, d := range deltas[ev.Position] {
 			m, err := r.message([]byte(d.RoomID), d)
@@ -76,6 +90,15 @@ func (r *Relay) publish(ctx context.Context, pos, upto int64) (int64, int, error
 		return pos, 0, fmt.Errorf("storing relay position %d: %w", end, err)
 	}
 	return end, len(roomMsgs), nil
+}
+
+// recordSize approximates a record's size in a batch: key, value and headers.
+func recordSize(m kafka.Message) int {
+	n := len(m.Key) + len(m.Value) + 32
+	for _, h := range m.Headers {
+		n += len(h.Key) + len(h.Value) + 8
+	}
+	return n
 }
 
 func (r *Relay) readDeltas(ctx context.Context, after, upto int64) (map[int64][]schema.RoomRecord, error) {

@@ -35,6 +35,11 @@ type Config struct {
 	PollInterval time.Duration
 	// BatchSize is the most events read and published per round trip.
 	BatchSize int
+	// MaxRoundBytes bounds the records of one round, so that the records of a
+	// round for one partition fit one record batch (the room writer must allow
+	// batches of that size and of BatchSize×(1+deltas) records: see
+	// kafkaio.NewRelayWriter).
+	MaxRoundBytes int
 	// RetryDelay is the first pause after a failed round (doubling to a minute).
 	RetryDelay time.Duration
 }
@@ -46,6 +51,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
+	}
+	if c.MaxRoundBytes == 0 {
+		c.MaxRoundBytes = 900 << 10 // below Kafka's default 1 MiB message.max.bytes
 	}
 	if c.RetryDelay == 0 {
 		c.RetryDelay = 100 * time.Millisecond

@@ -294,3 +294,53 @@ func TestBrokerFailureDoesNotAdvance(t *testing.T) {
 		t.Fatal("position stored although the broker never acknowledged")
 	}
 }
+
+// Rounds are cut by bytes as well as by count, and cutting loses or reorders nothing.
+func TestRoundsBoundedByBytes(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	var events []outbox.EventWithDeltas
+	for i := 0; i < 40; i++ {
+		member := ""
+		if i%4 == 0 {
+			member = fmt.Sprintf("@u%d:remote.test", i)
+		}
+		events = append(events, ev("!aa:hs.test", i, member))
+	}
+	if _, err := outbox.PersistBatch(ctx, e.pool, events); err != nil {
+		t.Fatal(err)
+	}
+	room := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: "fedpipe.room", RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	state := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: "fedpipe.state", RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	defer room.Close()
+	defer state.Close()
+	reg := prometheus.NewRegistry()
+	r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond, MaxRoundBytes: 1500}, e.pool, room, state, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	msgs := readAll(t, e.addr, "fedpipe.room", 50)
+	if len(msgs) != 50 {
+		t.Fatalf("%d room records, want 50", len(msgs))
+	}
+	var last int64
+	for _, m := range msgs {
+		rec, _ := schema.DecodeRoomRecord(m.Value)
+		if rec.Position < last {
+			t.Fatalf("out of order at %d", rec.Position)
+		}
+		last = rec.Position
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "fedpipe_relay_publish_duration_seconds" {
+			if n := mf.GetMetric()[0].GetHistogram().GetSampleCount(); n < 5 {
+				t.Fatalf("%d publish rounds, want the byte bound to split the 40 events into several", n)
+			}
+		}
+	}
+}
