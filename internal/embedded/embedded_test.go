@@ -124,3 +124,17 @@ func TestNoBinariesIsAClearError(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestUnreachableDataDirIsAClearError(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the check applies when fedpipe runs as root")
+	}
+	private := filepath.Join(dataDir(t), "private")
+	if err := os.Mkdir(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := embedded.StartPostgres(context.Background(), embedded.PostgresConfig{DataDir: filepath.Join(private, "pg")}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "cannot enter") || !strings.Contains(err.Error(), private) {
+		t.Fatalf("got %v, want it to name the directory the server user cannot enter", err)
+	}
+}

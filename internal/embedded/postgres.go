@@ -73,6 +73,11 @@ func StartPostgres(ctx context.Context, cfg PostgresConfig, logger *slog.Logger)
 		}
 		p.cfg.Port = cfg.Port
 	}
+	if p.cred != nil {
+		if err := reachable(filepath.Dir(cfg.DataDir), p.cred, cfg.RunAs); err != nil {
+			return nil, err
+		}
+	}
 	if err := p.initOnce(ctx); err != nil {
 		return nil, err
 	}
@@ -199,6 +204,40 @@ func findBinaries(dir string) (string, error) {
 func versionOf(binDir string) int {
 	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
 	return v
+}
+
+// reachable checks that user cred can traverse every directory down to dir:
+// PostgreSQL runs as that user, and initdb's own error would only say
+// "permission denied".
+func reachable(dir string, cred *syscall.Credential, name string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err == nil {
+			sys, ok := st.Sys().(*syscall.Stat_t)
+			mode := st.Mode().Perm()
+			var canEnter bool
+			switch {
+			case !ok:
+				canEnter = true
+			case sys.Uid == cred.Uid:
+				canEnter = mode&0o100 != 0
+			case sys.Gid == cred.Gid:
+				canEnter = mode&0o010 != 0
+			default:
+				canEnter = mode&0o001 != 0
+			}
+			if !canEnter {
+				return fmt.Errorf("private PostgreSQL runs as user %q, which cannot enter %s (mode %#o): choose a data_dir it can reach (not under /root), or set database.url", name, d, mode)
+			}
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 func freePort() (int, error) {
