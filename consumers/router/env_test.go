@@ -134,11 +134,18 @@ type collector struct {
 	mu    sync.Mutex
 	msgs  []kafka.Message
 	next  map[int]int64 // partition → offset after the last read
+	// lagging describes the last partition found behind, for failure messages.
+	lagging string
 }
 
 func (e *env) collect(t *testing.T, topic string, partitions int) *collector {
 	t.Helper()
 	c := &collector{topic: topic, next: map[int]int64{}}
+	t.Cleanup(func() {
+		if t.Failed() && c.lagging != "" {
+			t.Logf("collector: %s", c.lagging)
+		}
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	g, gctx := errgroup.WithContext(ctx)
 	for p := range partitions {
@@ -187,6 +194,7 @@ func (c *collector) readAll(t testing.TB, e *env, partitions int) bool {
 	defer c.mu.Unlock()
 	for _, p := range lo.Topics[c.topic] {
 		if p.Error != nil || c.next[p.Partition] < p.LastOffset {
+			c.lagging = fmt.Sprintf("partition %d read to %d of %d (err %v)", p.Partition, c.next[p.Partition], p.LastOffset, p.Error)
 			return false
 		}
 	}

@@ -61,7 +61,7 @@ func TestRouterRestartMidStreamLosesNothing(t *testing.T) {
 	stop = e.runRouter(t, "fedpipe-router")
 	testenv.Eventually(t, 30*time.Second, "the restarted router to handle every room record", func() bool { return e.caughtUp(t, "fedpipe-router") })
 	stop()
-	testenv.Eventually(t, 10*time.Second, "reading every outbound record", func() bool { return out.readAll(t, e, outParts) })
+	testenv.Eventually(t, 60*time.Second, "reading every outbound record", func() bool { return out.readAll(t, e, outParts) })
 
 	got := pairs(out.deliveries(t))
 	var missing, unexpected []string

@@ -79,7 +79,7 @@ func TestRouterRoutesReplaysAndDeadLetters(t *testing.T) {
 	stop := e.runRouter(t, "fedpipe-router")
 	testenv.Eventually(t, 20*time.Second, "the router to handle every room record", func() bool { return e.caughtUp(t, "fedpipe-router") })
 	stop()
-	testenv.Eventually(t, 10*time.Second, "reading every outbound record", func() bool { return out.readAll(t, e, outParts) })
+	testenv.Eventually(t, 60*time.Second, "reading every outbound record", func() bool { return out.readAll(t, e, outParts) })
 	testenv.Eventually(t, 10*time.Second, "reading the dead letter", func() bool { return dead.readAll(t, e, 1) })
 	first := out.deliveries(t)
 	if got := pairs(first); !maps.Equal(got, wantPairs) {
@@ -106,7 +106,7 @@ func TestRouterRoutesReplaysAndDeadLetters(t *testing.T) {
 	stop = e.runRouter(t, "fedpipe-router-replay")
 	testenv.Eventually(t, 20*time.Second, "the replaying group to handle every room record", func() bool { return e.caughtUp(t, "fedpipe-router-replay") })
 	stop()
-	testenv.Eventually(t, 10*time.Second, "reading every outbound record", func() bool { return out.readAll(t, e, outParts) })
+	testenv.Eventually(t, 60*time.Second, "reading every outbound record", func() bool { return out.readAll(t, e, outParts) })
 	replayed := out.deliveries(t)[len(first):]
 	if got := pairs(replayed); !maps.Equal(got, wantPairs) {
 		t.Errorf("replayed deliveries:\n%v\nwant:\n%v", sortedKeys(got), sortedKeys(wantPairs))
