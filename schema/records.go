@@ -115,6 +115,9 @@ type OutboundRecord struct {
 	PDU         json.RawMessage `json:"pdu,omitempty"`
 	EDUType     string          `json:"edu_type,omitempty"`
 	Content     json.RawMessage `json:"content,omitempty"`
+	// Presence holds the states of a presence record (kind "presence"): local
+	// users' presence for this destination, at most one state per user.
+	Presence []PresenceState `json:"presence,omitempty"`
 }
 
 // DecodeOutboundRecord decodes and checks an outbound record.
@@ -137,6 +140,15 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 	case KindEDU:
 		if r.EDUType == "" || len(r.Content) == 0 || r.Content[0] != '{' {
 			return r, fmt.Errorf("%w: edu record needs edu_type and a content object", ErrInvalidRecord)
+		}
+	case KindPresence:
+		if len(r.Presence) == 0 {
+			return r, fmt.Errorf("%w: presence record without states", ErrInvalidRecord)
+		}
+		for _, s := range r.Presence {
+			if err := s.check(); err != nil {
+				return r, err
+			}
 		}
 	default:
 		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)

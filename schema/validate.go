@@ -18,13 +18,13 @@ var (
 	compileErr  error
 )
 
-// ValidateRecord checks a record value of the given stream ("room", "state" or
-// "outbound") against its JSON Schema in schema/records.
+// ValidateRecord checks a record value of the given stream ("room", "state",
+// "presence", "usersync" or "outbound") against its JSON Schema in schema/records.
 func ValidateRecord(stream string, value []byte) error {
 	compileOnce.Do(func() {
 		compiled = map[string]*jsonschema.Schema{}
 		c := jsonschema.NewCompiler()
-		for _, name := range []string{"room", "outbound"} {
+		for _, name := range []string{"room", "presence", "usersync", "outbound"} {
 			raw, err := recordSchemas.ReadFile("records/" + name + ".schema.json")
 			if err != nil {
 				compileErr = err

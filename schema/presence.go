@@ -1,0 +1,171 @@
+package schema
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Record kinds of <prefix>.usersync, the presence input. Every record is keyed
+// by the instance id of the sync worker that produced it.
+const (
+	// KindUserSync: a user started ("syncing":true) or stopped syncing on the
+	// instance. Producers send it on a user's first concurrent sync and after
+	// its last one, not for every request.
+	KindUserSync = "user_sync"
+	// KindUserActive: the user did something (sent an event, or synced asking
+	// to be online): last_active moves to ts and an idle user is online again.
+	KindUserActive = "user_active"
+	// KindSetPresence: the user set their presence and status message.
+	KindSetPresence = "set_presence"
+	// KindInstanceClear: the instance shut down cleanly; its users stop syncing
+	// there at once.
+	KindInstanceClear = "instance_clear"
+	// KindInstanceAlive: the instance is alive. An instance that sends nothing
+	// for presence.instance_timeout is taken to have vanished: as if cleared.
+	KindInstanceAlive = "instance_alive"
+	// KindPresence is the kind of <prefix>.presence records and of outbound
+	// presence records.
+	KindPresence = "presence"
+)
+
+// Presence states (the Matrix client-server presence enum).
+const (
+	PresenceOnline      = "online"
+	PresenceUnavailable = "unavailable"
+	PresenceOffline     = "offline"
+)
+
+// UserSyncRecord is a record of <prefix>.usersync.
+type UserSyncRecord struct {
+	V        int    `json:"v"`
+	Kind     string `json:"kind"`
+	Instance string `json:"instance"`
+	UserID   string `json:"user_id,omitempty"`
+	// Syncing is set on user_sync records only.
+	Syncing *bool `json:"syncing,omitempty"`
+	// Presence and StatusMsg are set on set_presence records; a missing or
+	// null status_msg clears it.
+	Presence  string  `json:"presence,omitempty"`
+	StatusMsg *string `json:"status_msg,omitempty"`
+	// TS is when the producer made the record (ms since the epoch).
+	TS int64 `json:"ts"`
+}
+
+// DecodeUserSyncRecord decodes and checks a usersync record.
+func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
+	var r UserSyncRecord
+	if err := json.Unmarshal(value, &r); err != nil {
+		return r, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	if r.V != SchemaVersion {
+		return r, fmt.Errorf("%w: unsupported version %d", ErrInvalidRecord, r.V)
+	}
+	if r.Instance == "" {
+		return r, fmt.Errorf("%w: %s record without instance", ErrInvalidRecord, r.Kind)
+	}
+	needUser := func() error {
+		if !IsUserID(r.UserID) {
+			return fmt.Errorf("%w: %s record needs a user_id like @user:server, got %q", ErrInvalidRecord, r.Kind, r.UserID)
+		}
+		return nil
+	}
+	switch r.Kind {
+	case KindUserSync:
+		if err := needUser(); err != nil {
+			return r, err
+		}
+		if r.Syncing == nil {
+			return r, fmt.Errorf("%w: user_sync record without syncing", ErrInvalidRecord)
+		}
+	case KindUserActive:
+		if err := needUser(); err != nil {
+			return r, err
+		}
+	case KindSetPresence:
+		if err := needUser(); err != nil {
+			return r, err
+		}
+		if !ValidPresence(r.Presence) {
+			return r, fmt.Errorf("%w: set_presence record with presence %q (online, unavailable or offline)", ErrInvalidRecord, r.Presence)
+		}
+	case KindInstanceClear, KindInstanceAlive:
+	default:
+		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
+	}
+	return r, nil
+}
+
+// ValidPresence reports whether p is a presence state.
+func ValidPresence(p string) bool {
+	return p == PresenceOnline || p == PresenceUnavailable || p == PresenceOffline
+}
+
+// IsUserID reports whether id has the shape @localpart:server.
+func IsUserID(id string) bool {
+	if len(id) < 4 || id[0] != '@' {
+		return false
+	}
+	for i := 2; i < len(id)-1; i++ {
+		if id[i] == ':' {
+			return true
+		}
+	}
+	return false
+}
+
+// PresenceState is a local user's presence as federation learns it. Times are
+// absolute (ms since the epoch): the sender turns last_active_ts into the
+// specification's last_active_ago when it builds a transaction.
+type PresenceState struct {
+	UserID          string  `json:"user_id"`
+	Presence        string  `json:"presence"`
+	StatusMsg       *string `json:"status_msg,omitempty"`
+	LastActiveTS    int64   `json:"last_active_ts"`
+	CurrentlyActive bool    `json:"currently_active"`
+}
+
+// PresenceRecord is a record of <prefix>.presence (key user_id): a presence
+// change that remote servers should be told, published from presence_stream.
+type PresenceRecord struct {
+	V        int    `json:"v"`
+	Kind     string `json:"kind"`
+	Position int64  `json:"position"`
+	PresenceState
+}
+
+// DecodePresenceRecord decodes and checks a presence record.
+func DecodePresenceRecord(value []byte) (PresenceRecord, error) {
+	var r PresenceRecord
+	if err := json.Unmarshal(value, &r); err != nil {
+		return r, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	if r.V != SchemaVersion {
+		return r, fmt.Errorf("%w: unsupported version %d", ErrInvalidRecord, r.V)
+	}
+	if r.Kind != KindPresence {
+		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
+	}
+	if r.Position <= 0 {
+		return r, fmt.Errorf("%w: presence record without a positive position", ErrInvalidRecord)
+	}
+	if err := r.PresenceState.check(); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+func (s PresenceState) check() error {
+	if !IsUserID(s.UserID) {
+		return fmt.Errorf("%w: presence state with user_id %q", ErrInvalidRecord, s.UserID)
+	}
+	if !ValidPresence(s.Presence) {
+		return fmt.Errorf("%w: presence state of %s with presence %q", ErrInvalidRecord, s.UserID, s.Presence)
+	}
+	return nil
+}
+
+// Marshal encodes the record (without HTML escaping, like every record).
+func (r UserSyncRecord) Marshal() ([]byte, error) { return spliceRaw(r, "", nil) }
+
+// Marshal encodes the record (without HTML escaping, like every record).
+func (r PresenceRecord) Marshal() ([]byte, error) { return spliceRaw(r, "", nil) }
