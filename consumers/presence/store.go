@@ -1,0 +1,95 @@
+package presence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The presence stage's PostgreSQL state (schema/migrations/0004_presence.sql).
+// Every change of a user's state happens with the user's presence_state row
+// locked, so the records of a user handled by different members (each
+// instance's records go to one partition) and the timers of any member apply
+// one at a time.
+
+// lockUsers creates missing rows and locks the users' rows in user id order (a
+// fixed order: two transactions locking overlapping sets cannot deadlock). It
+// returns each user's state and whether they sync on any instance, as seen
+// after the lock.
+func lockUsers(ctx context.Context, tx pgx.Tx, users []string) (map[string]State, map[string]bool, error) {
+	if _, err := tx.Exec(ctx, `INSERT INTO presence_state (user_id, state) SELECT unnest($1::text[]), 'offline' ON CONFLICT DO NOTHING`, users); err != nil {
+		return nil, nil, fmt.Errorf("creating presence of %d users: %w", len(users), err)
+	}
+	rows, err := tx.Query(ctx, `SELECT user_id, state, status_msg, last_active_ts, last_user_sync_ts, last_federation_update_ts, currently_active
+		FROM presence_state WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+	if err != nil {
+		return nil, nil, fmt.Errorf("locking presence of %d users: %w", len(users), err)
+	}
+	states, err := scanStates(rows)
+	if err != nil {
+		return nil, nil, fmt.Errorf("locking presence of %d users: %w", len(users), err)
+	}
+	syncing, err := syncingOf(ctx, tx, users)
+	return states, syncing, err
+}
+
+func scanStates(rows pgx.Rows) (map[string]State, error) {
+	defer rows.Close()
+	states := map[string]State{}
+	for rows.Next() {
+		var s State
+		if err := rows.Scan(&s.UserID, &s.Presence, &s.StatusMsg, &s.LastActiveTS, &s.LastUserSyncTS, &s.LastFederationUpdateTS, &s.CurrentlyActive); err != nil {
+			return nil, err
+		}
+		states[s.UserID] = s
+	}
+	return states, rows.Err()
+}
+
+// syncingOf says which of users sync on some instance. A read-committed
+// statement after the row locks sees every sync change committed before them.
+func syncingOf(ctx context.Context, tx pgx.Tx, users []string) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, `SELECT DISTINCT user_id FROM presence_syncing WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return nil, fmt.Errorf("reading who syncs: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("reading who syncs: %w", err)
+	}
+	out := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out, nil
+}
+
+// save stores a user's new state with its next timer and, when remote servers
+// should be told, replaces the user's presence_stream row with one at a new
+// stream position (the relay publishes it).
+func save(ctx context.Context, tx pgx.Tx, s State, nextCheck int64, tell bool) error {
+	var next *int64
+	if nextCheck > 0 {
+		next = &nextCheck
+	}
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE presence_state SET state = $2, status_msg = $3, last_active_ts = $4, last_user_sync_ts = $5,
+		last_federation_update_ts = $6, currently_active = $7, next_check_ms = $8 WHERE user_id = $1`,
+		s.UserID, s.Presence, s.StatusMsg, s.LastActiveTS, s.LastUserSyncTS, s.LastFederationUpdateTS, s.CurrentlyActive, next)
+	if tell {
+		b.Queue(`INSERT INTO presence_stream (stream_id, user_id, state, status_msg, last_active_ts, currently_active)
+			VALUES (fedpipe_next_stream_ordering(), $1, $2, $3, $4, $5)
+			ON CONFLICT (user_id) DO UPDATE SET stream_id = EXCLUDED.stream_id, state = EXCLUDED.state, status_msg = EXCLUDED.status_msg,
+				last_active_ts = EXCLUDED.last_active_ts, currently_active = EXCLUDED.currently_active`,
+			s.UserID, s.Presence, s.StatusMsg, s.LastActiveTS, s.CurrentlyActive)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("storing presence of %s: %w", s.UserID, err)
+	}
+	return nil
+}
+
+// errNoRow guards against a locked user without a row, which lockUsers rules out.
+var errNoRow = errors.New("presence row missing after insert")
