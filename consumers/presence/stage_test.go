@@ -31,7 +31,7 @@ const (
 // clock is an injected clock, moved by the test.
 type clock struct{ ms atomic.Int64 }
 
-func (c *clock) Now() time.Time           { return time.UnixMilli(c.ms.Load()) }
+func (c *clock) Now() time.Time          { return time.UnixMilli(c.ms.Load()) }
 func (c *clock) Advance(d time.Duration) { c.ms.Add(d.Milliseconds()) }
 
 type env struct {
