@@ -11,6 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
 // ErrNotRunning is returned by Enqueue before Run has started or after it ended.
@@ -36,11 +39,15 @@ type Manager struct {
 // destQueue is one destination's queue. A worker goroutine exists only while
 // there is something to send, so an idle destination costs one small struct.
 type destQueue struct {
-	dest    string
-	mu      sync.Mutex
-	pdus    []Item
-	edus    []Item
-	running bool // a worker is sending (at most one: one transaction in flight)
+	dest string
+	mu   sync.Mutex
+	pdus []Item
+	edus []Item
+	// presence holds the latest unsent state per user, presenceUsers its
+	// users in the order they were first queued (presence.go).
+	presence      map[string]pendingPresence
+	presenceUsers []string
+	running       bool // a worker is sending (at most one: one transaction in flight)
 	// catchingUp: missed rooms are being sent; live PDUs go to the store meanwhile.
 	catchingUp bool
 	stopping   bool
@@ -181,9 +188,14 @@ func (m *Manager) queue(dest string) *destQueue {
 
 // Enqueue hands an item to its destination's queue. A PDU for a destination
 // that is backing off is recorded for catch-up at once (not held in memory); an
-// EDU for it is dropped and counted, as Synapse does. An error means the item
-// was not taken (the store failed) and should be offered again.
+// EDU or presence for it is dropped and counted, as Synapse does. An error
+// means the item was not taken (the store failed) and should be offered again.
 func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
+	it, ok := m.presenceOf(dest, it)
+	if !ok {
+		it.Done() // no state left worth sending
+		return nil
+	}
 	q := m.queue(dest)
 	if err := m.load(ctx, q); err != nil {
 		return fmt.Errorf("loading backoff of %s: %w", dest, err)
@@ -194,7 +206,7 @@ func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
 		// Backing off, or due but not caught up yet: the catch-up loop sends it.
 		if !it.isPDU() {
 			q.mu.Unlock()
-			m.m.edusDropped.Inc()
+			m.m.edusDropped.WithLabelValues(eduType(it)).Add(float64(eduCount(it)))
 			it.Done()
 			return nil
 		}
@@ -212,9 +224,16 @@ func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
 		it.Done()
 		return nil
 	}
-	if it.isPDU() {
+	var pres *presenceItem
+	var superseded []*presenceItem
+	switch {
+	case it.isPDU():
 		q.pdus = append(q.pdus, it)
-	} else {
+	case it.isPresence():
+		pres = &presenceItem{done: it.Done}
+		pres.left.Store(int64(len(it.Presence)))
+		superseded = q.addPresence(it.Presence, pres)
+	default:
 		q.edus = append(q.edus, it)
 	}
 	start := !q.running && !q.stopping
@@ -223,12 +242,18 @@ func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
 		q.idle = make(chan struct{})
 	}
 	q.mu.Unlock()
+	// Outside q.mu: Done is the caller's code.
+	m.m.presenceSuperseded.Add(float64(len(superseded)))
+	releaseAll(superseded)
 	if start {
 		if err := m.spawn(q, m.sendLoop); err != nil {
 			q.mu.Lock() // not taken: the caller offers it again
-			if it.isPDU() && len(q.pdus) > 0 {
+			switch {
+			case it.isPDU() && len(q.pdus) > 0:
 				q.pdus = q.pdus[:len(q.pdus)-1]
-			} else if !it.isPDU() && len(q.edus) > 0 {
+			case it.isPresence():
+				q.forgetPresence(pres)
+			case len(q.edus) > 0:
 				q.edus = q.edus[:len(q.edus)-1]
 			}
 			q.mu.Unlock()
@@ -236,6 +261,41 @@ func (m *Manager) Enqueue(ctx context.Context, dest string, it Item) error {
 		}
 	}
 	return nil
+}
+
+// presenceOf reads an m.presence EDU into presence states, so that it is
+// merged with the destination's other presence (one m.presence EDU per
+// transaction), and leaves out states no m.presence EDU may carry (dropped
+// and counted, as is an m.presence EDU that cannot be read). ok is false when
+// nothing is left to send.
+func (m *Manager) presenceOf(dest string, it Item) (_ Item, ok bool) {
+	if it.isPDU() {
+		return it, true
+	}
+	if len(it.Presence) == 0 && it.EDU.Type == edu.TypePresence {
+		states, err := edu.ParsePresence(it.EDU.Content, m.cfg.Now())
+		if err != nil {
+			m.m.dropped.WithLabelValues("edu", "unsendable").Inc()
+			m.log.Error("dropping an m.presence EDU that can never be sent", "destination", dest, "err", err)
+			return it, false
+		}
+		it.Presence, it.EDU = states, txn.EDU{}
+		return it, len(states) > 0
+	}
+	if len(it.Presence) == 0 {
+		return it, true
+	}
+	valid := it.Presence[:0:0]
+	for _, s := range it.Presence {
+		if err := s.Check(); err != nil {
+			m.m.dropped.WithLabelValues("edu", "unsendable").Inc()
+			m.log.Error("dropping a presence state that can never be sent", "destination", dest, "err", err)
+			continue
+		}
+		valid = append(valid, s)
+	}
+	it.Presence = valid
+	return it, len(valid) > 0
 }
 
 // Stop stops the queues of dests (their partition was revoked): it waits for
@@ -258,6 +318,7 @@ func (m *Manager) Stop(ctx context.Context, dests []string) error {
 			close(q.stopped)
 		}
 		q.pdus, q.edus = nil, nil
+		q.presence, q.presenceUsers = nil, nil
 		if q.idle != nil {
 			stopping = append(stopping, q)
 			waits = append(waits, q.idle)

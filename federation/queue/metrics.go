@@ -3,14 +3,16 @@ package queue
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	txns                                 *prometheus.CounterVec
-	pdusSent, edusSent, pduRejected      prometheus.Counter
-	pdusToCatchUp, edusDropped, backoffs prometheus.Counter
-	catchUps                             prometheus.Counter
-	destinations, active                 prometheus.Gauge
-	sendSeconds                          prometheus.Histogram
-	dropped                              *prometheus.CounterVec
-	retries, storeErrors, catchUpSent    prometheus.Counter
+	txns                              *prometheus.CounterVec
+	pdusSent, edusSent, pduRejected   prometheus.Counter
+	pdusToCatchUp, backoffs           prometheus.Counter
+	edusDropped                       *prometheus.CounterVec
+	presenceSuperseded                prometheus.Counter
+	catchUps                          prometheus.Counter
+	destinations, active              prometheus.Gauge
+	sendSeconds                       prometheus.Histogram
+	dropped                           *prometheus.CounterVec
+	retries, storeErrors, catchUpSent prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -23,19 +25,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		edusSent:      c("fedpipe_sender_edus_sent_total", "EDUs delivered in accepted transactions."),
 		pduRejected:   c("fedpipe_sender_pdus_rejected_total", "PDUs a destination answered with a per-PDU error."),
 		pdusToCatchUp: c("fedpipe_sender_pdus_deferred_total", "PDUs recorded for catch-up instead of sent (destination backing off)."),
-		edusDropped:   c("fedpipe_sender_edus_dropped_total", "EDUs dropped because their destination was backing off."),
-		backoffs:      c("fedpipe_sender_backoffs_total", "Times a destination started or extended a backoff."),
-		catchUps:      c("fedpipe_sender_catchups_total", "Catch-up runs started."),
-		destinations:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_sender_destinations", Help: "Destinations with a queue on this member."}),
-		active:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_sender_active_destinations", Help: "Destinations with a transaction being sent."}),
-		sendSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_sender_transaction_duration_seconds", Help: "Time to send one transaction, retries included.", Buckets: prometheus.DefBuckets}),
+		edusDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_edus_dropped_total",
+			Help: "EDUs dropped because their destination was backing off or catching up, by EDU type (m.presence counts one per user state)."}, []string{"edu_type"}),
+		presenceSuperseded: c("fedpipe_sender_presence_superseded_total", "Presence states replaced, unsent, by a later state of the same user for the same destination (only the latest is sent)."),
+		backoffs:           c("fedpipe_sender_backoffs_total", "Times a destination started or extended a backoff."),
+		catchUps:           c("fedpipe_sender_catchups_total", "Catch-up runs started."),
+		destinations:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_sender_destinations", Help: "Destinations with a queue on this member."}),
+		active:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_sender_active_destinations", Help: "Destinations with a transaction being sent."}),
+		sendSeconds:        prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_sender_transaction_duration_seconds", Help: "Time to send one transaction, retries included.", Buckets: prometheus.DefBuckets}),
 	}
 	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_dropped_total",
 		Help: "PDUs and EDUs dropped as unsendable (too large, not canonical JSON) or because the destination called their transaction malformed (fatal)."}, []string{"kind", "reason"})
 	m.retries = c("fedpipe_sender_transaction_retries_total", "Transactions sent again with the same id after a transient failure.")
 	m.catchUpSent = c("fedpipe_sender_catchup_pdus_sent_total", "Catch-up PDUs (the latest missed event of a room) accepted by their destination.")
 	m.storeErrors = c("fedpipe_sender_store_errors_total", "Failed store writes of backoff or catch-up state (retried).")
-	for _, col := range []prometheus.Collector{m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
+	for _, col := range []prometheus.Collector{m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.presenceSuperseded, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}

@@ -1,8 +1,9 @@
 // Package queue runs fedpipe's per-destination federation queues: it batches
-// PDUs and EDUs into transactions (≤50 PDUs, ≤100 EDUs), keeps one transaction
-// in flight per destination, backs failing destinations off (persisted, with
-// Synapse's schedule), records what they miss for catch-up instead of holding it
-// in memory, and catches them up with the latest event per room when they are
+// PDUs and EDUs into transactions (≤50 PDUs, ≤100 EDUs, one m.presence EDU
+// with the latest state of ≤50 users), keeps one transaction in flight per
+// destination, backs failing destinations off (persisted, with Synapse's
+// schedule), records what they miss for catch-up instead of holding it in
+// memory, and catches them up with the latest event per room when they are
 // due again. It has no Kafka and no SQL: it talks to a Transport and a Store.
 package queue
 
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
@@ -85,21 +87,29 @@ type Store interface {
 	DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error)
 }
 
-// Item is one PDU or EDU for a destination.
+// Item is one PDU, EDU or set of presence states for a destination.
 type Item struct {
 	// PDU fields.
 	RoomID   string
 	EventID  string
 	Position int64
 	PDU      json.RawMessage
-	// EDU, when PDU is empty.
+	// EDU, when PDU and Presence are empty. An m.presence EDU is read into
+	// presence states (and sent as it is when it cannot be read).
 	EDU txn.EDU
+	// Presence, when PDU is empty, holds local users' presence states (one
+	// per user). The queue keeps only the latest state per user and sends them
+	// in one m.presence EDU per transaction (≤50 users), aged to the time the
+	// transaction is built.
+	Presence []edu.PresenceState
 	// Done is called once the item is delivered, recorded for catch-up, or
-	// dropped by a documented rule.
+	// dropped by a documented rule: a presence state is also done when a later
+	// state of the same user for the same destination replaces it unsent.
 	Done func()
 }
 
-func (it Item) isPDU() bool { return len(it.PDU) > 0 }
+func (it Item) isPDU() bool      { return len(it.PDU) > 0 }
+func (it Item) isPresence() bool { return !it.isPDU() && len(it.Presence) > 0 }
 
 // Config configures a Manager. Defaults are Synapse's.
 type Config struct {

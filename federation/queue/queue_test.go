@@ -30,6 +30,7 @@ type transport struct {
 	attempts map[string]int    // "destination id" → sends
 	flaky    map[string]int    // destination → sends still to fail with errTransient
 	rejected map[string]string // event id → per-PDU error in the 200 answer
+	held     chan struct{}     // while set, sends wait until it is closed (a slow destination)
 }
 
 var (
@@ -63,7 +64,11 @@ func (t *transport) SendTransaction(_ context.Context, tx *txn.Transaction) (txn
 	if t.attempts != nil {
 		t.attempts[tx.Destination+" "+tx.ID]++
 	}
+	held := t.held
 	t.mu.Unlock()
+	if held != nil {
+		<-held
+	}
 	if _, berr := tx.Body(); berr != nil && err == nil {
 		err = fmt.Errorf("%w: %w", errBad, berr) // as the federation client reports it
 	}

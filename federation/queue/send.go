@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
@@ -19,7 +20,7 @@ var errStopped = errors.New("destination queue stopped")
 func (m *Manager) sendLoop(ctx context.Context, q *destQueue) error {
 	for {
 		q.mu.Lock()
-		if q.stopping || ctx.Err() != nil || (len(q.pdus) == 0 && len(q.edus) == 0) {
+		if q.stopping || ctx.Err() != nil || (len(q.pdus) == 0 && len(q.edus) == 0 && len(q.presence) == 0) {
 			q.finish()
 			q.mu.Unlock()
 			return nil
@@ -27,8 +28,12 @@ func (m *Manager) sendLoop(ctx context.Context, q *destQueue) error {
 		np := min(len(q.pdus), txn.MaxPDUs)
 		pdus := append([]Item(nil), q.pdus[:np]...)
 		q.pdus = q.pdus[np:]
-		var edus []Item
-		edus, q.edus = takeEDUs(q.edus, txn.MaxEDUs)
+		var edus, more []Item
+		if p, ok := q.takePresence(maxPresenceUsers); ok {
+			edus = append(edus, p)
+		}
+		more, q.edus = takeEDUs(q.edus, txn.MaxEDUs-len(edus))
+		edus = append(edus, more...)
 		q.mu.Unlock()
 
 		failed, err := m.deliver(ctx, q, pdus, edus)
@@ -106,7 +111,9 @@ func (m *Manager) deliver(ctx context.Context, q *destQueue, pdus, edus []Item) 
 
 // fill adds pdus and edus to t and returns those it holds, in order (so a
 // txn.ItemError index names an item). One that can never be added is dropped
-// and done.
+// and done. Presence is rendered here, aged to t's origin_server_ts: a
+// destination whose queue was slow gets the age at sending, not at enqueueing.
+// (A retry of t resends these bytes: it must be the same transaction.)
 func (m *Manager) fill(dest string, t *txn.Transaction, pdus, edus []Item) (inPDUs, inEDUs []Item) {
 	for _, it := range pdus {
 		if err := t.AddPDU(it.PDU); err != nil {
@@ -117,10 +124,15 @@ func (m *Manager) fill(dest string, t *txn.Transaction, pdus, edus []Item) (inPD
 		}
 		inPDUs = append(inPDUs, it)
 	}
+	built := time.UnixMilli(t.OriginServerTS)
 	for _, it := range edus {
-		if err := t.AddEDU(it.EDU); err != nil {
+		e, err := render(it, built)
+		if err == nil {
+			err = t.AddEDU(e)
+		}
+		if err != nil {
 			m.m.dropped.WithLabelValues("edu", "unsendable").Inc()
-			m.log.Error("dropping an EDU that can never be sent", "destination", dest, "edu_type", it.EDU.Type, "err", err)
+			m.log.Error("dropping an EDU that can never be sent", "destination", dest, "edu_type", eduType(it), "err", err)
 			it.Done()
 			continue
 		}
@@ -186,11 +198,13 @@ func (m *Manager) transmit(ctx context.Context, q *destQueue, t *txn.Transaction
 
 // backOff records the failure and moves everything pending for q to catch-up:
 // the latest position per room of its PDUs (these and all queued) is stored,
-// its EDUs are dropped, and all are done. New PDUs go to the store from now on.
+// its EDUs and presence are dropped, and all are done. New PDUs go to the
+// store from now on.
 func (m *Manager) backOff(ctx context.Context, q *destQueue, inFlight []Item, cause error) error {
 	q.mu.Lock()
 	items := append(append(append([]Item(nil), inFlight...), q.pdus...), q.edus...)
 	q.pdus, q.edus = nil, nil
+	presence := q.dropPresence()
 	interval := m.cfg.nextInterval(q.retry.Interval)
 	q.retry = RetryState{Interval: interval, NextAttempt: m.cfg.Now().Add(m.cfg.jitter(interval, m.cfg.Rand()))}
 	r := q.retry
@@ -198,10 +212,8 @@ func (m *Manager) backOff(ctx context.Context, q *destQueue, inFlight []Item, ca
 	m.log.Warn("destination failing; backing off", "destination", q.dest, "interval", interval, "until", r.NextAttempt, "err", cause)
 	m.m.backoffs.Inc()
 	latest := map[string]CatchUp{}
-	var edus int
 	for _, it := range items {
 		if !it.isPDU() {
-			edus++
 			continue
 		}
 		if c, ok := latest[it.RoomID]; !ok || it.Position > c.Position {
@@ -225,10 +237,13 @@ func (m *Manager) backOff(ctx context.Context, q *destQueue, inFlight []Item, ca
 	for _, it := range items {
 		if it.isPDU() {
 			m.m.pdusToCatchUp.Inc()
+		} else {
+			m.m.edusDropped.WithLabelValues(eduType(it)).Add(float64(eduCount(it)))
 		}
 		it.Done()
 	}
-	m.m.edusDropped.Add(float64(edus))
+	m.m.edusDropped.WithLabelValues(edu.TypePresence).Add(float64(len(presence)))
+	releaseAll(presence)
 	return nil
 }
 
