@@ -1,0 +1,50 @@
+package usersync
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// Message checks rec and turns it into the record of <prefix>.usersync:
+// keyed by the instance (so one instance's records stay in order on one
+// partition) with the kind, schema and instance headers. It fills in V.
+// The error says what is wrong in the words of the record's fields.
+func Message(rec schema.UserSyncRecord) (kafka.Message, error) {
+	rec.V = schema.SchemaVersion
+	value, err := rec.Marshal()
+	if err != nil {
+		return kafka.Message{}, fmt.Errorf("encoding %s record of %s: %w", rec.Kind, rec.Instance, err)
+	}
+	if _, err := schema.DecodeUserSyncRecord(value); err != nil {
+		return kafka.Message{}, err
+	}
+	return kafka.Message{
+		Key:   []byte(rec.Instance),
+		Value: value,
+		Headers: []kafka.Header{
+			{Key: schema.HeaderKind, Value: []byte(rec.Kind)},
+			{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
+			{Key: schema.HeaderInstance, Value: []byte(rec.Instance)},
+		},
+	}, nil
+}
+
+// CheckUserID reports whether userID can be the subject of presence input:
+// shaped @localpart:server and, when serverName is set, a user of that server
+// (the presence stage dead-letters records about other servers' users).
+func CheckUserID(userID, serverName string) error {
+	if !schema.IsUserID(userID) {
+		return fmt.Errorf("user id %q is not like @user:server", userID)
+	}
+	if serverName != "" {
+		if _, server, _ := strings.Cut(userID, ":"); server != serverName {
+			return fmt.Errorf("user id %q is not a user of %s", userID, serverName)
+		}
+	}
+	return nil
+}
