@@ -1,7 +1,9 @@
 // Package sender is the fedpipe-sender stage: it consumes <prefix>.outbound
 // (partitioned by destination) and feeds each record to its destination's queue
 // (federation/queue). A record's offset is committed once its PDU was delivered
-// or recorded for catch-up. When a partition is revoked, the queues of its
+// or recorded for catch-up, its EDU delivered or dropped (destination backing
+// off), and its presence states delivered, dropped, or replaced by a later
+// record's state of the same user. When a partition is revoked, the queues of its
 // destinations are stopped and their in-flight transactions finish before the
 // next owner starts, so two members never send to one destination at once.
 package sender
@@ -18,6 +20,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/schema"
@@ -125,8 +128,26 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 		it.RoomID, it.EventID, it.Position, it.PDU = rec.RoomID, rec.EventID, rec.Position, rec.PDU
 	case schema.KindEDU:
 		it.EDU = txn.EDU{Type: rec.EDUType, Content: rec.Content}
+	case schema.KindPresence:
+		it.Presence = presenceStates(rec.Presence)
+	default: // DecodeOutboundRecord knows no other kind: a kind added there must be handled here
+		return runtime.Poison(fmt.Errorf("outbound record of kind %q: the sender cannot send it", rec.Kind))
 	}
 	return p.s.m.Enqueue(ctx, rec.Destination, it)
+}
+
+// presenceStates converts an outbound presence record's states. The queue
+// keeps them with their absolute last_active_ts and ages them when it builds
+// a transaction.
+func presenceStates(in []schema.PresenceState) []edu.PresenceState {
+	out := make([]edu.PresenceState, len(in))
+	for i, s := range in {
+		out[i] = edu.PresenceState{UserID: s.UserID, Presence: s.Presence, LastActiveTS: s.LastActiveTS, CurrentlyActive: s.CurrentlyActive}
+		if s.StatusMsg != nil {
+			out[i].StatusMsg = *s.StatusMsg
+		}
+	}
+	return out
 }
 
 // Close implements runtime.PartitionHandler: it stops the partition's
