@@ -2,6 +2,40 @@
 // POST /_fedpipe/v1/events persists a batch of events with their state deltas
 // in one PostgreSQL transaction (all or nothing) through the outbox library and
 // answers their stream positions.
+//
+// With Config.UserSync set it also takes the presence input of sync workers
+// not written in Go (Go ones use producers/usersync), written to
+// <prefix>.usersync keyed by the instance:
+//
+//	POST /_fedpipe/v1/usersync
+//	{"instance": "sync1", "updates": [
+//	  {"kind": "user_sync", "user_id": "@a:hs", "syncing": true},
+//	  {"kind": "user_active", "user_id": "@a:hs"},
+//	  {"kind": "set_presence", "user_id": "@a:hs", "presence": "unavailable", "status_msg": "lunch"},
+//	  {"kind": "instance_alive"},
+//	  {"kind": "instance_clear"}]}
+//	→ 200 {"written": 5}
+//
+// Each update has exactly the fields its kind needs (user_sync: user_id and
+// syncing; user_active: user_id; set_presence: user_id, presence and an
+// optional status_msg, absent or null to clear it; instance_clear and
+// instance_alive: none). Every update is checked before anything is written
+// (400 naming the field, e.g. "updates[2].user_id: ..."); the server stamps
+// ts; the records are written in order with one synchronous write and the
+// answer comes after the broker acknowledged them, or is 503 (some may have
+// been written: sending the request again is harmless). The caller counts
+// concurrent syncs itself, sends user_sync only on a user's first and last,
+// instance_alive well within the presence stage's instance_timeout, and
+// instance_clear when it starts and when it stops.
+//
+//	PUT /_fedpipe/v1/presence/{userId}
+//	{"presence": "online", "status_msg": "hi", "instance": "sync1"}
+//	→ 200 {}
+//
+// mirrors the client-server API's PUT /presence/{userId}/status: a
+// set_presence record; instance defaults to "ingest". Both routes take the
+// same bearer token and body limit as the events route; without
+// Config.UserSync they answer 404 M_UNRECOGNIZED.
 package ingest
 
 import (
@@ -38,6 +72,16 @@ type Config struct {
 	MaxBodyBytes int64
 	// MaxEvents is the most events accepted in one request.
 	MaxEvents int
+	// UserSync, when set, serves the presence input routes (UserSyncPath and
+	// PresencePath) by writing to <prefix>.usersync through it: a synchronous
+	// writer bound to that topic, as kafkaio.NewWriter makes. Nil turns
+	// those routes off (404).
+	UserSync Writer
+	// ServerName, when set, refuses presence input about users of other
+	// servers (the presence stage would dead-letter it).
+	ServerName string
+	// MaxUpdates is the most updates accepted in one usersync request.
+	MaxUpdates int
 }
 
 // Validate fills in defaults and reports invalid settings.
@@ -48,11 +92,17 @@ func (c *Config) Validate() error {
 	if c.MaxEvents == 0 {
 		c.MaxEvents = DefaultMaxEvents
 	}
+	if c.MaxUpdates == 0 {
+		c.MaxUpdates = DefaultMaxUpdates
+	}
 	if c.MaxBodyBytes < 0 {
 		return fmt.Errorf("ingest: MaxBodyBytes must be positive, got %d", c.MaxBodyBytes)
 	}
 	if c.MaxEvents < 0 {
 		return fmt.Errorf("ingest: MaxEvents must be positive, got %d", c.MaxEvents)
+	}
+	if c.MaxUpdates < 0 {
+		return fmt.Errorf("ingest: MaxUpdates must be positive, got %d", c.MaxUpdates)
 	}
 	return nil
 }
@@ -82,7 +132,8 @@ func makePersistEndpoint(pool *pgxpool.Pool) endpoint.Endpoint {
 	}
 }
 
-// NewHandler returns the ingest API's HTTP handler, serving Path.
+// NewHandler returns the ingest API's HTTP handler, serving Path, and
+// UserSyncPath and PresencePath (404 unless cfg.UserSync is set).
 func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer prometheus.Registerer) (http.Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -106,5 +157,6 @@ func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer 
 		w.Header().Set("Allow", http.MethodPost)
 		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
 	})
+	registerPresence(mux, cfg, logger, m)
 	return mux, nil
 }

@@ -14,6 +14,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	events   prometheus.Counter
 	duration prometheus.Histogram
+	usersync prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -31,8 +32,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to persist one ingest request's events, successful or not.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
+		usersync: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_ingest_usersync_records_total",
+			Help: "Presence input records written to the usersync topic through the ingest API.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration} {
+	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering ingest metrics: %w", err)
 		}
