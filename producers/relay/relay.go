@@ -1,5 +1,6 @@
-// Package relay publishes the stream tables a homeserver writes (events and
-// current_state_delta_stream) to Kafka in stream order, never skipping a row
+// Package relay publishes the stream tables (events and
+// current_state_delta_stream, which a homeserver writes, and presence_stream,
+// which the presence stage writes) to Kafka in stream order, never skipping a row
 // whose transaction commits after a later one, and records how far it got only
 // after the broker acknowledged.
 package relay
@@ -18,8 +19,11 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// streamName is the relay_positions row of the events stream.
-const streamName = "events"
+// relay_positions rows of the streams.
+const (
+	streamName     = "events"
+	presenceStream = "presence"
+)
 
 // Writer is what the relay publishes with: a *kafka.Writer configured with
 // RequiredAcks: RequireAll, Murmur2Balancer and its topic.
@@ -79,10 +83,23 @@ type Relay struct {
 	rounds     prometheus.Histogram
 	failures   prometheus.Counter
 	waitingXID prometheus.Histogram
+
+	presence          Writer
+	presencePublished prometheus.Counter
+	presencePosition  prometheus.Gauge
+}
+
+// Option adds to what a Relay publishes.
+type Option func(*Relay)
+
+// WithPresence makes the relay publish presence_stream to <prefix>.presence
+// through w (keyed by user_id), in the same rounds as the events.
+func WithPresence(w Writer) Option {
+	return func(r *Relay) { r.presence = w }
 }
 
 // New returns a Relay writing room records with room and state records with state.
-func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger, reg prometheus.Registerer) (*Relay, error) {
+func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -94,7 +111,16 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 		waitingXID: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_relay_visibility_wait_seconds",
 			Help: "Time spent waiting for in-progress transactions before publishing up to a position.", Buckets: prometheus.DefBuckets}),
 	}
-	for _, c := range []prometheus.Collector{r.published, r.position, r.rounds, r.failures, r.waitingXID} {
+	for _, o := range opts {
+		o(r)
+	}
+	cs := []prometheus.Collector{r.published, r.position, r.rounds, r.failures, r.waitingXID}
+	if r.presence != nil {
+		r.presencePublished = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_presence_published_total", Help: "Presence records the relay published."})
+		r.presencePosition = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_relay_presence_position", Help: "Stream position the relay has published presence up to."})
+		cs = append(cs, r.presencePublished, r.presencePosition)
+	}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("relay metrics: %w", err)
 		}
@@ -134,13 +160,26 @@ func (r *Relay) Run(ctx context.Context) error {
 // round publishes everything that is safely visible. It reports whether it
 // published anything.
 func (r *Relay) round(ctx context.Context) (bool, error) {
-	pos, err := r.loadPosition(ctx)
+	pos, err := r.loadPosition(ctx, streamName)
 	if err != nil {
 		return false, err
 	}
-	upto, err := r.visibleUpTo(ctx, pos)
-	if err != nil || upto <= pos {
+	ppos := pos
+	if r.presence != nil {
+		if ppos, err = r.loadPosition(ctx, presenceStream); err != nil {
+			return false, err
+		}
+	}
+	// Both streams take their positions from one sequence, so one visibility
+	// wait covers both.
+	upto, err := r.visibleUpTo(ctx, min(pos, ppos))
+	if err != nil || upto <= min(pos, ppos) {
 		return false, err
+	}
+	if r.presence != nil && ppos < upto {
+		if err := r.publishPresence(ctx, ppos, upto); err != nil {
+			return false, err
+		}
 	}
 	for pos < upto {
 		start := time.Now()
@@ -156,11 +195,11 @@ func (r *Relay) round(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-func (r *Relay) loadPosition(ctx context.Context) (int64, error) {
+func (r *Relay) loadPosition(ctx context.Context, stream string) (int64, error) {
 	var pos int64
-	err := r.pool.QueryRow(ctx, "SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = $1), 0)", streamName).Scan(&pos)
+	err := r.pool.QueryRow(ctx, "SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = $1), 0)", stream).Scan(&pos)
 	if err != nil {
-		return 0, fmt.Errorf("reading relay position: %w", err)
+		return 0, fmt.Errorf("reading relay position of %s: %w", stream, err)
 	}
 	return pos, nil
 }

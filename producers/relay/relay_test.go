@@ -32,7 +32,7 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	c, addr := testenv.Broker(t)
-	for _, tp := range []string{"fedpipe.room", "fedpipe.state"} {
+	for _, tp := range []string{"fedpipe.room", "fedpipe.state", "fedpipe.presence"} {
 		if err := c.CreateTopic(tp, 4, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -46,8 +46,9 @@ func setup(t *testing.T) *env {
 		w := func(topic string) *kafka.Writer {
 			return &kafka.Writer{Addr: kafka.TCP(addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond, MaxAttempts: 2}
 		}
-		room, state := w("fedpipe.room"), w("fedpipe.state")
-		r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond, BatchSize: 7}, pool, room, state, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		room, state, presence := w("fedpipe.room"), w("fedpipe.state"), w("fedpipe.presence")
+		r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond, BatchSize: 7}, pool, room, state, slog.New(slog.DiscardHandler), prometheus.NewRegistry(),
+			relay.WithPresence(presence))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -55,7 +56,7 @@ func setup(t *testing.T) *env {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = r.Run(ctx) }()
-		return func() { cancel(); wg.Wait(); room.Close(); state.Close() }
+		return func() { cancel(); wg.Wait(); room.Close(); state.Close(); presence.Close() }
 	}
 	return e
 }
