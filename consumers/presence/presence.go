@@ -166,8 +166,15 @@ func (s *Stage) handle(ctx context.Context, rec schema.UserSyncRecord) error {
 			_, err := s.clear(ctx, tx, rec.Instance, now)
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO presence_instances (instance, last_seen_ms) VALUES ($1, $2)
-			ON CONFLICT (instance) DO UPDATE SET last_seen_ms = GREATEST(presence_instances.last_seen_ms, EXCLUDED.last_seen_ms)`, rec.Instance, now); err != nil {
+		// Syncs and keep-alives make an instance one whose silence means it
+		// vanished; other records only show that a known one is alive (a
+		// presence PUT through the ingest API names no sync worker).
+		seen := `UPDATE presence_instances SET last_seen_ms = GREATEST(last_seen_ms, $2) WHERE instance = $1`
+		if rec.Kind == schema.KindUserSync || rec.Kind == schema.KindInstanceAlive {
+			seen = `INSERT INTO presence_instances (instance, last_seen_ms) VALUES ($1, $2)
+			ON CONFLICT (instance) DO UPDATE SET last_seen_ms = GREATEST(presence_instances.last_seen_ms, EXCLUDED.last_seen_ms)`
+		}
+		if _, err := tx.Exec(ctx, seen, rec.Instance, now); err != nil {
 			return fmt.Errorf("recording instance %s: %w", rec.Instance, err)
 		}
 		if rec.Kind == schema.KindInstanceAlive {
@@ -313,6 +320,10 @@ func (s *Stage) expireInstances(ctx context.Context) error {
 			return fmt.Errorf("expiring instances: %w", err)
 		}
 		s.m.expired.Inc()
+		if users == 0 {
+			s.log.Info("sync worker silent without users; forgotten", "instance", instance, "timeout", s.cfg.InstanceTimeout)
+			continue
+		}
 		s.log.Warn("sync worker vanished without clearing; its users stopped syncing there", "instance", instance, "users", users, "timeout", s.cfg.InstanceTimeout)
 	}
 }

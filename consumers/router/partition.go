@@ -102,7 +102,20 @@ func (p *partitionHandler) delta(ctx context.Context, rec schema.RoomRecord, don
 		return err
 	}
 	user := *rec.StateKey
-	switch rm.pos.Delta(rec.Position) {
+	action := rm.pos.Delta(rec.Position)
+	// A join of a user not joined before may tell remote servers presence
+	// (joinPresence). A join replayed from the stored history (DeltaApply)
+	// tells them again. A crash between storing a join and the broker taking
+	// its presence records loses them when the room is then loaded with the
+	// join in it: the servers learn the users' presence at their next change
+	// or ping (within presence.ping_interval).
+	joins := action != routing.DeltaSkip && rec.Membership == routing.MembershipJoin && !rm.state.IsJoined(user)
+	var serverWasJoined bool
+	if joins {
+		server, _ := routing.ServerName(user)
+		serverWasJoined = rm.state.ServerJoined(server)
+	}
+	switch action {
 	case routing.DeltaSkip:
 	case routing.DeltaApply:
 		rm.state.Apply(user, rec.Membership)
@@ -116,6 +129,26 @@ func (p *partitionHandler) delta(ctx context.Context, rec schema.RoomRecord, don
 			rm.state.Apply(user, rec.Membership)
 			rm.pos.Stored = max(rm.pos.Stored, rec.Position)
 		}
+	}
+	if joins && rm.state.IsJoined(user) {
+		msgs, err := p.joinPresence(ctx, rec, rm.state, serverWasJoined)
+		if err == nil && len(msgs) > 0 {
+			if err = p.r.out.Write(ctx, msgs, done); err != nil {
+				err = fmt.Errorf("writing presence for the join of %s to %s: %w", user, rec.RoomID, err)
+			}
+		}
+		if err != nil {
+			// Memory goes back to before the join; the change is stored, so
+			// the retry applies it again (DeltaApply) and tells again.
+			rm.state.Apply(user, "leave")
+			return err
+		}
+		rm.pos.Applied = max(rm.pos.Applied, rec.Position)
+		if len(msgs) > 0 {
+			return nil // done runs when the broker has the records
+		}
+		done()
+		return nil
 	}
 	rm.pos.Applied = max(rm.pos.Applied, rec.Position)
 	done()

@@ -56,19 +56,24 @@ func New(cfg Config, pool *pgxpool.Pool, out Writer, logger *slog.Logger, reg pr
 // from PostgreSQL when first seen, since the partition may have been handled by
 // another member until now.
 func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.PartitionHandler, error) {
-	if want := schema.Topic(r.cfg.Prefix, "room"); topic != want {
-		return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s", topic, want)
+	switch topic {
+	case schema.Topic(r.cfg.Prefix, "room"):
+		return &partitionHandler{r: r, topic: topic, partition: partition, rooms: map[string]*room{}}, nil
+	case schema.Topic(r.cfg.Prefix, "presence"):
+		return presenceHandler{r: r, topic: topic, partition: partition}, nil
 	}
-	return &partitionHandler{r: r, topic: topic, partition: partition, rooms: map[string]*room{}}, nil
+	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s and %s", topic, schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"))
 }
 
 type metrics struct {
-	records      *prometheus.CounterVec
-	outbound     prometheus.Counter
-	rooms        prometheus.Gauge
-	destinations prometheus.Histogram
-	changes      prometheus.Counter
-	rewinds      prometheus.Counter
+	records       *prometheus.CounterVec
+	outbound      prometheus.Counter
+	rooms         prometheus.Gauge
+	destinations  prometheus.Histogram
+	changes       prometheus.Counter
+	rewinds       prometheus.Counter
+	presence      *prometheus.CounterVec
+	presenceDests prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -92,9 +97,17 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		rewinds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fedpipe_router_replay_rewinds_total", Help: "Replayed events whose room state was rebuilt from the stored history.",
 		}),
+		presence: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_router_presence_records_total",
+			Help: "Outbound presence records written, by cause (change, server_join, local_join); not_local counts presence records of remote users, skipped.",
+		}, []string{"cause"}),
+		presenceDests: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "fedpipe_router_presence_destinations", Help: "Remote servers sharing a room with a local user whose presence changed.",
+			Buckets: []float64{0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds} {
+		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.presence, m.presenceDests} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}

@@ -1,0 +1,201 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/routing"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// staleOffline: an offline state whose last activity is older than this, and
+// which has no status message, is not sent to a server that newly joins a
+// room (it tells it nothing it would not assume).
+const staleOffline = 7 * 24 * time.Hour
+
+// maxStatesPerRecord bounds the states of one outbound presence record, to
+// stay far below the topic's 1 MiB message limit.
+const maxStatesPerRecord = 200
+
+// presenceHandler routes one partition of <prefix>.presence: each local
+// user's presence goes to every remote server sharing a room with the user.
+// The rooms and their members are read from PostgreSQL, which every router
+// member writes, so the answer does not depend on who owns the user's rooms.
+type presenceHandler struct {
+	r         *Router
+	topic     string
+	partition int
+}
+
+func (p presenceHandler) Close(context.Context) error { return nil }
+
+func (p presenceHandler) Handle(ctx context.Context, m kafka.Message, done func()) error {
+	rec, err := schema.DecodePresenceRecord(m.Value)
+	if err != nil {
+		return fmt.Errorf("decoding %s/%d@%d: %w", p.topic, p.partition, m.Offset, runtime.Poison(err))
+	}
+	if server, _ := routing.ServerName(rec.UserID); server != p.r.cfg.ServerName {
+		// Remote users' presence comes from their own servers.
+		p.r.m.presence.WithLabelValues("not_local").Inc()
+		done()
+		return nil
+	}
+	dests, err := p.r.store.presenceDestinations(ctx, rec.UserID, p.r.cfg.ServerName)
+	if err != nil {
+		return err
+	}
+	p.r.m.presenceDests.Observe(float64(len(dests)))
+	if len(dests) == 0 {
+		done()
+		return nil
+	}
+	msgs, err := presenceRecords(dests, []schema.PresenceState{rec.PresenceState}, rec.Position, p.r.cfg.Instance)
+	if err != nil {
+		return err
+	}
+	if err := p.r.out.Write(ctx, msgs, done); err != nil {
+		return fmt.Errorf("writing presence of %s to %d servers: %w", rec.UserID, len(dests), err)
+	}
+	p.r.m.presence.WithLabelValues("change").Add(float64(len(msgs)))
+	return nil
+}
+
+// joinPresence is what a join tells remote servers about local users' presence:
+//   - a remote server joining a room it was not in gets the current presence of
+//     the local users in the room, without stale offline states and without
+//     users it already shares another room with (it has their presence);
+//   - when a local user joins, every remote server in the room gets the user's
+//     presence.
+//
+// Servers that were in the room and gained no one get nothing. state is the
+// room after the join.
+func (p *partitionHandler) joinPresence(ctx context.Context, rec schema.RoomRecord, state *routing.RoomState, serverWasJoined bool) ([]kafka.Message, error) {
+	user := *rec.StateKey
+	server, _ := routing.ServerName(user)
+	ours := p.r.cfg.ServerName
+	switch {
+	case server == ours:
+		st, ok, err := p.r.store.presenceOf(ctx, user)
+		if err != nil || !ok {
+			return nil, err
+		}
+		var dests []string
+		for _, s := range state.JoinedServers() {
+			if s != ours {
+				dests = append(dests, s)
+			}
+		}
+		if len(dests) == 0 {
+			return nil, nil
+		}
+		p.r.m.presence.WithLabelValues("local_join").Add(float64(len(dests)))
+		return presenceRecords(dests, []schema.PresenceState{st}, rec.Position, p.r.cfg.Instance)
+	case !serverWasJoined:
+		states, err := p.r.store.presenceForNewServer(ctx, rec.RoomID, server, ours, time.Now().Add(-staleOffline).UnixMilli())
+		if err != nil || len(states) == 0 {
+			return nil, err
+		}
+		var msgs []kafka.Message
+		for len(states) > 0 {
+			n := min(len(states), maxStatesPerRecord)
+			m, err := presenceRecords([]string{server}, states[:n], rec.Position, p.r.cfg.Instance)
+			if err != nil {
+				return nil, err
+			}
+			msgs, states = append(msgs, m...), states[n:]
+		}
+		p.r.m.presence.WithLabelValues("server_join").Add(float64(len(msgs)))
+		return msgs, nil
+	}
+	return nil, nil
+}
+
+// presenceRecords builds one outbound presence record per destination.
+func presenceRecords(dests []string, states []schema.PresenceState, position int64, instance string) ([]kafka.Message, error) {
+	value := func(d string) ([]byte, error) {
+		return schema.OutboundRecord{V: schema.SchemaVersion, Kind: schema.KindPresence, Destination: d, Presence: states}.Marshal()
+	}
+	headers := []kafka.Header{
+		{Key: schema.HeaderKind, Value: []byte(schema.KindPresence)},
+		{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
+		{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(position, 10))},
+		{Key: schema.HeaderInstance, Value: []byte(instance)},
+	}
+	msgs := make([]kafka.Message, 0, len(dests))
+	for _, d := range dests {
+		v, err := value(d)
+		if err != nil {
+			return nil, fmt.Errorf("encoding presence record for %s: %w", d, err)
+		}
+		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: headers})
+	}
+	return msgs, nil
+}
+
+// presenceDestinations are the remote servers sharing a room with user.
+func (s store) presenceDestinations(ctx context.Context, user, ours string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT theirs.server
+		FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
+		WHERE mine.user_id = $1 AND theirs.server <> $2`, user, ours)
+	if err != nil {
+		return nil, fmt.Errorf("finding the servers sharing a room with %s: %w", user, err)
+	}
+	dests, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("finding the servers sharing a room with %s: %w", user, err)
+	}
+	return dests, nil
+}
+
+const presenceColumns = `p.user_id, p.state, p.status_msg, p.last_active_ts, p.currently_active`
+
+func scanPresence(row pgx.CollectableRow) (schema.PresenceState, error) {
+	var st schema.PresenceState
+	err := row.Scan(&st.UserID, &st.Presence, &st.StatusMsg, &st.LastActiveTS, &st.CurrentlyActive)
+	return st, err
+}
+
+// presenceOf is a user's last published presence (false when there is none).
+func (s store) presenceOf(ctx context.Context, user string) (schema.PresenceState, bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+presenceColumns+` FROM presence_stream p WHERE p.user_id = $1`, user)
+	if err != nil {
+		return schema.PresenceState{}, false, fmt.Errorf("reading presence of %s: %w", user, err)
+	}
+	states, err := pgx.CollectRows(rows, scanPresence)
+	if err != nil || len(states) == 0 {
+		if err != nil {
+			err = fmt.Errorf("reading presence of %s: %w", user, err)
+		}
+		return schema.PresenceState{}, false, err
+	}
+	return states[0], true, nil
+}
+
+// presenceForNewServer is the presence of the local users in room for a server
+// that just joined it: without offline states last active before staleBefore
+// that carry no status message, and without users the server already shares
+// another room with.
+func (s store) presenceForNewServer(ctx context.Context, room, server, ours string, staleBefore int64) ([]schema.PresenceState, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+presenceColumns+`
+		FROM router_room_members m JOIN presence_stream p USING (user_id)
+		WHERE m.room_id = $1 AND m.server = $3
+		  AND NOT (p.state = 'offline' AND COALESCE(p.status_msg, '') = '' AND p.last_active_ts < $4)
+		  AND NOT EXISTS (
+			SELECT 1 FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
+			WHERE mine.user_id = m.user_id AND mine.room_id <> $1 AND theirs.server = $2)
+		ORDER BY p.user_id`, room, server, ours, staleBefore)
+	if err != nil {
+		return nil, fmt.Errorf("reading presence in %s for %s: %w", room, server, err)
+	}
+	states, err := pgx.CollectRows(rows, scanPresence)
+	if err != nil {
+		return nil, fmt.Errorf("reading presence in %s for %s: %w", room, server, err)
+	}
+	return states, nil
+}

@@ -1,0 +1,217 @@
+package router_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+func isPresence(m kafka.Message) bool {
+	for _, h := range m.Headers {
+		if h.Key == schema.HeaderKind {
+			return string(h.Value) == schema.KindPresence
+		}
+	}
+	return false
+}
+
+// presenceSent is every (destination, user, presence) the router wrote so far.
+func presenceSent(t *testing.T, c *collector) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	for _, m := range c.snapshot() {
+		if !isPresence(m) {
+			continue
+		}
+		if err := schema.ValidateRecord("outbound", m.Value); err != nil {
+			t.Fatalf("outbound presence record breaks its schema: %v\n%s", err, m.Value)
+		}
+		rec, err := schema.DecodeOutboundRecord(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Key) != rec.Destination {
+			t.Fatalf("presence record keyed %q for %q", m.Key, rec.Destination)
+		}
+		for _, s := range rec.Presence {
+			out[rec.Destination] = append(out[rec.Destination], s.UserID+"="+s.Presence)
+		}
+	}
+	for _, v := range out {
+		sort.Strings(v)
+	}
+	return out
+}
+
+// minus is what a holds beyond b (both sorted), sorted.
+func minus(a, b []string) []string {
+	left := map[string]int{}
+	for _, x := range b {
+		left[x]++
+	}
+	var out []string
+	for _, x := range a {
+		if left[x] > 0 {
+			left[x]--
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// setPresence writes users' presence_stream rows as the presence stage does.
+func (e *env) setPresence(t *testing.T, states ...schema.PresenceState) {
+	t.Helper()
+	for _, s := range states {
+		if _, err := e.pool.Exec(context.Background(), `INSERT INTO presence_stream (stream_id, user_id, state, status_msg, last_active_ts, currently_active)
+			VALUES (fedpipe_next_stream_ordering(), $1, $2, $3, $4, $5)
+			ON CONFLICT (user_id) DO UPDATE SET stream_id = EXCLUDED.stream_id, state = EXCLUDED.state, status_msg = EXCLUDED.status_msg,
+				last_active_ts = EXCLUDED.last_active_ts, currently_active = EXCLUDED.currently_active`,
+			s.UserID, s.Presence, s.StatusMsg, s.LastActiveTS, s.CurrentlyActive); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// publishPresence writes presence records as the relay does.
+func (e *env) publishPresence(t *testing.T, states ...schema.PresenceState) {
+	t.Helper()
+	w := e.writer(presenceTopic)
+	defer w.Close()
+	var msgs []kafka.Message
+	for i, s := range states {
+		v, err := schema.PresenceRecord{V: 1, Kind: schema.KindPresence, Position: int64(1000 + i), PresenceState: s}.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, kafka.Message{Key: []byte(s.UserID), Value: v})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func join(t *testing.T, s *stream, room, user string) {
+	s.send(t, room, user, "m.room.member", strp(user), "join")
+}
+
+func TestJoinsTellNewServersCurrentPresenceWithoutStaleStates(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now().UnixMilli()
+	eightDays := now - (8 * 24 * time.Hour).Milliseconds()
+	msg := "on holiday"
+	e.setPresence(t,
+		schema.PresenceState{UserID: "@on:hs.test", Presence: "online", LastActiveTS: now, CurrentlyActive: true},
+		schema.PresenceState{UserID: "@idle:hs.test", Presence: "unavailable", LastActiveTS: now - 600_000},
+		schema.PresenceState{UserID: "@gone:hs.test", Presence: "offline", LastActiveTS: eightDays},
+		schema.PresenceState{UserID: "@away:hs.test", Presence: "offline", LastActiveTS: eightDays, StatusMsg: &msg},
+		schema.PresenceState{UserID: "@new:hs.test", Presence: "online", LastActiveTS: now, CurrentlyActive: true},
+	)
+	s := newStream()
+	// !r holds the four local users and a.test; !other already shares @on
+	// with b.test.
+	for _, u := range []string{"@on:hs.test", "@idle:hs.test", "@gone:hs.test", "@away:hs.test", "@x:a.test"} {
+		join(t, s, "!r:hs.test", u)
+	}
+	join(t, s, "!other:hs.test", "@on:hs.test")
+	join(t, s, "!other:hs.test", "@y:b.test")
+	e.publish(t, s.msgs)
+	out := e.collect(t, outboundTopic, outParts)
+	e.runRouter(t, "presence-joins")
+	// Up to here: every server that joined gained the room's earlier users'
+	// presence. Start counting from now.
+	testenv.Eventually(t, 60*time.Second, "router caught up", func() bool { return e.caughtUp(t, "presence-joins") && out.readAll(t, e, outParts) })
+	before := presenceSent(t, out)
+
+	// c.test and b.test join !r; a.test, already there, gains nothing.
+	s.msgs = nil
+	join(t, s, "!r:hs.test", "@z:c.test")
+	join(t, s, "!r:hs.test", "@y:b.test")
+	join(t, s, "!r:hs.test", "@x2:a.test")
+	e.publish(t, s.msgs)
+	testenv.Eventually(t, 60*time.Second, "router caught up", func() bool { return e.caughtUp(t, "presence-joins") && out.readAll(t, e, outParts) })
+	after := presenceSent(t, out)
+	gained := func(dest string) []string { return minus(after[dest], before[dest]) }
+	if got, want := gained("c.test"), []string{"@away:hs.test=offline", "@idle:hs.test=unavailable", "@on:hs.test=online"}; !slices.Equal(got, want) {
+		t.Errorf("c.test, newly joined, got %v, want %v", got, want)
+	}
+	// b.test shares !other with @on already: it has @on's presence.
+	if got, want := gained("b.test"), []string{"@away:hs.test=offline", "@idle:hs.test=unavailable"}; !slices.Equal(got, want) {
+		t.Errorf("b.test, newly joined, got %v, want %v", got, want)
+	}
+	if got := gained("a.test"); len(got) != 0 {
+		t.Errorf("a.test, joined before, got %v", got)
+	}
+
+	// A local user joins: every remote server in the room gets their presence.
+	s.msgs = nil
+	join(t, s, "!r:hs.test", "@new:hs.test")
+	e.publish(t, s.msgs)
+	testenv.Eventually(t, 60*time.Second, "router caught up", func() bool { return e.caughtUp(t, "presence-joins") && out.readAll(t, e, outParts) })
+	final := presenceSent(t, out)
+	for _, d := range []string{"a.test", "b.test", "c.test"} {
+		if got := minus(final[d], after[d]); !slices.Equal(got, []string{"@new:hs.test=online"}) {
+			t.Errorf("%s after @new joined: %v", d, got)
+		}
+	}
+}
+
+func TestPresenceReachesEachServerSharingARoomOnce(t *testing.T) {
+	e := newEnv(t)
+	s := newStream()
+	servers := []string{"s1.test", "s2.test", "s3.test", "s4.test", "s5.test"}
+	for i := range 30 {
+		room := fmt.Sprintf("!room%d:hs.test", i)
+		join(t, s, room, "@alice:hs.test")
+		join(t, s, room, "@bob:hs.test")
+		for j, srv := range servers {
+			if (i+j)%2 == 0 || i < 5 { // each server in many of the rooms
+				join(t, s, room, fmt.Sprintf("@u%d:%s", i, srv))
+			}
+		}
+	}
+	join(t, s, "!elsewhere:hs.test", "@bob:hs.test")
+	join(t, s, "!elsewhere:hs.test", "@z:other.test") // not alice's: gets nothing of hers
+	e.publish(t, s.msgs)
+	out := e.collect(t, outboundTopic, outParts)
+	e.runRouter(t, "presence-fanout")
+	testenv.Eventually(t, 60*time.Second, "router caught up", func() bool { return e.caughtUp(t, "presence-fanout") && out.readAll(t, e, outParts) })
+	if sent := presenceSent(t, out); len(sent) != 0 {
+		t.Fatalf("presence sent before anyone had presence: %v", sent)
+	}
+	e.publishPresence(t,
+		schema.PresenceState{UserID: "@alice:hs.test", Presence: "unavailable", LastActiveTS: 5},
+		schema.PresenceState{UserID: "@carol:remote.test", Presence: "online", LastActiveTS: 5}) // not ours to send
+	testenv.Eventually(t, 60*time.Second, "alice's presence routed", func() bool {
+		return out.readAll(t, e, outParts) && len(presenceSent(t, out)) == len(servers)
+	})
+	time.Sleep(200 * time.Millisecond) // a window for extra records to show up
+	out.readAll(t, e, outParts)
+	sent := presenceSent(t, out)
+	for _, srv := range servers {
+		if got := sent[srv]; !slices.Equal(got, []string{"@alice:hs.test=unavailable"}) {
+			t.Errorf("%s got %v, want alice's presence once", srv, got)
+		}
+	}
+	if len(sent) != len(servers) {
+		t.Errorf("presence went to %v", strings.Join(slices.Sorted(func(yield func(string) bool) {
+			for k := range sent {
+				if !yield(k) {
+					return
+				}
+			}
+		}), ","))
+	}
+}
