@@ -123,34 +123,80 @@ func (s *Stage) Open(_ context.Context, topic string, partition int) (runtime.Pa
 	if want := schema.Topic(s.cfg.Prefix, "usersync"); topic != want {
 		return nil, fmt.Errorf("presence: asked to handle topic %s, it reads %s", topic, want)
 	}
-	return handler{s: s, topic: topic, partition: partition}, nil
+	return &handler{s: s, topic: topic, partition: partition}, nil
 }
 
+// handler applies one partition's records. Records that arrive together are
+// applied together: while the fetched record is not the last the partition
+// holds (its high-water mark), it is kept, and the kept records are applied in
+// one transaction when the last known record or maxBatch records are in. A
+// burst of one user's updates then becomes one stream write per batch instead
+// of one per update. Handle is called in offset order from one goroutine.
 type handler struct {
 	s         *Stage
 	topic     string
 	partition int
+	pending   []pendingRecord
 }
 
-// Close implements runtime.PartitionHandler: Handle finishes its work before
-// it returns, so there is nothing to drain.
-func (handler) Close(context.Context) error { return nil }
+type pendingRecord struct {
+	rec    schema.UserSyncRecord
+	offset int64
+	done   func()
+}
 
-// Handle applies one usersync record in one transaction, then calls done.
-func (h handler) Handle(ctx context.Context, m kafka.Message, done func()) error {
+// maxBatch bounds the records applied in one transaction.
+const maxBatch = 500
+
+// Close implements runtime.PartitionHandler. Kept records are abandoned: they
+// are not done, so their offsets are not committed and the partition's next
+// owner applies them.
+func (h *handler) Close(context.Context) error {
+	h.pending = nil
+	return nil
+}
+
+// Handle keeps or applies a record (see handler); done runs once it is applied.
+func (h *handler) Handle(ctx context.Context, m kafka.Message, done func()) error {
+	if n := len(h.pending); n > 0 && m.Offset <= h.pending[n-1].offset {
+		return h.flush(ctx) // the runtime retries the record whose flush failed
+	}
 	rec, err := schema.DecodeUserSyncRecord(m.Value)
+	if err == nil && rec.UserID != "" && !h.s.local(rec.UserID) {
+		err = fmt.Errorf("%s record for %s, who is not a user of %s", rec.Kind, rec.UserID, h.s.cfg.ServerName)
+	}
 	if err != nil {
-		return fmt.Errorf("decoding %s/%d@%d: %w", h.topic, h.partition, m.Offset, runtime.Poison(err))
+		// The kept records go first, so they do not wait for a next record.
+		if ferr := h.flush(ctx); ferr != nil {
+			return ferr
+		}
+		return fmt.Errorf("%s/%d@%d: %w", h.topic, h.partition, m.Offset, runtime.Poison(err))
 	}
-	if rec.UserID != "" && !h.s.local(rec.UserID) {
-		return fmt.Errorf("%s/%d@%d: %w", h.topic, h.partition, m.Offset,
-			runtime.Poison(fmt.Errorf("%s record for %s, who is not a user of %s", rec.Kind, rec.UserID, h.s.cfg.ServerName)))
+	h.pending = append(h.pending, pendingRecord{rec: rec, offset: m.Offset, done: done})
+	if m.Offset+1 < m.HighWaterMark && len(h.pending) < maxBatch {
+		return nil
 	}
-	if err := h.s.handle(ctx, rec); err != nil {
+	return h.flush(ctx)
+}
+
+// flush applies the kept records. On failure they stay kept for the retry.
+func (h *handler) flush(ctx context.Context) error {
+	if len(h.pending) == 0 {
+		return nil
+	}
+	recs := make([]schema.UserSyncRecord, len(h.pending))
+	for i, p := range h.pending {
+		recs[i] = p.rec
+	}
+	if err := h.s.apply(ctx, recs); err != nil {
 		return err
 	}
-	h.s.m.records.WithLabelValues(rec.Kind).Inc()
-	done()
+	for _, p := range h.pending {
+		h.s.m.records.WithLabelValues(p.rec.Kind).Inc()
+		p.done()
+	}
+	h.s.m.batch.Observe(float64(len(h.pending)))
+	h.pending = h.pending[:0]
 	return nil
 }
 
@@ -159,51 +205,123 @@ func (s *Stage) local(userID string) bool {
 	return ok && server == s.cfg.ServerName
 }
 
-func (s *Stage) handle(ctx context.Context, rec schema.UserSyncRecord) error {
+// apply applies records in order in one transaction.
+func (s *Stage) apply(ctx context.Context, recs []schema.UserSyncRecord) error {
 	now := s.cfg.Now().UnixMilli()
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if rec.Kind == schema.KindInstanceClear {
-			_, err := s.clear(ctx, tx, rec.Instance, now)
-			return err
-		}
-		// Syncs and keep-alives make an instance one whose silence means it
-		// vanished; other records only show that a known one is alive (a
-		// presence PUT through the ingest API names no sync worker).
-		seen := `UPDATE presence_instances SET last_seen_ms = GREATEST(last_seen_ms, $2) WHERE instance = $1`
-		if rec.Kind == schema.KindUserSync || rec.Kind == schema.KindInstanceAlive {
-			seen = `INSERT INTO presence_instances (instance, last_seen_ms) VALUES ($1, $2)
-			ON CONFLICT (instance) DO UPDATE SET last_seen_ms = GREATEST(presence_instances.last_seen_ms, EXCLUDED.last_seen_ms)`
-		}
-		if _, err := tx.Exec(ctx, seen, rec.Instance, now); err != nil {
-			return fmt.Errorf("recording instance %s: %w", rec.Instance, err)
-		}
-		if rec.Kind == schema.KindInstanceAlive {
-			return nil
-		}
-		// The row lock comes first, so a timer cannot judge the user on a
-		// sync change this transaction has not committed.
-		states, syncing, err := lockUsers(ctx, tx, []string{rec.UserID})
-		if err != nil {
-			return err
-		}
-		in := input{kind: rec.Kind, presence: rec.Presence, statusMsg: rec.StatusMsg}
-		if rec.Kind == schema.KindUserSync {
-			in.syncing = *rec.Syncing
-			var err error
-			if in.syncing {
-				_, err = tx.Exec(ctx, `INSERT INTO presence_syncing (instance, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, rec.Instance, rec.UserID)
-			} else {
-				_, err = tx.Exec(ctx, `DELETE FROM presence_syncing WHERE instance = $1 AND user_id = $2`, rec.Instance, rec.UserID)
+		// Clears split the records into runs: a clear touches users the run
+		// does not name.
+		start := 0
+		for i, rec := range recs {
+			if rec.Kind != schema.KindInstanceClear {
+				continue
 			}
-			if err != nil {
-				return fmt.Errorf("recording that %s syncs on %s: %w", rec.UserID, rec.Instance, err)
-			}
-			if syncing, err = syncingOf(ctx, tx, []string{rec.UserID}); err != nil {
+			if err := s.applyRun(ctx, tx, recs[start:i], now); err != nil {
 				return err
 			}
+			if _, err := s.clear(ctx, tx, rec.Instance, now); err != nil {
+				return err
+			}
+			start = i + 1
 		}
-		return s.update(ctx, tx, states, syncing, rec.UserID, in, now)
+		return s.applyRun(ctx, tx, recs[start:], now)
 	})
+}
+
+// applyRun applies records without clears: their users are locked at once (in
+// a fixed order), their states computed in memory in record order, and each
+// user's final state stored once, written to the stream when any of the
+// records made news of it.
+func (s *Stage) applyRun(ctx context.Context, tx pgx.Tx, recs []schema.UserSyncRecord, now int64) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	// Syncs and keep-alives make an instance one whose silence means it
+	// vanished; other records only show that a known one is alive (a
+	// presence PUT through the ingest API names no sync worker).
+	register, touch := map[string]bool{}, map[string]bool{}
+	var users []string
+	seenUser := map[string]bool{}
+	for _, r := range recs {
+		if r.Kind == schema.KindUserSync || r.Kind == schema.KindInstanceAlive {
+			register[r.Instance] = true
+		} else {
+			touch[r.Instance] = true
+		}
+		if r.UserID != "" && !seenUser[r.UserID] {
+			seenUser[r.UserID] = true
+			users = append(users, r.UserID)
+		}
+	}
+	b := &pgx.Batch{}
+	for inst := range register {
+		b.Queue(`INSERT INTO presence_instances (instance, last_seen_ms) VALUES ($1, $2)
+			ON CONFLICT (instance) DO UPDATE SET last_seen_ms = GREATEST(presence_instances.last_seen_ms, EXCLUDED.last_seen_ms)`, inst, now)
+	}
+	for inst := range touch {
+		if !register[inst] {
+			b.Queue(`UPDATE presence_instances SET last_seen_ms = GREATEST(last_seen_ms, $2) WHERE instance = $1`, inst, now)
+		}
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("recording instances: %w", err)
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	// The row locks come first, so a timer cannot judge a user on a sync
+	// change this transaction has not committed.
+	states, _, err := lockUsers(ctx, tx, users)
+	if err != nil {
+		return err
+	}
+	where, err := syncInstances(ctx, tx, users)
+	if err != nil {
+		return err
+	}
+	told := map[string]bool{}
+	syncs := &pgx.Batch{}
+	for _, r := range recs {
+		if r.UserID == "" {
+			continue
+		}
+		in := input{kind: r.Kind, presence: r.Presence, statusMsg: r.StatusMsg}
+		if r.Kind == schema.KindUserSync {
+			in.syncing = *r.Syncing
+			if where[r.UserID] == nil {
+				where[r.UserID] = map[string]bool{}
+			}
+			if in.syncing {
+				where[r.UserID][r.Instance] = true
+				syncs.Queue(`INSERT INTO presence_syncing (instance, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, r.Instance, r.UserID)
+			} else {
+				delete(where[r.UserID], r.Instance)
+				syncs.Queue(`DELETE FROM presence_syncing WHERE instance = $1 AND user_id = $2`, r.Instance, r.UserID)
+			}
+		}
+		prev, ok := states[r.UserID]
+		if !ok {
+			return fmt.Errorf("presence of %s: %w", r.UserID, errNoRow)
+		}
+		next, reason := s.cfg.Timers.step(prev, apply(prev, in, now), len(where[r.UserID]) > 0, now)
+		states[r.UserID] = next
+		if reason != reasonNone {
+			told[r.UserID] = true
+			s.m.told.WithLabelValues(reason, next.Presence).Inc()
+		}
+	}
+	if syncs.Len() > 0 {
+		if err := tx.SendBatch(ctx, syncs).Close(); err != nil {
+			return fmt.Errorf("recording syncs: %w", err)
+		}
+	}
+	for _, u := range users {
+		st := states[u]
+		if err := save(ctx, tx, st, s.cfg.Timers.nextCheck(st, len(where[u]) > 0), told[u]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // update applies in (nil for a timer) to a locked user and stores the result.
@@ -370,6 +488,7 @@ type metrics struct {
 	expired       prometheus.Counter
 	sweeps        prometheus.Histogram
 	sweepFailures prometheus.Counter
+	batch         prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -389,9 +508,13 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		sweepFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fedpipe_presence_sweep_failures_total", Help: "Timer sweeps that failed and were retried.",
 		}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "fedpipe_presence_batch_records", Help: "Usersync records applied per transaction.",
+			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500},
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.told, m.expired, m.sweeps, m.sweepFailures} {
+		for _, c := range []prometheus.Collector{m.records, m.told, m.expired, m.sweeps, m.sweepFailures, m.batch} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("presence: registering metrics: %w", err)
 			}

@@ -295,3 +295,32 @@ func TestPingsSpreadOverTheInterval(t *testing.T) {
 	}
 	t.Logf("worst gap between writes %s; pings per minute %v", worstGap, pingsPerMinute)
 }
+
+// TestBurstOfOneUserIsCoalescedAtTheSource: records that arrive together are
+// applied together, so 10,000 updates of one user become few stream writes,
+// the last state winning.
+func TestBurstOfOneUserIsCoalescedAtTheSource(t *testing.T) {
+	e := newEnv(t, presence.Config{})
+	e.send(t, syncing("w1", "@storm:hs.test", true))
+	e.waitStates(t, map[string]string{"@storm:hs.test": "online"})
+	first := e.stream(t)["@storm:hs.test"].id
+	const updates = 10000
+	var recs []schema.UserSyncRecord
+	for i := range updates {
+		msg := fmt.Sprintf("update %d", i+1)
+		recs = append(recs, schema.UserSyncRecord{Kind: schema.KindSetPresence, Instance: "w1", UserID: "@storm:hs.test", Presence: "online", StatusMsg: &msg})
+	}
+	e.send(t, recs...)
+	want := fmt.Sprintf("update %d", updates)
+	var status string
+	testenv.Eventually(t, 60*time.Second, "the last update applied", func() bool {
+		_ = e.pool.QueryRow(context.Background(), `SELECT COALESCE(status_msg, '') FROM presence_stream WHERE user_id = '@storm:hs.test'`).Scan(&status)
+		return status == want
+	})
+	// Every stream write takes one position of the sequence.
+	writes := e.stream(t)["@storm:hs.test"].id - first
+	if writes > updates/10 {
+		t.Fatalf("%d updates became %d stream writes", updates, writes)
+	}
+	t.Logf("%d updates of one user became %d stream writes", updates, writes)
+}

@@ -66,6 +66,27 @@ func syncingOf(ctx context.Context, tx pgx.Tx, users []string) (map[string]bool,
 	return out, nil
 }
 
+// syncInstances says on which instances each of users syncs.
+func syncInstances(ctx context.Context, tx pgx.Tx, users []string) (map[string]map[string]bool, error) {
+	rows, err := tx.Query(ctx, `SELECT user_id, instance FROM presence_syncing WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return nil, fmt.Errorf("reading who syncs where: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]map[string]bool{}
+	for rows.Next() {
+		var u, inst string
+		if err := rows.Scan(&u, &inst); err != nil {
+			return nil, fmt.Errorf("reading who syncs where: %w", err)
+		}
+		if out[u] == nil {
+			out[u] = map[string]bool{}
+		}
+		out[u][inst] = true
+	}
+	return out, rows.Err()
+}
+
 // save stores a user's new state with its next timer and, when remote servers
 // should be told, replaces the user's presence_stream row with one at a new
 // stream position (the relay publishes it).
