@@ -88,12 +88,18 @@ func newPipeline(t testing.TB, remotes []string) *pipeline {
 // start runs stages until the returned stop is called; stop returns their error.
 func (p *pipeline) start(stages ...string) (stop func() error) {
 	p.t.Helper()
+	return p.startWith(nil, stages...)
+}
+
+// startWith is start with stage options.
+func (p *pipeline) startWith(opts *stageOptions, stages ...string) (stop func() error) {
+	p.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	g, gctx := errgroup.WithContext(ctx)
 	// Each start is like another process: its own metrics registry.
 	member := *p.in
 	member.reg = prometheus.NewRegistry()
-	if err := member.startStages(gctx, g, stages, nil); err != nil {
+	if err := member.startStages(gctx, g, stages, opts); err != nil {
 		cancel()
 		p.t.Fatal(err)
 	}

@@ -1,5 +1,5 @@
 // Command fedpipe runs the federation pipeline: every stage in one process
-// (`fedpipe run`), one stage per process (`fedpipe relay|router|sender|ingest`),
+// (`fedpipe run`), one stage per process (`fedpipe relay|presence|router|sender|ingest`),
 // and the operations around it. It only wires components; the logic lives in
 // producers/, consumers/, federation/ and schema/.
 package main

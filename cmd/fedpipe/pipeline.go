@@ -14,8 +14,9 @@ import (
 
 // addPipelineCommands adds the commands that run or prepare the pipeline.
 func addPipelineCommands(cmds map[string]command) {
-	cmds["run"] = command{"run every stage in one process (embedded broker and PostgreSQL when none are configured)", cmdRun("relay", "router", "sender", "ingest")}
+	cmds["run"] = command{"run every stage in one process (embedded broker and PostgreSQL when none are configured)", cmdRun(allStages...)}
 	cmds["relay"] = command{"run the relay: stream tables to Kafka", cmdRun("relay")}
+	cmds["presence"] = command{"run a member of the fedpipe-presence consumer group (user syncs to presence, and its timers)", cmdRun("presence")}
 	cmds["router"] = command{"run a member of the fedpipe-router consumer group", cmdRun("router")}
 	cmds["sender"] = command{"run a member of the fedpipe-sender consumer group", cmdRun("sender")}
 	cmds["ingest"] = command{"serve the ingest HTTP API", cmdRun("ingest")}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/fedpipe/fedpipe/consumers/presence"
 	"github.com/fedpipe/fedpipe/consumers/router"
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/consumers/sender"
@@ -27,18 +28,19 @@ import (
 
 // Consumer-group ids of the stages.
 const (
-	routerGroup = "fedpipe-router"
-	senderGroup = "fedpipe-sender"
+	presenceGroup = "fedpipe-presence"
+	routerGroup   = "fedpipe-router"
+	senderGroup   = "fedpipe-sender"
 )
 
-var allStages = []string{"relay", "router", "sender", "ingest"}
+var allStages = []string{"relay", "presence", "router", "sender", "ingest"}
 
 // cmdRun returns the command running the given stages; `run` also takes
 // --stages to pick a subset.
 func cmdRun(defaults ...string) func(context.Context, []string, io.Writer, io.Writer) error {
 	return func(ctx context.Context, args []string, _, stderr io.Writer) error {
 		fs, path := newFlagSet("run", stderr)
-		stages := fs.String("stages", "", "comma-separated stages to run (relay,router,sender,ingest); default: the command's")
+		stages := fs.String("stages", "", "comma-separated stages to run (relay,presence,router,sender,ingest); default: the command's")
 		cfg, err := loadConfig(fs, path, args)
 		if err != nil {
 			return err
@@ -48,7 +50,7 @@ func cmdRun(defaults ...string) func(context.Context, []string, io.Writer, io.Wr
 			run = splitList(*stages)
 			for _, s := range run {
 				if !slices.Contains(allStages, s) {
-					return fmt.Errorf("--stages: unknown stage %q (relay, router, sender, ingest)", s)
+					return fmt.Errorf("--stages: unknown stage %q (relay, presence, router, sender, ingest)", s)
 				}
 			}
 		}
@@ -76,6 +78,8 @@ func cmdRun(defaults ...string) func(context.Context, []string, io.Writer, io.Wr
 type stageOptions struct {
 	// clientConfig adjusts the federation client (the demo trusts its receiver's CA).
 	clientConfig func(*client.Config)
+	// presenceNow replaces the presence stage's clock (tests of its timers).
+	presenceNow func() time.Time
 }
 
 // startStages starts each named stage and the admin listener in g.
@@ -83,18 +87,38 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 	cfg := in.cfg
 	prefix := cfg.Kafka.TopicPrefix
 	deadLetters := schema.Topic(prefix, "deadletter")
-	groupConfig := func(id, topic string) runtime.Config {
-		return runtime.Config{Brokers: in.brokers, GroupID: id, Topics: []string{topic}, DeadLetterTopic: deadLetters, Instance: cfg.Instance}
+	groupConfig := func(id string, topics ...string) runtime.Config {
+		return runtime.Config{Brokers: in.brokers, GroupID: id, Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance}
 	}
 	for _, s := range stages {
 		switch s {
 		case "relay":
 			rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
-				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg)
+				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
+				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))))
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
 			}
 			g.Go(func() error { return rl.Run(ctx) })
+		case "presence":
+			log := in.log.With("stage", "presence")
+			pc := cfg.Presence
+			var now func() time.Time
+			if opts != nil {
+				now = opts.presenceNow
+			}
+			st, err := presence.New(presence.Config{ServerName: cfg.ServerName, Prefix: prefix, InstanceTimeout: pc.InstanceTimeout, SweepInterval: pc.SweepInterval, Now: now,
+				Timers: presence.Timers{SyncTimeout: pc.SyncTimeout, Idle: pc.IdleTimeout, Granularity: presence.DefaultTimers.Granularity, Ping: pc.PingInterval}},
+				in.pool, log, in.reg)
+			if err != nil {
+				return err
+			}
+			grp, err := runtime.New(groupConfig(presenceGroup, schema.Topic(prefix, "usersync")), st, log, in.reg)
+			if err != nil {
+				return fmt.Errorf("presence group: %w", err)
+			}
+			g.Go(func() error { return st.Run(ctx) })
+			g.Go(func() error { return grp.Run(ctx) })
 		case "router":
 			log := in.log.With("stage", "router")
 			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg)
@@ -102,7 +126,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}
-			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room")), rt, log, in.reg)
+			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence")), rt, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router group: %w", err)
 			}
@@ -139,7 +163,11 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if cfg.Ingest.Listen == "" {
 				continue
 			}
-			h, err := ingest.NewHandler(ingest.Config{Token: cfg.Ingest.Token, MaxBodyBytes: cfg.Ingest.MaxBodyBytes}, in.pool, in.log.With("stage", "ingest"), in.reg)
+			// Closed when the process ends, after the listener has stopped.
+			usersync := kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "usersync"))
+			in.closers = append(in.closers, func(context.Context) error { return usersync.Close() })
+			h, err := ingest.NewHandler(ingest.Config{Token: cfg.Ingest.Token, MaxBodyBytes: cfg.Ingest.MaxBodyBytes, UserSync: usersync, ServerName: cfg.ServerName},
+				in.pool, in.log.With("stage", "ingest"), in.reg)
 			if err != nil {
 				return fmt.Errorf("ingest: %w", err)
 			}

@@ -31,6 +31,7 @@ type Config struct {
 	Database   Database   `yaml:"database" doc:"PostgreSQL, where the homeserver's stream tables and fedpipe's own state live."`
 	Relay      Relay      `yaml:"relay" doc:"The relay: stream tables to Kafka."`
 	Ingest     Ingest     `yaml:"ingest" doc:"The ingest HTTP API for homeservers not written in Go."`
+	Presence   Presence   `yaml:"presence" doc:"The presence stage: user syncs to presence states (Synapse's timers by default)."`
 	Admin      Admin      `yaml:"admin" doc:"The operations HTTP listener: /metrics."`
 	Federation Federation `yaml:"federation" doc:"Outbound Matrix federation: discovery, HTTPS, transactions and backoff."`
 }
@@ -56,6 +57,15 @@ type Database struct {
 type Relay struct {
 	PollInterval time.Duration `yaml:"poll_interval" doc:"How often the relay looks for new stream rows when idle."`
 	BatchSize    int           `yaml:"batch_size" doc:"Rows read and published per round trip."`
+}
+
+// Presence configures the presence stage.
+type Presence struct {
+	SyncTimeout     time.Duration `yaml:"sync_timeout" doc:"A user who stops syncing everywhere goes offline this long after the last sync (Synapse: 30s)."`
+	IdleTimeout     time.Duration `yaml:"idle_timeout" doc:"An online user without activity for this long becomes unavailable (Synapse: 5m)."`
+	PingInterval    time.Duration `yaml:"ping_interval" doc:"Users who are not offline are re-announced to remote servers this often, spread evenly (Synapse: 25m; remotes time out after 30m)."`
+	InstanceTimeout time.Duration `yaml:"instance_timeout" doc:"A sync worker silent this long (no record, not even instance_alive) has vanished: its users stop syncing there (Synapse: 5m)."`
+	SweepInterval   time.Duration `yaml:"sweep_interval" doc:"How often the presence timers are checked."`
 }
 
 // Ingest configures the ingest HTTP API.
@@ -102,7 +112,9 @@ func Default() Config {
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
 		Relay:    Relay{PollInterval: 50 * time.Millisecond, BatchSize: 1000},
 		Ingest:   Ingest{Listen: "127.0.0.1:8008", MaxBodyBytes: 16 << 20},
-		Admin:    Admin{Listen: "127.0.0.1:9100"},
+		Presence: Presence{SyncTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, PingInterval: 25 * time.Minute,
+			InstanceTimeout: 5 * time.Minute, SweepInterval: time.Second},
+		Admin: Admin{Listen: "127.0.0.1:9100"},
 		Federation: Federation{
 			RequestTimeout: 60 * time.Second,
 			BackoffInitial: 10 * time.Minute,
@@ -177,6 +189,14 @@ func (c *Config) Validate() error {
 		}
 	}
 	posDur("relay.poll_interval", c.Relay.PollInterval)
+	posDur("presence.sync_timeout", c.Presence.SyncTimeout)
+	posDur("presence.idle_timeout", c.Presence.IdleTimeout)
+	posDur("presence.ping_interval", c.Presence.PingInterval)
+	posDur("presence.instance_timeout", c.Presence.InstanceTimeout)
+	posDur("presence.sweep_interval", c.Presence.SweepInterval)
+	if c.Presence.PingInterval >= 29*time.Minute {
+		bad("presence.ping_interval", "%s leaves remote servers (which time users out after 30m) no margin; use 25m or less", c.Presence.PingInterval)
+	}
 	posDur("federation.request_timeout", c.Federation.RequestTimeout)
 	posDur("federation.backoff_initial", c.Federation.BackoffInitial)
 	posDur("federation.backoff_max", c.Federation.BackoffMax)
