@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -27,42 +28,122 @@ const maxStatesPerRecord = 200
 // user's presence goes to every remote server sharing a room with the user.
 // The rooms and their members are read from PostgreSQL, which every router
 // member writes, so the answer does not depend on who owns the user's rooms.
+//
+// Records that arrive together are routed together: while a record is not the
+// last the partition holds (its high-water mark) it is kept, up to
+// maxPresenceBatch; then each destination gets one record holding the latest
+// state of every kept user it shares a room with. A storm of presence changes
+// then costs one destination query and one outbound record per destination
+// per batch, not per change.
 type presenceHandler struct {
 	r         *Router
 	topic     string
 	partition int
+	pending   []pendingPresence
 }
 
-func (p presenceHandler) Close(context.Context) error { return nil }
+type pendingPresence struct {
+	state  *schema.PresenceState // nil: not ours to route
+	pos    int64
+	offset int64
+	done   func()
+}
 
-func (p presenceHandler) Handle(ctx context.Context, m kafka.Message, done func()) error {
+// maxPresenceBatch bounds the presence records routed together.
+const maxPresenceBatch = 1000
+
+// Close abandons kept records: not done, they are routed by the next owner.
+func (p *presenceHandler) Close(context.Context) error {
+	p.pending = nil
+	return nil
+}
+
+func (p *presenceHandler) Handle(ctx context.Context, m kafka.Message, done func()) error {
+	if n := len(p.pending); n > 0 && m.Offset <= p.pending[n-1].offset {
+		return p.flush(ctx) // a retry of the record whose flush failed
+	}
 	rec, err := schema.DecodePresenceRecord(m.Value)
 	if err != nil {
+		if ferr := p.flush(ctx); ferr != nil {
+			return ferr
+		}
 		return fmt.Errorf("decoding %s/%d@%d: %w", p.topic, p.partition, m.Offset, runtime.Poison(err))
 	}
-	if server, _ := routing.ServerName(rec.UserID); server != p.r.cfg.ServerName {
+	pp := pendingPresence{pos: rec.Position, offset: m.Offset, done: done}
+	if server, _ := routing.ServerName(rec.UserID); server == p.r.cfg.ServerName {
+		pp.state = &rec.PresenceState
+	} else {
 		// Remote users' presence comes from their own servers.
 		p.r.m.presence.WithLabelValues("not_local").Inc()
-		done()
+	}
+	p.pending = append(p.pending, pp)
+	if m.Offset+1 < m.HighWaterMark && len(p.pending) < maxPresenceBatch {
 		return nil
 	}
-	dests, err := p.r.store.presenceDestinations(ctx, rec.UserID, p.r.cfg.ServerName)
-	if err != nil {
-		return err
-	}
-	p.r.m.presenceDests.Observe(float64(len(dests)))
-	if len(dests) == 0 {
-		done()
+	return p.flush(ctx)
+}
+
+// flush routes the kept records; on failure they stay kept for the retry.
+func (p *presenceHandler) flush(ctx context.Context) error {
+	if len(p.pending) == 0 {
 		return nil
 	}
-	msgs, err := presenceRecords(dests, []schema.PresenceState{rec.PresenceState}, rec.Position, p.r.cfg.Instance)
-	if err != nil {
-		return err
+	latest := map[string]schema.PresenceState{} // a later state of a user replaces an earlier one
+	var users []string
+	var pos int64
+	for _, pp := range p.pending {
+		pos = max(pos, pp.pos)
+		if pp.state == nil {
+			continue
+		}
+		if _, seen := latest[pp.state.UserID]; !seen {
+			users = append(users, pp.state.UserID)
+		}
+		latest[pp.state.UserID] = *pp.state
 	}
-	if err := p.r.out.Write(ctx, msgs, done); err != nil {
-		return fmt.Errorf("writing presence of %s to %d servers: %w", rec.UserID, len(dests), err)
+	dones := make([]func(), len(p.pending))
+	for i, pp := range p.pending {
+		dones[i] = pp.done
 	}
-	p.r.m.presence.WithLabelValues("change").Add(float64(len(msgs)))
+	allDone := func() {
+		for _, d := range dones {
+			d()
+		}
+	}
+	var msgs []kafka.Message
+	if len(users) > 0 {
+		dests, err := p.r.store.presenceDestinations(ctx, users, p.r.cfg.ServerName)
+		if err != nil {
+			return err
+		}
+		for _, u := range users {
+			p.r.m.presenceDests.Observe(float64(len(dests.byUser[u])))
+		}
+		for _, d := range dests.servers {
+			states := make([]schema.PresenceState, 0, len(dests.byServer[d]))
+			for _, u := range dests.byServer[d] {
+				states = append(states, latest[u])
+			}
+			for len(states) > 0 {
+				n := min(len(states), maxStatesPerRecord)
+				m, err := presenceRecords([]string{d}, states[:n], pos, p.r.cfg.Instance)
+				if err != nil {
+					return err
+				}
+				msgs, states = append(msgs, m...), states[n:]
+			}
+		}
+	}
+	if len(msgs) == 0 {
+		allDone()
+	} else {
+		if err := p.r.out.Write(ctx, msgs, allDone); err != nil {
+			return fmt.Errorf("writing presence of %d users to their servers: %w", len(users), err)
+		}
+		p.r.m.presence.WithLabelValues("change").Add(float64(len(msgs)))
+	}
+	p.r.m.presenceBatch.Observe(float64(len(p.pending)))
+	p.pending = p.pending[:0]
 	return nil
 }
 
@@ -138,19 +219,45 @@ func presenceRecords(dests []string, states []schema.PresenceState, position int
 	return msgs, nil
 }
 
-// presenceDestinations are the remote servers sharing a room with user.
-func (s store) presenceDestinations(ctx context.Context, user, ours string) ([]string, error) {
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT theirs.server
+// destinations are the remote servers sharing a room with each of some users.
+type destinations struct {
+	servers  []string            // every server, sorted
+	byServer map[string][]string // server → users, in the order asked
+	byUser   map[string][]string
+}
+
+// presenceDestinations finds the remote servers sharing a room with each of
+// users, in one query.
+func (s store) presenceDestinations(ctx context.Context, users []string, ours string) (destinations, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT mine.user_id, theirs.server
 		FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
-		WHERE mine.user_id = $1 AND theirs.server <> $2`, user, ours)
+		WHERE mine.user_id = ANY($1) AND theirs.server <> $2
+		ORDER BY theirs.server`, users, ours)
 	if err != nil {
-		return nil, fmt.Errorf("finding the servers sharing a room with %s: %w", user, err)
+		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
 	}
-	dests, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("finding the servers sharing a room with %s: %w", user, err)
+	defer rows.Close()
+	d := destinations{byServer: map[string][]string{}, byUser: map[string][]string{}}
+	for rows.Next() {
+		var u, srv string
+		if err := rows.Scan(&u, &srv); err != nil {
+			return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+		}
+		d.byUser[u] = append(d.byUser[u], srv)
 	}
-	return dests, nil
+	if err := rows.Err(); err != nil {
+		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+	}
+	for _, u := range users {
+		for _, srv := range d.byUser[u] {
+			if len(d.byServer[srv]) == 0 {
+				d.servers = append(d.servers, srv)
+			}
+			d.byServer[srv] = append(d.byServer[srv], u)
+		}
+	}
+	slices.Sort(d.servers)
+	return d, nil
 }
 
 const presenceColumns = `p.user_id, p.state, p.status_msg, p.last_active_ts, p.currently_active`

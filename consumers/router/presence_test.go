@@ -215,3 +215,43 @@ func TestPresenceReachesEachServerSharingARoomOnce(t *testing.T) {
 		}), ","))
 	}
 }
+
+// TestPresenceChangesArrivingTogetherAreRoutedTogether: a burst of many users'
+// changes becomes few outbound records per server, each user's state in one.
+func TestPresenceChangesArrivingTogetherAreRoutedTogether(t *testing.T) {
+	e := newEnv(t)
+	s := newStream()
+	const users = 300
+	var states []schema.PresenceState
+	for i := range users {
+		u := fmt.Sprintf("@u%d:hs.test", i)
+		join(t, s, fmt.Sprintf("!room%d:hs.test", i%10), u)
+		states = append(states, schema.PresenceState{UserID: u, Presence: "online", LastActiveTS: 9, CurrentlyActive: true})
+	}
+	for i := range 10 {
+		join(t, s, fmt.Sprintf("!room%d:hs.test", i), "@a:s1.test")
+		if i%2 == 0 {
+			join(t, s, fmt.Sprintf("!room%d:hs.test", i), "@b:s2.test")
+		}
+	}
+	e.publish(t, s.msgs)
+	out := e.collect(t, outboundTopic, outParts)
+	e.runRouter(t, "presence-batch")
+	testenv.Eventually(t, 60*time.Second, "router caught up", func() bool { return e.caughtUp(t, "presence-batch") && out.readAll(t, e, outParts) })
+	e.publishPresence(t, states...)
+	testenv.Eventually(t, 60*time.Second, "presence routed", func() bool {
+		out.readAll(t, e, outParts)
+		sent := presenceSent(t, out)
+		return len(sent["s1.test"]) == users && len(sent["s2.test"]) == users/2
+	})
+	records := map[string]int{}
+	for _, m := range out.snapshot() {
+		if isPresence(m) {
+			records[string(m.Key)]++
+		}
+	}
+	if records["s1.test"] > users/10 || records["s2.test"] > users/10 {
+		t.Errorf("%d presence changes became %v outbound records", users, records)
+	}
+	t.Logf("%d presence changes: outbound records per server %v", users, records)
+}

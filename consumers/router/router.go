@@ -60,7 +60,7 @@ func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.P
 	case schema.Topic(r.cfg.Prefix, "room"):
 		return &partitionHandler{r: r, topic: topic, partition: partition, rooms: map[string]*room{}}, nil
 	case schema.Topic(r.cfg.Prefix, "presence"):
-		return presenceHandler{r: r, topic: topic, partition: partition}, nil
+		return &presenceHandler{r: r, topic: topic, partition: partition}, nil
 	}
 	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s and %s", topic, schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"))
 }
@@ -74,6 +74,7 @@ type metrics struct {
 	rewinds       prometheus.Counter
 	presence      *prometheus.CounterVec
 	presenceDests prometheus.Histogram
+	presenceBatch prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -105,9 +106,13 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_presence_destinations", Help: "Remote servers sharing a room with a local user whose presence changed.",
 			Buckets: []float64{0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}),
+		presenceBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "fedpipe_router_presence_batch_records", Help: "Presence records routed together (one destination query, one outbound record per destination).",
+			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000},
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.presence, m.presenceDests} {
+		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.presence, m.presenceDests, m.presenceBatch} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}
