@@ -30,6 +30,8 @@ type pipeline struct {
 	key  *signing.Key
 	in   *infra
 	log  *slog.Logger
+	// regs are the metrics registries of the members started, in order.
+	regs []*prometheus.Registry
 }
 
 func newPipeline(t testing.TB, remotes []string) *pipeline {
@@ -99,6 +101,7 @@ func (p *pipeline) startWith(opts *stageOptions, stages ...string) (stop func() 
 	// Each start is like another process: its own metrics registry.
 	member := *p.in
 	member.reg = prometheus.NewRegistry()
+	p.regs = append(p.regs, member.reg)
 	if err := member.startStages(gctx, g, stages, opts); err != nil {
 		cancel()
 		p.t.Fatal(err)

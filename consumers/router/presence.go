@@ -88,6 +88,7 @@ func (p *presenceHandler) flush(ctx context.Context) error {
 	if len(p.pending) == 0 {
 		return nil
 	}
+	start := time.Now()
 	latest := map[string]schema.PresenceState{} // a later state of a user replaces an earlier one
 	var users []string
 	var pos int64
@@ -134,6 +135,7 @@ func (p *presenceHandler) flush(ctx context.Context) error {
 			}
 		}
 	}
+	p.r.m.presenceRoute.Observe(time.Since(start).Seconds())
 	if len(msgs) == 0 {
 		allDone()
 	} else {

@@ -75,6 +75,7 @@ type metrics struct {
 	presence      *prometheus.CounterVec
 	presenceDests prometheus.Histogram
 	presenceBatch prometheus.Histogram
+	presenceRoute prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -110,9 +111,13 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_presence_batch_records", Help: "Presence records routed together (one destination query, one outbound record per destination).",
 			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000},
 		}),
+		presenceRoute: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "fedpipe_router_presence_route_seconds", Help: "Time to route a batch of presence records (destination query and building the records; not the broker's acknowledgement).",
+			Buckets: prometheus.DefBuckets,
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.presence, m.presenceDests, m.presenceBatch} {
+		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}
