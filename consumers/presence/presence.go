@@ -310,16 +310,13 @@ func (s *Stage) applyRun(ctx context.Context, tx pgx.Tx, recs []schema.UserSyncR
 			s.m.told.WithLabelValues(reason, next.Presence).Inc()
 		}
 	}
-	if syncs.Len() > 0 {
-		if err := tx.SendBatch(ctx, syncs).Close(); err != nil {
-			return fmt.Errorf("recording syncs: %w", err)
-		}
-	}
+	// The syncs and every user's final state, in one round trip.
 	for _, u := range users {
 		st := states[u]
-		if err := save(ctx, tx, st, s.cfg.Timers.nextCheck(st, len(where[u]) > 0), told[u]); err != nil {
-			return err
-		}
+		queueSave(syncs, st, s.cfg.Timers.nextCheck(st, len(where[u]) > 0), told[u])
+	}
+	if err := tx.SendBatch(ctx, syncs).Close(); err != nil {
+		return fmt.Errorf("storing the presence of %d users: %w", len(users), err)
 	}
 	return nil
 }

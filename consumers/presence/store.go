@@ -91,11 +91,21 @@ func syncInstances(ctx context.Context, tx pgx.Tx, users []string) (map[string]m
 // should be told, replaces the user's presence_stream row with one at a new
 // stream position (the relay publishes it).
 func save(ctx context.Context, tx pgx.Tx, s State, nextCheck int64, tell bool) error {
+	b := &pgx.Batch{}
+	queueSave(b, s, nextCheck, tell)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("storing presence of %s: %w", s.UserID, err)
+	}
+	return nil
+}
+
+// queueSave queues save's statements on b, so that many users' states are
+// stored in one round trip.
+func queueSave(b *pgx.Batch, s State, nextCheck int64, tell bool) {
 	var next *int64
 	if nextCheck > 0 {
 		next = &nextCheck
 	}
-	b := &pgx.Batch{}
 	b.Queue(`UPDATE presence_state SET state = $2, status_msg = $3, last_active_ts = $4, last_user_sync_ts = $5,
 		last_federation_update_ts = $6, currently_active = $7, next_check_ms = $8 WHERE user_id = $1`,
 		s.UserID, s.Presence, s.StatusMsg, s.LastActiveTS, s.LastUserSyncTS, s.LastFederationUpdateTS, s.CurrentlyActive, next)
@@ -106,10 +116,6 @@ func save(ctx context.Context, tx pgx.Tx, s State, nextCheck int64, tell bool) e
 				last_active_ts = EXCLUDED.last_active_ts, currently_active = EXCLUDED.currently_active`,
 			s.UserID, s.Presence, s.StatusMsg, s.LastActiveTS, s.CurrentlyActive)
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("storing presence of %s: %w", s.UserID, err)
-	}
-	return nil
 }
 
 // errNoRow guards against a locked user without a row, which lockUsers rules out.

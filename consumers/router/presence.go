@@ -229,33 +229,60 @@ type destinations struct {
 }
 
 // presenceDestinations finds the remote servers sharing a room with each of
-// users, in one query.
+// users: the users' rooms, then each room's remote servers once (rooms are
+// shared by many users of a batch), joined here rather than in SQL, which
+// would return a row per (user, room, server).
 func (s store) presenceDestinations(ctx context.Context, users []string, ours string) (destinations, error) {
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT mine.user_id, theirs.server
-		FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
-		WHERE mine.user_id = ANY($1) AND theirs.server <> $2
-		ORDER BY theirs.server`, users, ours)
+	fail := func(err error) (destinations, error) {
+		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT user_id, room_id FROM router_room_members WHERE user_id = ANY($1)`, users)
 	if err != nil {
-		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+		return fail(err)
 	}
-	defer rows.Close()
-	d := destinations{byServer: map[string][]string{}, byUser: map[string][]string{}}
-	for rows.Next() {
-		var u, srv string
-		if err := rows.Scan(&u, &srv); err != nil {
-			return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+	roomsOf := map[string][]string{}
+	var rooms []string
+	seenRoom := map[string]bool{}
+	var u, room string
+	if _, err := pgx.ForEachRow(rows, []any{&u, &room}, func() error {
+		roomsOf[u] = append(roomsOf[u], room)
+		if !seenRoom[room] {
+			seenRoom[room] = true
+			rooms = append(rooms, room)
 		}
-		d.byUser[u] = append(d.byUser[u], srv)
+		return nil
+	}); err != nil {
+		return fail(err)
 	}
-	if err := rows.Err(); err != nil {
-		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+	serversOf := map[string][]string{}
+	if len(rooms) > 0 {
+		rows, err := s.pool.Query(ctx, `SELECT DISTINCT room_id, server FROM router_room_members WHERE room_id = ANY($1) AND server <> $2`, rooms, ours)
+		if err != nil {
+			return fail(err)
+		}
+		var srv string
+		if _, err := pgx.ForEachRow(rows, []any{&room, &srv}, func() error {
+			serversOf[room] = append(serversOf[room], srv)
+			return nil
+		}); err != nil {
+			return fail(err)
+		}
 	}
+	d := destinations{byServer: map[string][]string{}, byUser: map[string][]string{}}
 	for _, u := range users {
-		for _, srv := range d.byUser[u] {
-			if len(d.byServer[srv]) == 0 {
-				d.servers = append(d.servers, srv)
+		seen := map[string]bool{}
+		for _, r := range roomsOf[u] {
+			for _, srv := range serversOf[r] {
+				if seen[srv] {
+					continue
+				}
+				seen[srv] = true
+				d.byUser[u] = append(d.byUser[u], srv)
+				if len(d.byServer[srv]) == 0 {
+					d.servers = append(d.servers, srv)
+				}
+				d.byServer[srv] = append(d.byServer[srv], u)
 			}
-			d.byServer[srv] = append(d.byServer[srv], u)
 		}
 	}
 	slices.Sort(d.servers)
