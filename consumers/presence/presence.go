@@ -123,80 +123,55 @@ func (s *Stage) Open(_ context.Context, topic string, partition int) (runtime.Pa
 	if want := schema.Topic(s.cfg.Prefix, "usersync"); topic != want {
 		return nil, fmt.Errorf("presence: asked to handle topic %s, it reads %s", topic, want)
 	}
-	return &handler{s: s, topic: topic, partition: partition}, nil
+	return &handler{s: s, topic: topic, partition: partition,
+		batch: runtime.Batch[schema.UserSyncRecord]{Max: maxBatch, Flush: s.flush}}, nil
 }
 
 // handler applies one partition's records. Records that arrive together are
-// applied together: while the fetched record is not the last the partition
-// holds (its high-water mark), it is kept, and the kept records are applied in
-// one transaction when the last known record or maxBatch records are in. A
-// burst of one user's updates then becomes one stream write per batch instead
-// of one per update. Handle is called in offset order from one goroutine.
+// applied together in one transaction (runtime.Batch): a burst of one user's
+// updates becomes one stream write per batch instead of one per update.
 type handler struct {
 	s         *Stage
 	topic     string
 	partition int
-	pending   []pendingRecord
-}
-
-type pendingRecord struct {
-	rec    schema.UserSyncRecord
-	offset int64
-	done   func()
+	batch     runtime.Batch[schema.UserSyncRecord]
 }
 
 // maxBatch bounds the records applied in one transaction.
 const maxBatch = 500
 
-// Close implements runtime.PartitionHandler. Kept records are abandoned: they
-// are not done, so their offsets are not committed and the partition's next
-// owner applies them.
+// Close implements runtime.PartitionHandler: kept records are abandoned, to
+// be applied by the partition's next owner.
 func (h *handler) Close(context.Context) error {
-	h.pending = nil
+	h.batch.Close()
 	return nil
 }
 
 // Handle keeps or applies a record (see handler); done runs once it is applied.
 func (h *handler) Handle(ctx context.Context, m kafka.Message, done func()) error {
-	if n := len(h.pending); n > 0 && m.Offset <= h.pending[n-1].offset {
-		return h.flush(ctx) // the runtime retries the record whose flush failed
-	}
 	rec, err := schema.DecodeUserSyncRecord(m.Value)
 	if err == nil && rec.UserID != "" && !h.s.local(rec.UserID) {
 		err = fmt.Errorf("%s record for %s, who is not a user of %s", rec.Kind, rec.UserID, h.s.cfg.ServerName)
 	}
 	if err != nil {
-		// The kept records go first, so they do not wait for a next record.
-		if ferr := h.flush(ctx); ferr != nil {
+		if ferr := h.batch.FlushKept(ctx); ferr != nil {
 			return ferr
 		}
 		return fmt.Errorf("%s/%d@%d: %w", h.topic, h.partition, m.Offset, runtime.Poison(err))
 	}
-	h.pending = append(h.pending, pendingRecord{rec: rec, offset: m.Offset, done: done})
-	if m.Offset+1 < m.HighWaterMark && len(h.pending) < maxBatch {
-		return nil
-	}
-	return h.flush(ctx)
+	return h.batch.Add(ctx, m, rec, done)
 }
 
-// flush applies the kept records. On failure they stay kept for the retry.
-func (h *handler) flush(ctx context.Context) error {
-	if len(h.pending) == 0 {
-		return nil
-	}
-	recs := make([]schema.UserSyncRecord, len(h.pending))
-	for i, p := range h.pending {
-		recs[i] = p.rec
-	}
-	if err := h.s.apply(ctx, recs); err != nil {
+// flush applies kept records in one transaction.
+func (s *Stage) flush(ctx context.Context, recs []schema.UserSyncRecord, done func()) error {
+	if err := s.apply(ctx, recs); err != nil {
 		return err
 	}
-	for _, p := range h.pending {
-		h.s.m.records.WithLabelValues(p.rec.Kind).Inc()
-		p.done()
+	for _, r := range recs {
+		s.m.records.WithLabelValues(r.Kind).Inc()
 	}
-	h.s.m.batch.Observe(float64(len(h.pending)))
-	h.pending = h.pending[:0]
+	s.m.batch.Observe(float64(len(recs)))
+	done()
 	return nil
 }
 

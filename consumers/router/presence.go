@@ -29,24 +29,17 @@ const maxStatesPerRecord = 200
 // The rooms and their members are read from PostgreSQL, which every router
 // member writes, so the answer does not depend on who owns the user's rooms.
 //
-// Records that arrive together are routed together: while a record is not the
-// last the partition holds (its high-water mark) it is kept, up to
-// maxPresenceBatch; then each destination gets one record holding the latest
-// state of every kept user it shares a room with. A storm of presence changes
+// Records that arrive together are routed together (runtime.Batch, up to
+// maxPresenceBatch): each destination gets one record holding the latest state
+// of every kept user it shares a room with. A storm of presence changes
 // then costs one destination query and one outbound record per destination
 // per batch, not per change.
 type presenceHandler struct {
 	r         *Router
 	topic     string
 	partition int
-	pending   []pendingPresence
-}
-
-type pendingPresence struct {
-	state  *schema.PresenceState // nil: not ours to route
-	pos    int64
-	offset int64
-	done   func()
+	batch     runtime.Batch[*schema.PresenceState] // nil: not ours to route
+	pos       int64                                // the highest position kept
 }
 
 // maxPresenceBatch bounds the presence records routed together.
@@ -54,62 +47,43 @@ const maxPresenceBatch = 1000
 
 // Close abandons kept records: not done, they are routed by the next owner.
 func (p *presenceHandler) Close(context.Context) error {
-	p.pending = nil
+	p.batch.Close()
 	return nil
 }
 
 func (p *presenceHandler) Handle(ctx context.Context, m kafka.Message, done func()) error {
-	if n := len(p.pending); n > 0 && m.Offset <= p.pending[n-1].offset {
-		return p.flush(ctx) // a retry of the record whose flush failed
-	}
 	rec, err := schema.DecodePresenceRecord(m.Value)
 	if err != nil {
-		if ferr := p.flush(ctx); ferr != nil {
+		if ferr := p.batch.FlushKept(ctx); ferr != nil {
 			return ferr
 		}
 		return fmt.Errorf("decoding %s/%d@%d: %w", p.topic, p.partition, m.Offset, runtime.Poison(err))
 	}
-	pp := pendingPresence{pos: rec.Position, offset: m.Offset, done: done}
+	var state *schema.PresenceState
 	if server, _ := routing.ServerName(rec.UserID); server == p.r.cfg.ServerName {
-		pp.state = &rec.PresenceState
+		state = &rec.PresenceState
 	} else {
 		// Remote users' presence comes from their own servers.
 		p.r.m.presence.WithLabelValues("not_local").Inc()
 	}
-	p.pending = append(p.pending, pp)
-	if m.Offset+1 < m.HighWaterMark && len(p.pending) < maxPresenceBatch {
-		return nil
-	}
-	return p.flush(ctx)
+	p.pos = max(p.pos, rec.Position)
+	return p.batch.Add(ctx, m, state, done)
 }
 
-// flush routes the kept records; on failure they stay kept for the retry.
-func (p *presenceHandler) flush(ctx context.Context) error {
-	if len(p.pending) == 0 {
-		return nil
-	}
+// flush routes kept records.
+func (p *presenceHandler) flush(ctx context.Context, kept []*schema.PresenceState, allDone func()) error {
 	start := time.Now()
+	pos := p.pos
 	latest := map[string]schema.PresenceState{} // a later state of a user replaces an earlier one
 	var users []string
-	var pos int64
-	for _, pp := range p.pending {
-		pos = max(pos, pp.pos)
-		if pp.state == nil {
+	for _, st := range kept {
+		if st == nil {
 			continue
 		}
-		if _, seen := latest[pp.state.UserID]; !seen {
-			users = append(users, pp.state.UserID)
+		if _, seen := latest[st.UserID]; !seen {
+			users = append(users, st.UserID)
 		}
-		latest[pp.state.UserID] = *pp.state
-	}
-	dones := make([]func(), len(p.pending))
-	for i, pp := range p.pending {
-		dones[i] = pp.done
-	}
-	allDone := func() {
-		for _, d := range dones {
-			d()
-		}
+		latest[st.UserID] = *st
 	}
 	var msgs []kafka.Message
 	if len(users) > 0 {
@@ -144,8 +118,7 @@ func (p *presenceHandler) flush(ctx context.Context) error {
 		}
 		p.r.m.presence.WithLabelValues("change").Add(float64(len(msgs)))
 	}
-	p.r.m.presenceBatch.Observe(float64(len(p.pending)))
-	p.pending = p.pending[:0]
+	p.r.m.presenceBatch.Observe(float64(len(kept)))
 	return nil
 }
 

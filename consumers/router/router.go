@@ -60,7 +60,9 @@ func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.P
 	case schema.Topic(r.cfg.Prefix, "room"):
 		return &partitionHandler{r: r, topic: topic, partition: partition, rooms: map[string]*room{}}, nil
 	case schema.Topic(r.cfg.Prefix, "presence"):
-		return &presenceHandler{r: r, topic: topic, partition: partition}, nil
+		h := &presenceHandler{r: r, topic: topic, partition: partition}
+		h.batch = runtime.Batch[*schema.PresenceState]{Max: maxPresenceBatch, Flush: h.flush}
+		return h, nil
 	}
 	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s and %s", topic, schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"))
 }
