@@ -213,7 +213,7 @@ func TestRemoteUsersAndBadRecordsAreDeadLettered(t *testing.T) {
 	if _, ok := e.stream(t)["@x:elsewhere.test"]; ok {
 		t.Fatal("a remote user's sync became presence")
 	}
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.addr}, Topic: deadTopic, Partition: 0, MaxWait: 50 * time.Millisecond})
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.addr}, Topic: deadTopic, Partition: 0, MaxWait: 500 * time.Millisecond})
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

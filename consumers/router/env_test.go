@@ -150,7 +150,7 @@ func (e *env) collect(t *testing.T, topic string, partitions int) *collector {
 	ctx, cancel := context.WithCancel(context.Background())
 	g, gctx := errgroup.WithContext(ctx)
 	for p := range partitions {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.addr}, Topic: topic, Partition: p, MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 20 * time.Millisecond})
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.addr}, Topic: topic, Partition: p, MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 500 * time.Millisecond})
 		g.Go(func() error {
 			defer r.Close()
 			for {

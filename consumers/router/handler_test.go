@@ -49,7 +49,7 @@ func written(t *testing.T, addr string) []string {
 		if last == 0 {
 			continue
 		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: "fedpipe.outbound", Partition: p, MaxWait: 20 * time.Millisecond})
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: "fedpipe.outbound", Partition: p, MaxWait: 500 * time.Millisecond})
 		for range last {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			m, err := r.ReadMessage(ctx)

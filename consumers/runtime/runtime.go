@@ -56,7 +56,11 @@ type Config struct {
 	// StartOffset applies to partitions without a committed offset
 	// (kafka.FirstOffset by default: nothing is skipped).
 	StartOffset int64
-	// MaxWait bounds how long a fetch waits for data.
+	// MaxWait bounds how long a fetch waits for data (500 ms, Kafka's
+	// fetch.max.wait.ms). A fetch returns as soon as there is data, so it costs
+	// no latency; kafka-go also takes it as the deadline for the response's
+	// first bytes, so a small value stalls a reader whose broker is slow to
+	// answer (a loaded in-process broker: every fetch times out and is retried).
 	MaxWait time.Duration
 	// DrainTimeout bounds a PartitionHandler's Close.
 	DrainTimeout time.Duration
@@ -88,7 +92,7 @@ func (c *Config) Validate() error {
 	def(&c.SessionTimeout, 10*time.Second)
 	def(&c.RebalanceTimeout, 10*time.Second)
 	def(&c.HeartbeatInterval, time.Second)
-	def(&c.MaxWait, 250*time.Millisecond)
+	def(&c.MaxWait, 500*time.Millisecond)
 	def(&c.DrainTimeout, 30*time.Second)
 	if c.StartOffset == 0 {
 		c.StartOffset = kafka.FirstOffset

@@ -130,8 +130,8 @@ func setup(t *testing.T, partitions int) (*kfake.Cluster, string) {
 func member(t *testing.T, addr string, stage runtime.Stage, deadTopic string) (stop func() error) {
 	t.Helper()
 	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"in"}, DeadLetterTopic: deadTopic,
-		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second, HeartbeatInterval: 200 * time.Millisecond,
-		MaxWait: 20 * time.Millisecond}, stage, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second, HeartbeatInterval: 200 * time.Millisecond},
+		stage, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestPoisonGoesToDeadLetterAndPartitionContinues(t *testing.T) {
 	stop := member(t, addr, r, "dead")
 	defer stop()
 	testenv.Eventually(t, 20*time.Second, "the other 9 records", func() bool { return r.count() == 9 })
-	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: "dead", Partition: 0, MaxWait: 20 * time.Millisecond})
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: "dead", Partition: 0})
 	defer rd.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -221,7 +221,7 @@ func TestDeadLetterWriteFailureStopsTheMember(t *testing.T) {
 	r := newRecorder("a")
 	r.poison = func(m kafka.Message) bool { return m.Offset == 1 }
 	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"in"}, DeadLetterTopic: "no-such-topic",
-		CommitInterval: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond}, r, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		CommitInterval: 20 * time.Millisecond}, r, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

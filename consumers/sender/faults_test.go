@@ -29,7 +29,7 @@ func (e *env) member(t *testing.T, backoff time.Duration) (stop func()) {
 		t.Fatal(err)
 	}
 	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: "fedpipe-sender", Topics: []string{"out"}, DeadLetterTopic: "dead",
-		CommitInterval: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second,
+		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second,
 		HeartbeatInterval: 200 * time.Millisecond}, s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

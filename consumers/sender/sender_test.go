@@ -74,7 +74,7 @@ func (e *env) run(t *testing.T, backoff time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: "fedpipe-sender", Topics: []string{"out"}, DeadLetterTopic: "dead", CommitInterval: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond},
+	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: "fedpipe-sender", Topics: []string{"out"}, DeadLetterTopic: "dead", CommitInterval: 20 * time.Millisecond},
 		s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

@@ -57,7 +57,7 @@ func TestBrokerKeepsDataAcrossRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b2.Close()
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{b2.Addr()}, Topic: "t", Partition: 0, MaxWait: 50 * time.Millisecond})
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{b2.Addr()}, Topic: "t", Partition: 0, MaxWait: 500 * time.Millisecond})
 	defer r.Close()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -109,7 +109,7 @@ func consume(t *testing.T, addr, topic, key string, n int) []kafka.Message {
 	var out []kafka.Message
 	readers := make([]*kafka.Reader, len(parts))
 	for i, p := range parts {
-		readers[i] = kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: p.ID, MaxWait: 10 * time.Millisecond})
+		readers[i] = kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: p.ID, MaxWait: 500 * time.Millisecond})
 		defer readers[i].Close()
 	}
 	testenv.Eventually(t, 15*time.Second, fmt.Sprintf("%d records keyed %s on %s", n, key, topic), func() bool {

@@ -98,7 +98,7 @@ func readUserSync(t *testing.T, addr string, n int) []usersyncRecord {
 	for {
 		out = out[:0]
 		for p := 0; p < 4; p++ {
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: usersyncTopic, Partition: p, MaxWait: 20 * time.Millisecond})
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: usersyncTopic, Partition: p, MaxWait: 500 * time.Millisecond})
 			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			for {
 				m, err := r.FetchMessage(ctx)

@@ -90,7 +90,7 @@ func readAll(t *testing.T, addr, topic string, n int) []kafka.Message {
 	for len(out) < n && time.Now().Before(deadline) {
 		out = out[:0]
 		for _, p := range parts {
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: p.ID, MaxWait: 20 * time.Millisecond})
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: p.ID, MaxWait: 500 * time.Millisecond})
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			for {
 				m, err := r.FetchMessage(ctx)
