@@ -53,9 +53,16 @@ func (p *partitionHandler) Handle(ctx context.Context, m kafka.Message, done fun
 // event writes one outbound record per destination of a local event. The
 // membership in memory is the state before the event: the deltas of position N
 // follow the event of position N on the topic.
+//
+// A replayed event rewinds the membership in memory to the state before it, so
+// that the event goes where it went the first time and the deltas that follow
+// are applied again: a replayed join then tells remote servers presence again
+// (joinPresence), which the crashed or revoked owner may have stored without
+// the broker taking its records. Remote events go nowhere, so only remote
+// member events, whose deltas may be joins, load the room.
 func (p *partitionHandler) event(ctx context.Context, rec schema.RoomRecord, done func()) error {
-	if rec.Origin != p.r.cfg.ServerName {
-		// Remote events go nowhere (routing.PDUDestinations); skip loading the room.
+	local := rec.Origin == p.r.cfg.ServerName
+	if !local && rec.Type != routing.TypeMember {
 		done()
 		return nil
 	}
@@ -72,6 +79,10 @@ func (p *partitionHandler) event(ctx context.Context, rec schema.RoomRecord, don
 		rm.state = routing.NewRoomState(joined...)
 		rm.pos.Applied = rec.Position - 1
 		p.r.m.rewinds.Inc()
+	}
+	if !local {
+		done() // routing.PDUDestinations: remote events go nowhere
+		return nil
 	}
 	dests := routing.PDUDestinations(rm.state, p.r.cfg.ServerName, routing.Event{Origin: rec.Origin, Type: rec.Type, StateKey: rec.StateKey})
 	p.r.m.destinations.Observe(float64(len(dests)))
@@ -104,11 +115,9 @@ func (p *partitionHandler) delta(ctx context.Context, rec schema.RoomRecord, don
 	user := *rec.StateKey
 	action := rm.pos.Delta(rec.Position)
 	// A join of a user not joined before may tell remote servers presence
-	// (joinPresence). A join replayed from the stored history (DeltaApply)
-	// tells them again. A crash between storing a join and the broker taking
-	// its presence records loses them when the room is then loaded with the
-	// join in it: the servers learn the users' presence at their next change
-	// or ping (within presence.ping_interval).
+	// (joinPresence). A join replayed after its member event rewound memory
+	// (DeltaApply) tells them again: at least once, even when the owner before
+	// stored the join and stopped before the broker took its presence records.
 	joins := action != routing.DeltaSkip && rec.Membership == routing.MembershipJoin && !rm.state.IsJoined(user)
 	var serverWasJoined bool
 	if joins {

@@ -154,8 +154,14 @@ func (p *partitionHandler) joinPresence(ctx context.Context, rec schema.RoomReco
 		return presenceRecords(dests, []schema.PresenceState{st}, rec.Position, p.r.cfg.Instance)
 	case !serverWasJoined:
 		states, err := p.r.store.presenceForNewServer(ctx, rec.RoomID, server, ours, time.Now().Add(-staleOffline).UnixMilli())
-		if err != nil || len(states) == 0 {
+		if err != nil {
 			return nil, err
+		}
+		// The stored members may be ahead of memory when the join is replayed:
+		// a local user who joined later tells the server at their own join.
+		states = slices.DeleteFunc(states, func(st schema.PresenceState) bool { return !state.IsJoined(st.UserID) })
+		if len(states) == 0 {
+			return nil, nil
 		}
 		var msgs []kafka.Message
 		for len(states) > 0 {

@@ -255,3 +255,66 @@ func TestPresenceChangesArrivingTogetherAreRoutedTogether(t *testing.T) {
 	}
 	t.Logf("%d presence changes: outbound records per server %v", users, records)
 }
+
+// storeJoins writes joins as a router stores them (store.save) before the
+// broker has taken what they route: the state a crash leaves behind.
+func (e *env) storeJoins(t *testing.T, room string, users []string, positions []int64) {
+	t.Helper()
+	ctx := context.Background()
+	for i, u := range users {
+		if _, err := e.pool.Exec(ctx, `INSERT INTO router_membership_changes (room_id, user_id, position, joined) VALUES ($1, $2, $3, true)`, room, u, positions[i]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.pool.Exec(ctx, `INSERT INTO router_room_members (room_id, user_id) VALUES ($1, $2)`, room, u); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.pool.Exec(ctx, `UPDATE router_rooms SET last_position = $2 WHERE room_id = $1`, room, positions[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestJoinsStoredBeforeACrashStillTellPresence: a router member stores two
+// joins (a remote server's and a local user's) and stops before the broker
+// takes their presence records or the group commits their offsets. The member
+// that takes the partition over reads the joins again, finds them stored, and
+// still tells the servers what the joins owed them.
+func TestJoinsStoredBeforeACrashStillTellPresence(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now().UnixMilli()
+	e.setPresence(t,
+		schema.PresenceState{UserID: "@on:hs.test", Presence: "online", LastActiveTS: now, CurrentlyActive: true},
+		schema.PresenceState{UserID: "@idle:hs.test", Presence: "unavailable", LastActiveTS: now - 600_000},
+		schema.PresenceState{UserID: "@new:hs.test", Presence: "online", LastActiveTS: now, CurrentlyActive: true},
+	)
+	s := newStream()
+	for _, u := range []string{"@on:hs.test", "@idle:hs.test", "@x:a.test"} {
+		join(t, s, "!r:hs.test", u)
+	}
+	e.publish(t, s.msgs)
+	out := e.collect(t, outboundTopic, outParts)
+	stop := e.runRouter(t, "presence-crash")
+	testenv.Eventually(t, 60*time.Second, "router caught up", func() bool { return e.caughtUp(t, "presence-crash") && out.readAll(t, e, outParts) })
+	stop()
+	before := presenceSent(t, out)
+
+	s.msgs = nil
+	join(t, s, "!r:hs.test", "@z:c.test")
+	join(t, s, "!r:hs.test", "@new:hs.test")
+	e.storeJoins(t, "!r:hs.test", []string{"@z:c.test", "@new:hs.test"}, []int64{s.pos - 1, s.pos})
+	e.publish(t, s.msgs)
+
+	e.runRouter(t, "presence-crash")
+	testenv.Eventually(t, 60*time.Second, "the next router caught up", func() bool {
+		return e.caughtUp(t, "presence-crash") && out.readAll(t, e, outParts)
+	})
+	after := presenceSent(t, out)
+	gained := func(dest string) []string { return minus(after[dest], before[dest]) }
+	// c.test joined first and hears of @new when @new joins after it.
+	if got, want := gained("c.test"), []string{"@idle:hs.test=unavailable", "@new:hs.test=online", "@on:hs.test=online"}; !slices.Equal(got, want) {
+		t.Errorf("c.test, whose join was stored before the crash, got %v, want %v", got, want)
+	}
+	if got, want := gained("a.test"), []string{"@new:hs.test=online"}; !slices.Equal(got, want) {
+		t.Errorf("a.test got %v, want %v", got, want)
+	}
+}
