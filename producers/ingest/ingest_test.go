@@ -47,16 +47,21 @@ func start(t testing.TB, cfg ingest.Config) *server {
 	return &server{url: srv.URL + ingest.Path, pool: pool, db: pc.Database}
 }
 
+// answer is an ingest response: positions for events, written for presence
+// input, errcode and error for a refusal.
 type answer struct {
 	status    int
 	Positions []int64 `json:"positions"`
+	Written   *int    `json:"written"`
 	ErrCode   string  `json:"errcode"`
 	Error     string  `json:"error"`
 }
 
-func (s *server) post(t *testing.T, body, token string) answer {
+// request sends body to url with an optional bearer token and decodes the
+// JSON answer.
+func request(t *testing.T, method, url, body, token string) answer {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, s.url, strings.NewReader(body))
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +79,11 @@ func (s *server) post(t *testing.T, body, token string) answer {
 		t.Fatalf("answer %d is not JSON: %s", resp.StatusCode, raw)
 	}
 	return a
+}
+
+func (s *server) post(t *testing.T, body, token string) answer {
+	t.Helper()
+	return request(t, http.MethodPost, s.url, body, token)
 }
 
 func (s *server) count(t *testing.T) int {

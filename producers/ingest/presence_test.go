@@ -1,9 +1,6 @@
 package ingest_test
 
 import (
-	"context"
-	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -12,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
@@ -52,82 +48,15 @@ func startPresence(t *testing.T, cfg ingest.Config) *presenceServer {
 	return &presenceServer{base: srv.URL, addr: addr, cluster: cluster}
 }
 
-type presenceAnswer struct {
-	status  int
-	Written *int   `json:"written"`
-	ErrCode string `json:"errcode"`
-	Error   string `json:"error"`
-}
-
-func (s *presenceServer) do(t *testing.T, method, path, body, token string) presenceAnswer {
+func (s *presenceServer) do(t *testing.T, method, path, body, token string) answer {
 	t.Helper()
-	req, err := http.NewRequest(method, s.base+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	a := presenceAnswer{status: resp.StatusCode}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		t.Fatalf("answer %d is not JSON: %s", resp.StatusCode, raw)
-	}
-	return a
+	return request(t, method, s.base+path, body, token)
 }
 
-// usersyncRecord is a record read back, checked against its schema, key and
-// headers.
-type usersyncRecord struct {
-	schema.UserSyncRecord
-	partition int
-	raw       string
-}
-
-// readUserSync reads every record of the usersync topic until at least n
-// have arrived or the deadline passes, in partition then offset order.
-func readUserSync(t *testing.T, addr string, n int) []usersyncRecord {
+// readUserSync reads the usersync topic until at least n records arrived.
+func readUserSync(t *testing.T, addr string, n int) []testenv.UserSyncMessage {
 	t.Helper()
-	var out []usersyncRecord
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		out = out[:0]
-		for p := 0; p < 4; p++ {
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: usersyncTopic, Partition: p, MaxWait: 500 * time.Millisecond})
-			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-			for {
-				m, err := r.FetchMessage(ctx)
-				if err != nil {
-					break
-				}
-				if err := schema.ValidateRecord("usersync", m.Value); err != nil {
-					t.Fatalf("record %s violates the schema: %v", m.Value, err)
-				}
-				rec, err := schema.DecodeUserSyncRecord(m.Value)
-				if err != nil {
-					t.Fatalf("record %s: %v", m.Value, err)
-				}
-				h := map[string]string{}
-				for _, hd := range m.Headers {
-					h[hd.Key] = string(hd.Value)
-				}
-				if string(m.Key) != rec.Instance || h[schema.HeaderKind] != rec.Kind || h[schema.HeaderSchema] != "1" || h[schema.HeaderInstance] != rec.Instance {
-					t.Fatalf("record %s: key %q, headers %v", m.Value, m.Key, h)
-				}
-				out = append(out, usersyncRecord{UserSyncRecord: rec, partition: p, raw: string(m.Value)})
-			}
-			cancel()
-			r.Close()
-		}
-		if len(out) >= n || time.Now().After(deadline) {
-			return out
-		}
-	}
+	return testenv.ReadUserSync(t, addr, usersyncTopic, 4, n)
 }
 
 func TestUserSyncWritesUpdatesInOrder(t *testing.T) {
@@ -159,8 +88,8 @@ func TestUserSyncWritesUpdatesInOrder(t *testing.T) {
 		t.Fatalf("%d records, want %d", len(recs), len(want))
 	}
 	for i, r := range recs {
-		if r.TS < before || r.TS > after || r.partition != recs[0].partition {
-			t.Errorf("record %d: ts %d not in [%d, %d] or partition %d, not %d", i, r.TS, before, after, r.partition, recs[0].partition)
+		if r.TS < before || r.TS > after || r.Partition != recs[0].Partition {
+			t.Errorf("record %d: ts %d not in [%d, %d] or partition %d, not %d", i, r.TS, before, after, r.Partition, recs[0].Partition)
 		}
 		r.TS = 0
 		r.V = schema.SchemaVersion
@@ -184,7 +113,7 @@ func TestPresencePut(t *testing.T) {
 		t.Fatalf("answer %+v", a)
 	}
 	recs := readUserSync(t, s.addr, 2)
-	got := map[string]usersyncRecord{}
+	got := map[string]testenv.UserSyncMessage{}
 	for _, r := range recs {
 		got[r.UserID] = r
 	}

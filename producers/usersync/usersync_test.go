@@ -70,54 +70,13 @@ func publisher(t *testing.T, cfg usersync.Config) *usersync.Publisher {
 	return p
 }
 
-// record is a decoded record with where it was read.
-type record struct {
-	schema.UserSyncRecord
-	partition int
-	key       string
-	headers   map[string]string
-}
+type record = testenv.UserSyncMessage
 
 // readAll reads every record of the topic until at least n have arrived (or
-// the deadline passes), checking each against its JSON Schema and its key and
-// headers against its body. Records come in partition then offset order.
+// the deadline passes), checked against their schema, key and headers.
 func readAll(t *testing.T, addr string, n int) []record {
 	t.Helper()
-	var out []record
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		out = out[:0]
-		for p := 0; p < 4; p++ {
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: p, MaxWait: 500 * time.Millisecond})
-			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-			for {
-				m, err := r.FetchMessage(ctx)
-				if err != nil {
-					break
-				}
-				if err := schema.ValidateRecord("usersync", m.Value); err != nil {
-					t.Fatalf("record %s violates the schema: %v", m.Value, err)
-				}
-				rec, err := schema.DecodeUserSyncRecord(m.Value)
-				if err != nil {
-					t.Fatalf("record %s: %v", m.Value, err)
-				}
-				h := map[string]string{}
-				for _, hd := range m.Headers {
-					h[hd.Key] = string(hd.Value)
-				}
-				if string(m.Key) != rec.Instance || h[schema.HeaderKind] != rec.Kind || h[schema.HeaderSchema] != "1" || h[schema.HeaderInstance] != rec.Instance {
-					t.Fatalf("record %s: key %q, headers %v", m.Value, m.Key, h)
-				}
-				out = append(out, record{UserSyncRecord: rec, partition: p, key: string(m.Key), headers: h})
-			}
-			cancel()
-			r.Close()
-		}
-		if len(out) >= n || time.Now().After(deadline) {
-			return out
-		}
-	}
+	return testenv.ReadUserSync(t, addr, topic, 4, n)
 }
 
 // describe renders records as "kind user syncing" lines for comparison.
@@ -186,7 +145,7 @@ func TestSyncsAreCountedPerUser(t *testing.T) {
 	}
 	after := time.Now().UnixMilli()
 	for _, r := range recs {
-		if r.key != "sync1" || r.partition != recs[0].partition || r.TS < before || r.TS > after {
+		if r.Key != "sync1" || r.Partition != recs[0].Partition || r.TS < before || r.TS > after {
 			t.Errorf("record %+v: want key sync1 on one partition, ts in [%d, %d]", r, before, after)
 		}
 	}
