@@ -14,6 +14,7 @@ type metrics struct {
 	aliveFailures prometheus.Counter
 	duration      prometheus.Histogram
 	syncing       prometheus.Gauge
+	activeSkipped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,11 +40,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "fedpipe_usersync_syncing_users",
 			Help: "Users with at least one sync under way on this instance.",
 		}),
+		activeSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_usersync_active_skipped_total",
+			Help: "UserActive calls not written: the user's last user_active is younger than ActiveInterval.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.records, m.failures, m.aliveFailures, m.duration, m.syncing} {
+	for _, c := range []prometheus.Collector{m.records, m.failures, m.aliveFailures, m.duration, m.syncing, m.activeSkipped} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering usersync metrics: %w", err)
 		}

@@ -81,13 +81,19 @@ func (p *Publisher) restart(ctx context.Context) error {
 	return nil
 }
 
-// alive writes again the state of dirty users, then instance_alive.
+// alive writes again the state of dirty users, then instance_alive. It also
+// forgets activity older than ActiveInterval.
 func (p *Publisher) alive(ctx context.Context) error {
 	p.mu.Lock()
 	var dirty []string
 	for id, u := range p.users {
 		if u.dirty {
 			dirty = append(dirty, id)
+		}
+	}
+	for id, at := range p.active {
+		if time.Since(at) >= p.cfg.ActiveInterval {
+			delete(p.active, id)
 		}
 	}
 	p.mu.Unlock()

@@ -39,6 +39,7 @@ const (
 	DefaultAliveInterval    = time.Minute
 	DefaultClearTimeout     = 10 * time.Second
 	DefaultMaxAliveFailures = 3
+	DefaultActiveInterval   = 10 * time.Second
 )
 
 // ErrClosed is returned by every method once Run has cleared the instance on
@@ -79,6 +80,13 @@ type Config struct {
 	AliveInterval time.Duration
 	// ClearTimeout bounds the instance_clear Run writes when its context ends.
 	ClearTimeout time.Duration
+	// ActiveInterval is the least time between two user_active records of a
+	// user: UserActive calls in between return at once without writing. The
+	// presence stage counts a user as currently active for 60 s after the
+	// last record and idle after 5 min, so anything well below 60 s loses
+	// nothing a remote server sees. A worker may call UserActive on every
+	// request. Negative: write every call.
+	ActiveInterval time.Duration
 	// MaxAliveFailures is how many alive rounds in a row may fail (each is
 	// logged) before Run gives up and returns the error. The writer has
 	// already retried within each round.
@@ -98,6 +106,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAliveFailures == 0 {
 		c.MaxAliveFailures = DefaultMaxAliveFailures
+	}
+	if c.ActiveInterval == 0 {
+		c.ActiveInterval = DefaultActiveInterval
 	}
 	switch {
 	case c.Instance == "":
@@ -142,8 +153,11 @@ type Publisher struct {
 	gate   sync.RWMutex
 	closed bool // under gate
 
-	mu    sync.Mutex // guards users
+	mu    sync.Mutex // guards users and active
 	users map[string]*user
+	// active: when each user's last user_active record was acknowledged,
+	// for those within ActiveInterval (pruned by Run's rounds).
+	active map[string]time.Time
 }
 
 // New returns a Publisher. reg may be nil (no metrics).
@@ -158,7 +172,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Publisher
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{cfg: cfg, w: cfg.Writer, log: logger, m: m, topic: schema.Topic(cfg.TopicPrefix, "usersync"), users: map[string]*user{}}
+	p := &Publisher{cfg: cfg, w: cfg.Writer, log: logger, m: m, topic: schema.Topic(cfg.TopicPrefix, "usersync"), users: map[string]*user{}, active: map[string]time.Time{}}
 	if p.w == nil {
 		p.owned = kafkaio.NewWriter(cfg.Brokers, p.topic)
 		p.w = p.owned
@@ -204,10 +218,27 @@ func (p *Publisher) StopSyncing(ctx context.Context, userID string) error {
 }
 
 // UserActive records that userID did something (sent an event, or synced
-// asking to be online): an idle user is online again.
+// asking to be online): an idle user is online again. At most one record per
+// user is written per ActiveInterval; the calls in between return nil at
+// once (counted in fedpipe_usersync_active_skipped_total).
 func (p *Publisher) UserActive(ctx context.Context, userID string) error {
 	return p.withUser(ctx, userID, func(*user) error {
-		return p.write(ctx, schema.UserSyncRecord{Kind: schema.KindUserActive, UserID: userID})
+		p.mu.Lock()
+		last, ok := p.active[userID]
+		p.mu.Unlock()
+		if ok && p.cfg.ActiveInterval > 0 && time.Since(last) < p.cfg.ActiveInterval {
+			p.m.activeSkipped.Inc()
+			return nil
+		}
+		if err := p.write(ctx, schema.UserSyncRecord{Kind: schema.KindUserActive, UserID: userID}); err != nil {
+			return err
+		}
+		if p.cfg.ActiveInterval > 0 {
+			p.mu.Lock()
+			p.active[userID] = time.Now()
+			p.mu.Unlock()
+		}
+		return nil
 	})
 }
 
@@ -218,7 +249,14 @@ func (p *Publisher) SetPresence(ctx context.Context, userID, presence string, st
 		return fmt.Errorf("setting the presence of %s: presence %q is not online, unavailable or offline", userID, presence)
 	}
 	return p.withUser(ctx, userID, func(*user) error {
-		return p.write(ctx, schema.UserSyncRecord{Kind: schema.KindSetPresence, UserID: userID, Presence: presence, StatusMsg: statusMsg})
+		if err := p.write(ctx, schema.UserSyncRecord{Kind: schema.KindSetPresence, UserID: userID, Presence: presence, StatusMsg: statusMsg}); err != nil {
+			return err
+		}
+		// The user's next activity may change what they set: tell it.
+		p.mu.Lock()
+		delete(p.active, userID)
+		p.mu.Unlock()
+		return nil
 	})
 }
 
@@ -295,6 +333,7 @@ func (p *Publisher) drop(userID string, u *user) {
 func (p *Publisher) forget() {
 	p.mu.Lock()
 	p.users = map[string]*user{}
+	p.active = map[string]time.Time{}
 	p.mu.Unlock()
 	p.m.syncing.Set(0)
 }

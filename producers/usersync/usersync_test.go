@@ -439,3 +439,73 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("defaults: %+v, %v", cfg, err)
 	}
 }
+
+// TestUserActiveIsWrittenOncePerInterval: a worker may call UserActive on
+// every request; the broker gets one record per user per ActiveInterval, and
+// a user's SetPresence lets their next activity through at once.
+func TestUserActiveIsWrittenOncePerInterval(t *testing.T) {
+	addr := broker(t)
+	const interval = 300 * time.Millisecond
+	p := publisher(t, usersync.Config{Writer: writer(t, addr), ActiveInterval: interval})
+	ctx := context.Background()
+	start := time.Now()
+	const calls = 2000
+	for i := range calls {
+		if err := p.UserActive(ctx, "@busy:hs.test"); err != nil {
+			t.Fatal(err)
+		}
+		if i == calls/2 {
+			if err := p.UserActive(ctx, "@other:hs.test"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	if err := p.SetPresence(ctx, "@busy:hs.test", "unavailable", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.UserActive(ctx, "@busy:hs.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.UserActive(ctx, "@marker:hs.test"); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	testenv.Eventually(t, 20*time.Second, "the marker", func() bool {
+		got = describe(readAll(t, addr, 1))
+		return len(got) > 0 && got[len(got)-1] == "user_active @marker:hs.test"
+	})
+	busy := 0
+	for _, s := range got[:len(got)-3] {
+		switch s {
+		case "user_active @busy:hs.test":
+			busy++
+		case "user_active @other:hs.test":
+		default:
+			t.Fatalf("unexpected record %q in %q", s, got)
+		}
+	}
+	// One record at the first call, then at most one per interval passed.
+	if most := 1 + int(elapsed/interval); busy < 1 || busy > most {
+		t.Errorf("%d calls in %s wrote %d records for @busy, want 1 to %d", calls, elapsed, busy, most)
+	}
+	if tail := got[len(got)-3:]; tail[0] != "set_presence @busy:hs.test unavailable" || tail[1] != "user_active @busy:hs.test" {
+		t.Errorf("after SetPresence: %q, want the set_presence and then the next activity written", tail)
+	}
+	if n := strings.Count(strings.Join(got, "\n"), "user_active @other:hs.test"); n != 1 {
+		t.Errorf("@other's one call wrote %d records", n)
+	}
+	// Once the interval has passed, the next call is written again.
+	time.Sleep(interval)
+	for range 10 {
+		if err := p.UserActive(ctx, "@busy:hs.test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := len(got)
+	testenv.Eventually(t, 20*time.Second, "the call after the interval", func() bool { got = describe(readAll(t, addr, n+1)); return len(got) > n })
+	if extra := got[n:]; len(extra) != 1 || extra[0] != "user_active @busy:hs.test" {
+		t.Errorf("10 calls after the interval wrote %q, want one user_active", extra)
+	}
+	t.Logf("%d calls in %s: %d user_active records", calls, elapsed, busy)
+}
