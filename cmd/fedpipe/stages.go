@@ -122,7 +122,8 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 		case "router":
 			log := in.log.With("stage", "router")
 			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg)
-			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance}, in.pool, out, log, in.reg)
+			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
+				RoomsPerPartition: cfg.Router.RoomsPerPartition}, in.pool, out, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}

@@ -15,7 +15,14 @@ type Config struct {
 	// Instance names this process in the instance header of the records it writes.
 	// Default "router".
 	Instance string
+	// RoomsPerPartition bounds the rooms whose membership a partition keeps
+	// in memory; beyond it the least recently used are dropped and loaded
+	// again from PostgreSQL when next seen. Default DefaultRoomsPerPartition.
+	RoomsPerPartition int
 }
+
+// DefaultRoomsPerPartition is Config.RoomsPerPartition when it is zero.
+const DefaultRoomsPerPartition = 10_000
 
 // DefaultPrefix is the topic prefix when Config.Prefix is empty.
 const DefaultPrefix = "fedpipe"
@@ -26,6 +33,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Instance == "" {
 		c.Instance = "router"
+	}
+	if c.RoomsPerPartition == 0 {
+		c.RoomsPerPartition = DefaultRoomsPerPartition
 	}
 	return c
 }
@@ -40,6 +50,8 @@ func (c Config) Validate() error {
 		return errors.New("router: server name must be a bare host[:port]")
 	case strings.ContainsAny(c.Prefix, " \t\r\n"):
 		return errors.New("router: topic prefix must not contain whitespace")
+	case c.RoomsPerPartition < 1:
+		return errors.New("router: rooms per partition must be positive")
 	}
 	return nil
 }

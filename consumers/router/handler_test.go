@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -190,4 +191,92 @@ func value(t *testing.T, m prometheus.Metric) float64 {
 	}
 	t.Fatalf("not a gauge or counter: %v", m.Desc())
 	return 0
+}
+
+// TestHandlerKeepsBoundedRooms: a partition keeps at most RoomsPerPartition
+// rooms, dropping the least recently used; a dropped room is loaded again
+// and routes as before, and a room in the middle of a replay is not dropped.
+func TestHandlerKeepsBoundedRooms(t *testing.T) {
+	cluster, addr := testenv.Broker(t)
+	if err := cluster.CreateTopic("fedpipe.outbound", 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	pool := testenv.Pool(t, testenv.Database(t))
+	ctx := context.Background()
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "fedpipe.outbound", Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	t.Cleanup(func() { _ = w.Close() })
+	const bound = 10
+	r, err := New(Config{ServerName: "hs.test", RoomsPerPartition: bound}, pool, syncWriter{w}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := r.Open(ctx, "fedpipe.room", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ph := h.(*partitionHandler)
+	var pos int64
+	sk := func(s string) *string { return &s }
+	send := func(room, sender, origin, typ string, stateKey *string, membership string) string {
+		t.Helper()
+		pos++
+		id := fmt.Sprintf("$%d", pos)
+		msgs := []kafka.Message{record(t, schema.RoomRecord{V: 1, Kind: schema.KindEvent, Position: pos, RoomID: room, RoomVersion: "10",
+			EventID: id, Sender: sender, Origin: origin, Type: typ, StateKey: stateKey, PDU: []byte(`{"x": 1}`)})}
+		if stateKey != nil {
+			msgs = append(msgs, record(t, schema.RoomRecord{V: 1, Kind: schema.KindStateDelta, Position: pos, RoomID: room, Type: typ,
+				StateKey: stateKey, EventID: id, Membership: membership}))
+		}
+		for _, m := range msgs {
+			if err := h.Handle(ctx, m, func() {}); err != nil {
+				t.Fatalf("handling %s: %v", m.Value, err)
+			}
+		}
+		if n := len(ph.rooms); n > bound {
+			t.Fatalf("%d rooms in memory, bound %d", n, bound)
+		}
+		return id
+	}
+	var want []string
+	const rooms = 3 * bound
+	for i := range rooms {
+		room, remote := fmt.Sprintf("!r%d:hs.test", i), fmt.Sprintf("@u:s%d.test", i)
+		send(room, "@a:hs.test", "hs.test", "m.room.member", sk("@a:hs.test"), "join")
+		send(room, remote, fmt.Sprintf("s%d.test", i), "m.room.member", sk(remote), "join")
+	}
+	// Every room was dropped at least once by now; each routes as before.
+	for i := range rooms {
+		id := send(fmt.Sprintf("!r%d:hs.test", i), "@a:hs.test", "hs.test", "m.room.message", nil, "")
+		want = append(want, fmt.Sprintf("%s s%d.test", id, i))
+	}
+	slices.Sort(want)
+	if got := written(t, addr); !slices.Equal(got, want) {
+		t.Errorf("written %q, want %q", got, want)
+	}
+	if got := value(t, r.m.rooms); got != float64(len(ph.rooms)) || got > bound {
+		t.Errorf("rooms gauge %v, %d in memory, bound %d", got, len(ph.rooms), bound)
+	}
+	if got := value(t, r.m.evicted); got < rooms {
+		t.Errorf("%v rooms evicted, want at least %d", got, rooms)
+	}
+
+	// A replayed member event rewinds !r0 (memory behind the store): loading
+	// other rooms does not drop it until its deltas caught up.
+	replayed := record(t, schema.RoomRecord{V: 1, Kind: schema.KindEvent, Position: 2, RoomID: "!r0:hs.test", RoomVersion: "10",
+		EventID: "$2", Sender: "@u:s0.test", Origin: "s0.test", Type: "m.room.member", StateKey: sk("@u:s0.test"), PDU: []byte(`{"x": 1}`)})
+	if err := h.Handle(ctx, replayed, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	if rm := ph.rooms["!r0:hs.test"]; rm == nil || rm.pos.Applied >= rm.pos.Stored {
+		t.Fatalf("!r0 not rewound: %+v", rm)
+	}
+	for i := 1; i <= 2*bound; i++ {
+		send(fmt.Sprintf("!r%d:hs.test", i), "@a:hs.test", "hs.test", "m.room.message", nil, "")
+	}
+	if ph.rooms["!r0:hs.test"] == nil {
+		t.Error("a room in the middle of a replay was dropped")
+	}
 }

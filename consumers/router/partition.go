@@ -1,8 +1,10 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/segmentio/kafka-go"
 
@@ -15,6 +17,7 @@ import (
 type room struct {
 	state *routing.RoomState
 	pos   routing.Positions
+	used  uint64 // the partition's tick when last handled
 }
 
 // partitionHandler routes one partition of <prefix>.room. Handle is called in
@@ -25,6 +28,7 @@ type partitionHandler struct {
 	topic     string
 	partition int
 	rooms     map[string]*room
+	tick      uint64 // counts room look-ups, for least-recently-used eviction
 }
 
 // Handle routes an event or applies a state delta. A record that cannot be
@@ -166,17 +170,48 @@ func (p *partitionHandler) delta(ctx context.Context, rec schema.RoomRecord, don
 
 // room returns a room's membership, loading it on first sight.
 func (p *partitionHandler) room(ctx context.Context, roomID string) (*room, error) {
+	p.tick++
 	if rm, ok := p.rooms[roomID]; ok {
+		rm.used = p.tick
 		return rm, nil
 	}
 	joined, last, err := p.r.store.load(ctx, roomID)
 	if err != nil {
 		return nil, err
 	}
-	rm := &room{state: routing.NewRoomState(joined...), pos: routing.Positions{Applied: last, Stored: last}}
+	if len(p.rooms) >= p.r.cfg.RoomsPerPartition {
+		p.evict()
+	}
+	rm := &room{state: routing.NewRoomState(joined...), pos: routing.Positions{Applied: last, Stored: last}, used: p.tick}
 	p.rooms[roomID] = rm
 	p.r.m.rooms.Inc()
 	return rm, nil
+}
+
+// evict drops the least recently used tenth of the rooms in memory (at least
+// one), so that a full partition pays a scan every RoomsPerPartition/10
+// loads, not at every one. A dropped room is loaded again from PostgreSQL,
+// which holds every change applied in memory, except while memory is
+// behind the store (a replay, Applied < Stored): such rooms are kept, since a
+// reload would skip the deltas still to be replayed.
+func (p *partitionHandler) evict() {
+	type entry struct {
+		id   string
+		used uint64
+	}
+	var candidates []entry
+	for id, rm := range p.rooms {
+		if rm.pos.Applied >= rm.pos.Stored {
+			candidates = append(candidates, entry{id, rm.used})
+		}
+	}
+	n := min(len(candidates), max(1, p.r.cfg.RoomsPerPartition/10))
+	slices.SortFunc(candidates, func(a, b entry) int { return cmp.Compare(a.used, b.used) })
+	for _, c := range candidates[:n] {
+		delete(p.rooms, c.id)
+	}
+	p.r.m.rooms.Sub(float64(n))
+	p.r.m.evicted.Add(float64(n))
 }
 
 // Close drops the partition's rooms: whoever handles it next loads them again

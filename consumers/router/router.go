@@ -74,6 +74,7 @@ type metrics struct {
 	destinations  prometheus.Histogram
 	changes       prometheus.Counter
 	rewinds       prometheus.Counter
+	evicted       prometheus.Counter
 	presence      *prometheus.CounterVec
 	presenceDests prometheus.Histogram
 	presenceBatch prometheus.Histogram
@@ -101,6 +102,9 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		rewinds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fedpipe_router_replay_rewinds_total", Help: "Replayed events whose room state was rebuilt from the stored history.",
 		}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_router_rooms_evicted_total", Help: "Rooms dropped from memory, least recently used first, to keep each partition within its bound.",
+		}),
 		presence: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fedpipe_router_presence_records_total",
 			Help: "Outbound presence records written, by cause (change, server_join, local_join); not_local counts presence records of remote users, skipped.",
@@ -119,7 +123,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute} {
+		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}

@@ -31,6 +31,7 @@ type Config struct {
 	Database   Database   `yaml:"database" doc:"PostgreSQL, where the homeserver's stream tables and fedpipe's own state live."`
 	Relay      Relay      `yaml:"relay" doc:"The relay: stream tables to Kafka."`
 	Ingest     Ingest     `yaml:"ingest" doc:"The ingest HTTP API for homeservers not written in Go."`
+	Router     Router     `yaml:"router" doc:"The router: room records to outbound records per destination."`
 	Presence   Presence   `yaml:"presence" doc:"The presence stage: user syncs to presence states (Synapse's timers by default)."`
 	Admin      Admin      `yaml:"admin" doc:"The operations HTTP listener: /metrics."`
 	Federation Federation `yaml:"federation" doc:"Outbound Matrix federation: discovery, HTTPS, transactions and backoff."`
@@ -57,6 +58,11 @@ type Database struct {
 type Relay struct {
 	PollInterval time.Duration `yaml:"poll_interval" doc:"How often the relay looks for new stream rows when idle."`
 	BatchSize    int           `yaml:"batch_size" doc:"Rows read and published per round trip."`
+}
+
+// Router configures the router stage.
+type Router struct {
+	RoomsPerPartition int `yaml:"rooms_per_partition" doc:"Rooms whose membership each owned room partition keeps in memory; the least recently used beyond it are reloaded from PostgreSQL when next seen."`
 }
 
 // Presence configures the presence stage.
@@ -111,6 +117,7 @@ func Default() Config {
 		},
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
 		Relay:    Relay{PollInterval: 50 * time.Millisecond, BatchSize: 1000},
+		Router:   Router{RoomsPerPartition: 10_000},
 		Ingest:   Ingest{Listen: "127.0.0.1:8008", MaxBodyBytes: 16 << 20},
 		Presence: Presence{SyncTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, PingInterval: 25 * time.Minute,
 			InstanceTimeout: 5 * time.Minute, SweepInterval: time.Second},
@@ -183,6 +190,7 @@ func (c *Config) Validate() error {
 	positive("kafka.replication_factor", c.Kafka.ReplicationFactor)
 	positive("database.max_conns", c.Database.MaxConns)
 	positive("relay.batch_size", c.Relay.BatchSize)
+	positive("router.rooms_per_partition", c.Router.RoomsPerPartition)
 	posDur := func(key string, d time.Duration) {
 		if d <= 0 {
 			bad(key, "must be a positive duration, got %s", d)
