@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
@@ -70,6 +71,23 @@ func written(t *testing.T, addr string) []string {
 	return out
 }
 
+// handlerEnv is a broker with fedpipe.outbound (2 partitions), a migrated
+// database, and a synchronous writer to the topic.
+func handlerEnv(t *testing.T) (addr string, pool *pgxpool.Pool, w *kafka.Writer) {
+	t.Helper()
+	cluster, addr := testenv.Broker(t)
+	if err := cluster.CreateTopic("fedpipe.outbound", 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	pool = testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	w = &kafka.Writer{Addr: kafka.TCP(addr), Topic: "fedpipe.outbound", Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	t.Cleanup(func() { _ = w.Close() })
+	return addr, pool, w
+}
+
 func record(t *testing.T, rec schema.RoomRecord) kafka.Message {
 	t.Helper()
 	v, err := rec.Marshal()
@@ -85,17 +103,8 @@ func record(t *testing.T, rec schema.RoomRecord) kafka.Message {
 // with a fresh cache. Routed from the stored (current) membership, the message
 // would miss the kicked server, which was joined when it was sent.
 func TestHandlerReplayAfterDeltasStored(t *testing.T) {
-	cluster, addr := testenv.Broker(t)
-	if err := cluster.CreateTopic("fedpipe.outbound", 2, nil); err != nil {
-		t.Fatal(err)
-	}
-	pool := testenv.Pool(t, testenv.Database(t))
+	addr, pool, w := handlerEnv(t)
 	ctx := context.Background()
-	if err := schema.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "fedpipe.outbound", Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
-	t.Cleanup(func() { _ = w.Close() })
 	reg := prometheus.NewRegistry()
 	r, err := New(Config{ServerName: "hs.test"}, pool, syncWriter{w}, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
 	if err != nil {
@@ -197,17 +206,8 @@ func value(t *testing.T, m prometheus.Metric) float64 {
 // rooms, dropping the least recently used; a dropped room is loaded again
 // and routes as before, and a room in the middle of a replay is not dropped.
 func TestHandlerKeepsBoundedRooms(t *testing.T) {
-	cluster, addr := testenv.Broker(t)
-	if err := cluster.CreateTopic("fedpipe.outbound", 2, nil); err != nil {
-		t.Fatal(err)
-	}
-	pool := testenv.Pool(t, testenv.Database(t))
+	addr, pool, w := handlerEnv(t)
 	ctx := context.Background()
-	if err := schema.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "fedpipe.outbound", Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
-	t.Cleanup(func() { _ = w.Close() })
 	const bound = 10
 	r, err := New(Config{ServerName: "hs.test", RoomsPerPartition: bound}, pool, syncWriter{w}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
