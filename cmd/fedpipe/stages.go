@@ -131,8 +131,14 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("router group: %w", err)
 			}
+			pruner, err := router.NewHistoryPruner(router.HistoryConfig{Keep: cfg.Router.MembershipHistory, Interval: cfg.Router.PruneInterval},
+				in.pool, in.brokers, schema.Topic(prefix, "room"), log, in.reg)
+			if err != nil {
+				return err
+			}
 			g.Go(func() error { return out.Run(ctx) })
 			g.Go(func() error { return grp.Run(ctx) })
+			g.Go(func() error { return pruner.Run(ctx) })
 		case "sender":
 			log := in.log.With("stage", "sender")
 			res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static})

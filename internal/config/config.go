@@ -62,7 +62,9 @@ type Relay struct {
 
 // Router configures the router stage.
 type Router struct {
-	RoomsPerPartition int `yaml:"rooms_per_partition" doc:"Rooms whose membership each owned room partition keeps in memory; the least recently used beyond it are reloaded from PostgreSQL when next seen."`
+	RoomsPerPartition int           `yaml:"rooms_per_partition" doc:"Rooms whose membership each owned room partition keeps in memory; the least recently used beyond it are reloaded from PostgreSQL when next seen."`
+	MembershipHistory time.Duration `yaml:"membership_history" doc:"How long superseded membership changes are kept for replays: 0 follows the room topic (its retention.ms plus a day, asked of the brokers each round; a topic kept forever keeps them forever); negative keeps them forever. Never set it below the room topic's retention."`
+	PruneInterval     time.Duration `yaml:"prune_interval" doc:"How often the router prunes its membership history."`
 }
 
 // Presence configures the presence stage.
@@ -117,7 +119,7 @@ func Default() Config {
 		},
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
 		Relay:    Relay{PollInterval: 50 * time.Millisecond, BatchSize: 1000},
-		Router:   Router{RoomsPerPartition: 10_000},
+		Router:   Router{RoomsPerPartition: 10_000, PruneInterval: time.Hour},
 		Ingest:   Ingest{Listen: "127.0.0.1:8008", MaxBodyBytes: 16 << 20},
 		Presence: Presence{SyncTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, PingInterval: 25 * time.Minute,
 			InstanceTimeout: 5 * time.Minute, SweepInterval: time.Second},
@@ -197,6 +199,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	posDur("relay.poll_interval", c.Relay.PollInterval)
+	posDur("router.prune_interval", c.Router.PruneInterval)
 	posDur("presence.sync_timeout", c.Presence.SyncTimeout)
 	posDur("presence.idle_timeout", c.Presence.IdleTimeout)
 	posDur("presence.ping_interval", c.Presence.PingInterval)

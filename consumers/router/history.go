@@ -1,0 +1,248 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+)
+
+// The router keeps every change of a user's joined-ness in
+// router_membership_changes so that a replayed event is routed with the
+// membership as of the position before it (store.joinedBefore). A replay only
+// reaches records the room topic still holds, so history older than the topic's
+// retention is needed only as far as it says who was joined then: the latest
+// change of each user, and only if it is a join.
+//
+// The pruner deletes a change stored more than Keep ago when it is a leave, or
+// when a later change of the same user in the same room was also stored more
+// than Keep ago. That is safe for every record still on the topic: a room's
+// records are handled in order by one partition, so every change stored before
+// the cut-off has a position below any record written after it, and for such a
+// position the latest change of each user below it is either one kept after the
+// cut-off or the last one before it, kept if it is a join (an absent leave and a
+// deleted leave both say "not joined").
+
+// HistoryConfig configures the pruning of the router's membership history.
+type HistoryConfig struct {
+	// Keep is how long a superseded change is kept. Zero follows the room
+	// topic: its retention.ms plus HistoryMargin, read from the broker on
+	// every round; a topic that keeps records forever keeps history forever.
+	// Negative keeps history forever.
+	Keep time.Duration
+	// Interval is how often history is pruned. Default DefaultPruneInterval.
+	Interval time.Duration
+	// Chunk is the most changes deleted in one transaction, so pruning never
+	// holds a long transaction (the relay waits for transactions in progress).
+	// Default 5,000.
+	Chunk int
+}
+
+const (
+	// DefaultPruneInterval is HistoryConfig.Interval when it is zero.
+	DefaultPruneInterval = time.Hour
+	// HistoryMargin is added to the room topic's retention when
+	// HistoryConfig.Keep follows it: records may stay on the broker a while
+	// after their retention (segments are deleted whole) and the router may
+	// lag behind the topic.
+	HistoryMargin = 24 * time.Hour
+)
+
+// pruneLock is the advisory lock key that keeps pruning rounds of several
+// router processes from deleting the same rows at once.
+const pruneLock = 0x66656472 // "fedr"
+
+// HistoryPruner deletes the membership history no replay can need. Every router
+// process may run one: they take turns chunk by chunk.
+type HistoryPruner struct {
+	cfg     HistoryConfig
+	pool    *pgxpool.Pool
+	brokers []string
+	topic   string
+	log     *slog.Logger
+
+	pruned prometheus.Counter
+	rounds *prometheus.CounterVec
+}
+
+// NewHistoryPruner returns a pruner of the history of the rooms on roomTopic;
+// brokers are asked the topic's retention when cfg.Keep is zero.
+func NewHistoryPruner(cfg HistoryConfig, pool *pgxpool.Pool, brokers []string, roomTopic string, logger *slog.Logger, reg prometheus.Registerer) (*HistoryPruner, error) {
+	if cfg.Interval == 0 {
+		cfg.Interval = DefaultPruneInterval
+	}
+	if cfg.Chunk == 0 {
+		cfg.Chunk = 5000
+	}
+	switch {
+	case cfg.Interval < 0:
+		return nil, errors.New("router: history prune interval must be positive")
+	case cfg.Chunk < 0:
+		return nil, errors.New("router: history prune chunk must be positive")
+	case pool == nil || logger == nil:
+		return nil, errors.New("router: history pruner needs a pool and a logger")
+	case cfg.Keep == 0 && (len(brokers) == 0 || roomTopic == ""):
+		return nil, errors.New("router: history kept as long as the room topic needs the brokers and the topic")
+	}
+	p := &HistoryPruner{cfg: cfg, pool: pool, brokers: brokers, topic: roomTopic, log: logger,
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_router_history_pruned_total", Help: "Membership changes deleted from the router's history because no replay can need them.",
+		}),
+		rounds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_router_history_prune_rounds_total", Help: "Pruning rounds of the router's membership history, by result (done, kept: history is kept forever, error).",
+		}, []string{"result"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{p.pruned, p.rounds} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("router: registering metrics: %w", err)
+			}
+		}
+	}
+	return p, nil
+}
+
+// Run prunes at start and then every Interval until ctx ends. A failed round is
+// logged and counted, and tried again at the next one: pruning is housekeeping,
+// never a reason to stop routing.
+func (p *HistoryPruner) Run(ctx context.Context) error {
+	t := time.NewTicker(p.cfg.Interval)
+	defer t.Stop()
+	for {
+		p.round(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (p *HistoryPruner) round(ctx context.Context) {
+	keep, err := p.Keep(ctx)
+	if err == nil && keep < 0 {
+		p.rounds.WithLabelValues("kept").Inc()
+		return
+	}
+	var n int64
+	if err == nil {
+		n, err = p.Prune(ctx, keep)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			p.rounds.WithLabelValues("error").Inc()
+			p.log.Warn("pruning the membership history failed; trying again at the next round", "error", err, "next", p.cfg.Interval)
+		}
+		return
+	}
+	p.rounds.WithLabelValues("done").Inc()
+	p.log.Info("pruned the membership history", "deleted", n, "kept_for", keep)
+}
+
+// Keep is how long superseded changes are kept now: the configured duration,
+// or the room topic's retention plus HistoryMargin. Negative means forever.
+func (p *HistoryPruner) Keep(ctx context.Context) (time.Duration, error) {
+	if p.cfg.Keep != 0 {
+		return p.cfg.Keep, nil
+	}
+	retention, err := topicRetention(ctx, p.brokers, p.topic)
+	if err != nil {
+		return 0, err
+	}
+	if retention < 0 {
+		return -1, nil
+	}
+	return retention + HistoryMargin, nil
+}
+
+// topicRetention asks the brokers for a topic's retention.ms; negative means
+// the topic keeps records forever.
+func topicRetention(ctx context.Context, brokers []string, topic string) (time.Duration, error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"retention.ms"},
+	}}})
+	if err != nil {
+		return 0, fmt.Errorf("asking %v for the retention of %s: %w", brokers, topic, err)
+	}
+	for _, res := range resp.Resources {
+		if res.Error != nil {
+			return 0, fmt.Errorf("asking for the retention of %s: %w", topic, res.Error)
+		}
+		for _, e := range res.ConfigEntries {
+			if e.ConfigName != "retention.ms" {
+				continue
+			}
+			ms, err := strconv.ParseInt(e.ConfigValue, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("retention.ms of %s is %q: %w", topic, e.ConfigValue, err)
+			}
+			if ms < 0 {
+				return -1, nil
+			}
+			return time.Duration(ms) * time.Millisecond, nil
+		}
+	}
+	return 0, fmt.Errorf("the brokers did not say the retention.ms of %s", topic)
+}
+
+// Prune deletes the changes stored more than keep ago that no replay can need,
+// a chunk per transaction, and returns how many it deleted. A chunk that finds
+// another process pruning ends the round: that process goes on with it.
+func (p *HistoryPruner) Prune(ctx context.Context, keep time.Duration) (int64, error) {
+	if keep < 0 {
+		return 0, nil
+	}
+	var total int64
+	for {
+		n, busy, err := p.pruneChunk(ctx, keep)
+		total += n
+		p.pruned.Add(float64(n))
+		if err != nil {
+			return total, err
+		}
+		if busy || n < int64(p.cfg.Chunk) {
+			return total, nil
+		}
+	}
+}
+
+func (p *HistoryPruner) pruneChunk(ctx context.Context, keep time.Duration) (deleted int64, busy bool, err error) {
+	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		var locked bool
+		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, pruneLock).Scan(&locked); err != nil {
+			return err
+		}
+		if !locked {
+			busy = true
+			return nil
+		}
+		tag, err := tx.Exec(ctx, `
+			WITH cut AS (SELECT now() - make_interval(secs => $1) AS at)
+			DELETE FROM router_membership_changes d
+			USING (
+				SELECT c.room_id, c.user_id, c.position
+				FROM router_membership_changes c, cut
+				WHERE c.stored_at < cut.at AND (NOT c.joined OR EXISTS (
+					SELECT 1 FROM router_membership_changes l
+					WHERE l.room_id = c.room_id AND l.user_id = c.user_id
+					  AND l.position > c.position AND l.stored_at < cut.at))
+				LIMIT $2
+			) old
+			WHERE d.room_id = old.room_id AND d.user_id = old.user_id AND d.position = old.position`,
+			keep.Seconds(), p.cfg.Chunk)
+		deleted = tag.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("pruning the membership history: %w", err)
+	}
+	return deleted, busy, nil
+}

@@ -1,0 +1,205 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// history is a store with a random membership history: old changes stored ten
+// days ago, then recent ones.
+type history struct {
+	pool    *pgxpool.Pool
+	st      store
+	rooms   []string
+	lastOld int64 // the highest position stored ten days ago
+	last    int64
+	// oldJoins counts (room, user) pairs whose last old change is a join:
+	// the old changes a prune must keep.
+	oldJoins int
+	old      int
+}
+
+func newHistory(t *testing.T, seed uint64) *history {
+	t.Helper()
+	ctx := context.Background()
+	pool := testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	h := &history{pool: pool, st: store{pool}, rooms: []string{"!a:hs.test", "!b:hs.test", "!c:hs.test"}}
+	rng := rand.New(rand.NewPCG(seed, 1))
+	gen := func(n int) []change {
+		var out []change
+		for range n {
+			h.last += 1 + rng.Int64N(3)
+			out = append(out, change{roomID: h.rooms[rng.IntN(len(h.rooms))], userID: fmt.Sprintf("@u%d:s%d.test", rng.IntN(8), rng.IntN(3)),
+				position: h.last, joined: rng.IntN(3) > 0})
+		}
+		return out
+	}
+	old := gen(300)
+	if err := h.st.save(ctx, old...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE router_membership_changes SET stored_at = now() - interval '10 days'`); err != nil {
+		t.Fatal(err)
+	}
+	h.lastOld = h.last
+	h.old = len(old)
+	latest := map[[2]string]bool{}
+	for _, c := range old {
+		latest[[2]string{c.roomID, c.userID}] = c.joined
+	}
+	for _, joined := range latest {
+		if joined {
+			h.oldJoins++
+		}
+	}
+	if err := h.st.save(ctx, gen(150)...); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// replayViews is, for every position a replay can reach (those after the old
+// changes), each room's users joined as of the position before it.
+func (h *history) replayViews(t *testing.T) map[string][]string {
+	t.Helper()
+	views := map[string][]string{}
+	for _, room := range h.rooms {
+		for pos := h.lastOld + 1; pos <= h.last+1; pos++ {
+			joined, err := h.st.joinedBefore(context.Background(), room, pos)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(joined)
+			views[fmt.Sprintf("%s@%d", room, pos)] = joined
+		}
+	}
+	return views
+}
+
+func (h *history) count(t *testing.T, where string) int {
+	t.Helper()
+	var n int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM router_membership_changes WHERE `+where).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestPruningKeepsWhatAReplayNeeds(t *testing.T) {
+	for seed := range uint64(3) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			h := newHistory(t, seed)
+			before := h.replayViews(t)
+			p, err := NewHistoryPruner(HistoryConfig{Keep: 7 * 24 * time.Hour, Chunk: 7}, h.pool, nil, "", quietLog(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Two rounds at once: they take turns, and together delete each
+			// prunable change once.
+			var wg sync.WaitGroup
+			deleted := make([]int64, 2)
+			for i := range deleted {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					n, err := p.Prune(context.Background(), 7*24*time.Hour)
+					if err != nil {
+						t.Error(err)
+					}
+					deleted[i] = n
+				}()
+			}
+			wg.Wait()
+			if got, want := deleted[0]+deleted[1], int64(h.old-h.oldJoins); got != want {
+				t.Errorf("deleted %d changes (%v), want %d: the %d old ones but the last join of each of %d users", got, deleted, want, h.old, h.oldJoins)
+			}
+			if got := h.count(t, "stored_at < now() - interval '7 days'"); got != h.oldJoins {
+				t.Errorf("%d old changes left, want %d (the last change of each user that is a join)", got, h.oldJoins)
+			}
+			if got := h.count(t, "stored_at >= now() - interval '7 days'"); got != 150 {
+				t.Errorf("%d recent changes left, want all 150", got)
+			}
+			after := h.replayViews(t)
+			for k, want := range before {
+				if got := after[k]; !slices.Equal(got, want) {
+					t.Errorf("joined before %s: %v after pruning, %v before", k, got, want)
+				}
+			}
+			if n, err := p.Prune(context.Background(), 7*24*time.Hour); err != nil || n != 0 {
+				t.Errorf("pruning again deleted %d (%v), want nothing", n, err)
+			}
+		})
+	}
+}
+
+func TestPruningKeepsHistoryAsLongAsTheRoomTopicKeepsRecords(t *testing.T) {
+	cluster, addr := testenv.Broker(t)
+	for topic, retention := range map[string]string{"fedpipe.room": "3600000", "hour.room": "3600000", "forever.room": "-1"} {
+		if err := cluster.CreateTopic(topic, 1, map[string]string{"retention.ms": retention}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cluster.CreateTopic("default.room", 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for topic, want := range map[string]time.Duration{
+		"hour.room":    time.Hour + HistoryMargin,
+		"default.room": 7*24*time.Hour + HistoryMargin, // Kafka's default retention
+		"forever.room": -1,
+	} {
+		p, err := NewHistoryPruner(HistoryConfig{}, &pgxpool.Pool{}, []string{addr}, topic, quietLog(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := p.Keep(ctx); err != nil || got != want {
+			t.Errorf("%s: keep %v (%v), want %v", topic, got, err, want)
+		}
+	}
+	p, err := NewHistoryPruner(HistoryConfig{}, &pgxpool.Pool{}, []string{addr}, "missing.room", quietLog(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.Keep(ctx); err == nil {
+		t.Errorf("a missing topic: keep %v, want an error", got)
+	}
+
+	// Run, following fedpipe.room's hour: changes stored ten days ago are pruned.
+	h := newHistory(t, 7)
+	reg := prometheus.NewRegistry()
+	p, err = NewHistoryPruner(HistoryConfig{Interval: 50 * time.Millisecond}, h.pool, []string{addr}, "fedpipe.room", quietLog(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(runCtx) }()
+	testenv.Eventually(t, 30*time.Second, "old changes pruned", func() bool {
+		return h.count(t, "stored_at < now() - interval '7 days'") == h.oldJoins
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Run returned %v", err)
+	}
+	if got := value(t, p.pruned); got != float64(h.old-h.oldJoins) {
+		t.Errorf("fedpipe_router_history_pruned_total = %v, want %d", got, h.old-h.oldJoins)
+	}
+}
