@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/fedpipe/fedpipe/internal/testenv"
 )
 
 func run(t *testing.T, args ...string) (string, error) {
@@ -57,5 +60,27 @@ func TestConfigCommands(t *testing.T) {
 func TestUnknownCommand(t *testing.T) {
 	if _, err := run(t, "frobnicate"); err == nil {
 		t.Fatal("unknown command accepted")
+	}
+}
+
+// The sender counts the outbound topic's partitions as the brokers have them,
+// whatever kafka.outbound_partitions says: the router's writer spreads
+// destinations over the real ones.
+func TestSenderTakesTheOutboundTopicsPartitionCount(t *testing.T) {
+	cluster, addr := testenv.Broker(t)
+	if err := cluster.CreateTopic("fp.outbound", 3, nil); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	n, err := outboundPartitions(context.Background(), []string{addr}, "fp.outbound", 32, log)
+	if err != nil || n != 3 {
+		t.Fatalf("outboundPartitions = %d, %v; want the topic's 3", n, err)
+	}
+	if !strings.Contains(logs.String(), "differs from kafka.outbound_partitions") {
+		t.Errorf("the mismatch was not reported: %q", logs.String())
+	}
+	if _, err := outboundPartitions(context.Background(), []string{addr}, "fp.missing", 32, log); err == nil {
+		t.Error("a missing outbound topic was not an error")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -154,7 +155,11 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("federation client: %w", err)
 			}
-			snd, err := sender.New(sender.Config{OutboundPartitions: cfg.Kafka.OutboundPartitions, Queue: queue.Config{
+			parts, err := outboundPartitions(ctx, in.brokers, schema.Topic(prefix, "outbound"), cfg.Kafka.OutboundPartitions, log)
+			if err != nil {
+				return fmt.Errorf("sender: %w", err)
+			}
+			snd, err := sender.New(sender.Config{OutboundPartitions: parts, Queue: queue.Config{
 				Origin: cfg.ServerName, Classify: sender.ClassifyClientError, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax}},
 				in.pool, cl, log, in.reg)
 			if err != nil {
@@ -215,4 +220,22 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 		return srv.Shutdown(sctx)
 	})
 	return nil
+}
+
+// outboundPartitions is the outbound topic's partition count as the brokers
+// have it. The router's writer spreads destinations over the topic's real
+// partitions, so the sender must count the same way to tell which destinations
+// are its own (catch-up wakes only those); a count that differs from
+// kafka.outbound_partitions, which only sizes the topic when it is created, is
+// reported. Partitions added later are refused when assigned (sender.Open)
+// until the member restarts and counts them.
+func outboundPartitions(ctx context.Context, brokers []string, topic string, configured int, log *slog.Logger) (int, error) {
+	n, err := kafkaio.Partitions(ctx, brokers, topic)
+	if err != nil {
+		return 0, err
+	}
+	if n != configured {
+		log.Warn("the outbound topic's partition count differs from kafka.outbound_partitions; using the topic's", "topic", topic, "partitions", n, "configured", configured)
+	}
+	return n, nil
 }

@@ -129,6 +129,15 @@ func CreateTopics(ctx context.Context, brokers []string, cfg TopicsConfig, logge
 	return errors.Join(errs...)
 }
 
+// Partitions asks the brokers how many partitions topic has.
+func Partitions(ctx context.Context, brokers []string, topic string) (int, error) {
+	n, err := partitions(ctx, &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 30 * time.Second}, topic)
+	if err != nil {
+		return 0, fmt.Errorf("asking %v for the partitions of %s: %w", brokers, topic, err)
+	}
+	return n, nil
+}
+
 func partitions(ctx context.Context, c *kafka.Client, topic string) (int, error) {
 	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {

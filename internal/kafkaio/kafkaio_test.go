@@ -27,4 +27,10 @@ func TestCreateTopicsIdempotent(t *testing.T) {
 	if info == nil || info.Configs["cleanup.policy"] == nil || *info.Configs["cleanup.policy"] != "compact" {
 		t.Fatalf("state topic is not compacted: %+v", info)
 	}
+	if n, err := kafkaio.Partitions(context.Background(), []string{addr}, "fp.outbound"); err != nil || n != 5 {
+		t.Errorf("Partitions(fp.outbound) = %d, %v; want 5", n, err)
+	}
+	if n, err := kafkaio.Partitions(context.Background(), []string{addr}, "fp.missing"); err == nil {
+		t.Errorf("Partitions of a missing topic = %d, want an error", n)
+	}
 }
