@@ -32,14 +32,23 @@ type history struct {
 	old      int
 }
 
-func newHistory(t *testing.T, seed uint64) *history {
+func newHistory(t testing.TB, seed uint64) *history {
+	return newHistoryOf(t, seed, 300, 150, 3)
+}
+
+// newHistoryOf stores old changes ten days ago, then recent ones, among rooms
+// of 24 users each.
+func newHistoryOf(t testing.TB, seed uint64, old, recent, rooms int) *history {
 	t.Helper()
 	ctx := context.Background()
 	pool := testenv.Pool(t, testenv.Database(t))
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	h := &history{pool: pool, st: store{pool}, rooms: []string{"!a:hs.test", "!b:hs.test", "!c:hs.test"}}
+	h := &history{pool: pool, st: store{pool}}
+	for i := range rooms {
+		h.rooms = append(h.rooms, fmt.Sprintf("!r%d:hs.test", i))
+	}
 	rng := rand.New(rand.NewPCG(seed, 1))
 	gen := func(n int) []change {
 		var out []change
@@ -50,17 +59,19 @@ func newHistory(t *testing.T, seed uint64) *history {
 		}
 		return out
 	}
-	old := gen(300)
-	if err := h.st.save(ctx, old...); err != nil {
-		t.Fatal(err)
+	olds := gen(old)
+	for c := range slices.Chunk(olds, 1000) {
+		if err := h.st.save(ctx, c...); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := pool.Exec(ctx, `UPDATE router_membership_changes SET stored_at = now() - interval '10 days'`); err != nil {
 		t.Fatal(err)
 	}
 	h.lastOld = h.last
-	h.old = len(old)
+	h.old = len(olds)
 	latest := map[[2]string]bool{}
-	for _, c := range old {
+	for _, c := range olds {
 		latest[[2]string{c.roomID, c.userID}] = c.joined
 	}
 	for _, joined := range latest {
@@ -68,8 +79,10 @@ func newHistory(t *testing.T, seed uint64) *history {
 			h.oldJoins++
 		}
 	}
-	if err := h.st.save(ctx, gen(150)...); err != nil {
-		t.Fatal(err)
+	for c := range slices.Chunk(gen(recent), 1000) {
+		if err := h.st.save(ctx, c...); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return h
 }
@@ -92,7 +105,7 @@ func (h *history) replayViews(t *testing.T) map[string][]string {
 	return views
 }
 
-func (h *history) count(t *testing.T, where string) int {
+func (h *history) count(t testing.TB, where string) int {
 	t.Helper()
 	var n int
 	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM router_membership_changes WHERE `+where).Scan(&n); err != nil {
@@ -201,5 +214,31 @@ func TestPruningKeepsHistoryAsLongAsTheRoomTopicKeepsRecords(t *testing.T) {
 	}
 	if got := value(t, p.pruned); got != float64(h.old-h.oldJoins) {
 		t.Errorf("fedpipe_router_history_pruned_total = %v, want %d", got, h.old-h.oldJoins)
+	}
+}
+
+// BenchmarkPruneHistory prunes 200,000 changes stored ten days ago in 2,000
+// rooms (with 20,000 recent ones): the time per 1,000-row transaction is what a
+// relay round overlapping it may wait.
+func BenchmarkPruneHistory(b *testing.B) {
+	for range b.N {
+		b.StopTimer()
+		h := newHistoryOf(b, 1, 200_000, 20_000, 2_000)
+		p, err := NewHistoryPruner(HistoryConfig{Keep: 7 * 24 * time.Hour}, h.pool, nil, "", quietLog(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		n, err := p.Prune(context.Background(), 7*24*time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		elapsed := time.Since(start)
+		b.StopTimer()
+		chunks := h.old/1000 + 1 // each transaction examines up to 1,000 old changes
+		b.ReportMetric(float64(n), "deleted")
+		b.ReportMetric(float64(elapsed.Microseconds())/1000/float64(chunks), "ms/transaction")
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "rows/s")
 	}
 }
