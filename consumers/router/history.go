@@ -153,11 +153,8 @@ func (p *HistoryPruner) Keep(ctx context.Context) (time.Duration, error) {
 		return p.cfg.Keep, nil
 	}
 	retention, err := topicRetention(ctx, p.brokers, p.topic)
-	if err != nil {
-		return 0, err
-	}
-	if retention < 0 {
-		return -1, nil
+	if err != nil || retention < 0 {
+		return retention, err
 	}
 	return retention + HistoryMargin, nil
 }

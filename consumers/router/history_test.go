@@ -3,16 +3,15 @@ package router
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/schema"
@@ -114,33 +113,28 @@ func (h *history) count(t testing.TB, where string) int {
 	return n
 }
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
 func TestPruningKeepsWhatAReplayNeeds(t *testing.T) {
 	for seed := range uint64(3) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			h := newHistory(t, seed)
 			before := h.replayViews(t)
-			p, err := NewHistoryPruner(HistoryConfig{Keep: 7 * 24 * time.Hour, Chunk: 7}, h.pool, nil, "", quietLog(), nil)
+			p, err := NewHistoryPruner(HistoryConfig{Keep: 7 * 24 * time.Hour, Chunk: 7}, h.pool, nil, "", slog.New(slog.DiscardHandler), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			// Two rounds at once: they take turns, and together delete each
 			// prunable change once.
-			var wg sync.WaitGroup
+			var g errgroup.Group
 			deleted := make([]int64, 2)
 			for i := range deleted {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					n, err := p.Prune(context.Background(), 7*24*time.Hour)
-					if err != nil {
-						t.Error(err)
-					}
-					deleted[i] = n
-				}()
+				g.Go(func() (err error) {
+					deleted[i], err = p.Prune(context.Background(), 7*24*time.Hour)
+					return err
+				})
 			}
-			wg.Wait()
+			if err := g.Wait(); err != nil {
+				t.Error(err)
+			}
 			if got, want := deleted[0]+deleted[1], int64(h.old-h.oldJoins); got != want {
 				t.Errorf("deleted %d changes (%v), want %d: the %d old ones but the last join of each of %d users", got, deleted, want, h.old, h.oldJoins)
 			}
@@ -179,7 +173,7 @@ func TestPruningKeepsHistoryAsLongAsTheRoomTopicKeepsRecords(t *testing.T) {
 		"default.room": 7*24*time.Hour + HistoryMargin, // Kafka's default retention
 		"forever.room": -1,
 	} {
-		p, err := NewHistoryPruner(HistoryConfig{}, &pgxpool.Pool{}, []string{addr}, topic, quietLog(), nil)
+		p, err := NewHistoryPruner(HistoryConfig{}, &pgxpool.Pool{}, []string{addr}, topic, slog.New(slog.DiscardHandler), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +181,7 @@ func TestPruningKeepsHistoryAsLongAsTheRoomTopicKeepsRecords(t *testing.T) {
 			t.Errorf("%s: keep %v (%v), want %v", topic, got, err, want)
 		}
 	}
-	p, err := NewHistoryPruner(HistoryConfig{}, &pgxpool.Pool{}, []string{addr}, "missing.room", quietLog(), nil)
+	p, err := NewHistoryPruner(HistoryConfig{}, &pgxpool.Pool{}, []string{addr}, "missing.room", slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,18 +192,18 @@ func TestPruningKeepsHistoryAsLongAsTheRoomTopicKeepsRecords(t *testing.T) {
 	// Run, following fedpipe.room's hour: changes stored ten days ago are pruned.
 	h := newHistory(t, 7)
 	reg := prometheus.NewRegistry()
-	p, err = NewHistoryPruner(HistoryConfig{Interval: 50 * time.Millisecond}, h.pool, []string{addr}, "fedpipe.room", quietLog(), reg)
+	p, err = NewHistoryPruner(HistoryConfig{Interval: 50 * time.Millisecond}, h.pool, []string{addr}, "fedpipe.room", slog.New(slog.DiscardHandler), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(runCtx) }()
+	var g errgroup.Group
+	g.Go(func() error { return p.Run(runCtx) })
 	testenv.Eventually(t, 30*time.Second, "old changes pruned", func() bool {
 		return h.count(t, "stored_at < now() - interval '7 days'") == h.oldJoins
 	})
 	stop()
-	if err := <-done; err != nil {
+	if err := g.Wait(); err != nil {
 		t.Errorf("Run returned %v", err)
 	}
 	if got := value(t, p.pruned); got != float64(h.old-h.oldJoins) {
@@ -224,7 +218,7 @@ func BenchmarkPruneHistory(b *testing.B) {
 	for range b.N {
 		b.StopTimer()
 		h := newHistoryOf(b, 1, 200_000, 20_000, 2_000)
-		p, err := NewHistoryPruner(HistoryConfig{Keep: 7 * 24 * time.Hour}, h.pool, nil, "", quietLog(), nil)
+		p, err := NewHistoryPruner(HistoryConfig{Keep: 7 * 24 * time.Hour}, h.pool, nil, "", slog.New(slog.DiscardHandler), nil)
 		if err != nil {
 			b.Fatal(err)
 		}
