@@ -1,6 +1,6 @@
 // Package testenv starts the real parts tests talk to: an in-process Kafka-protocol
 // broker (kfake) listening on loopback TCP, and a fresh PostgreSQL database on the
-// server named by FEDPIPE_TEST_DATABASE_URL (default: the local server on 127.0.0.1:5432).
+// server named by FEDPIPE_TEST_DATABASE_URL (default: the private test cluster scripts/ensure-postgres runs on 127.0.0.1:5434).
 //
 // It is imported only by tests, but lives in its own package so every stage's tests
 // set up their environment the same way.
@@ -21,8 +21,8 @@ import (
 )
 
 // DefaultAdminURL is the PostgreSQL server tests create their databases on when
-// FEDPIPE_TEST_DATABASE_URL is unset.
-const DefaultAdminURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+// FEDPIPE_TEST_DATABASE_URL is unset: the private cluster scripts/ensure-postgres starts.
+const DefaultAdminURL = "postgres://postgres@127.0.0.1:5434/postgres?sslmode=disable"
 
 // Broker starts an in-process Kafka-protocol broker on a loopback port and returns
 // it with its bootstrap address. The broker is closed when the test ends.
