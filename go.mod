@@ -37,3 +37,7 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// The embedded broker carries a fix for a classic-group member that is never
+// expired when its JoinGroup answer cannot be delivered (third_party/kfake/FEDPIPE.md).
+replace github.com/twmb/franz-go/pkg/kfake => ./third_party/kfake
