@@ -89,7 +89,8 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 	prefix := cfg.Kafka.TopicPrefix
 	deadLetters := schema.Topic(prefix, "deadletter")
 	groupConfig := func(id string, topics ...string) runtime.Config {
-		return runtime.Config{Brokers: in.brokers, GroupID: id, Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance}
+		return runtime.Config{Brokers: in.brokers, GroupID: id, Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance,
+			StallAfter: cfg.Kafka.StallAfter}
 	}
 	for _, s := range stages {
 		switch s {

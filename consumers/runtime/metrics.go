@@ -8,7 +8,7 @@ type Registerer = prometheus.Registerer
 type metrics struct {
 	handled, poison, handleErrors *prometheus.CounterVec
 	commitFailures, rebalances    *prometheus.CounterVec
-	lag                           *prometheus.GaugeVec
+	lag, stalled                  *prometheus.GaugeVec
 	batchWrites                   prometheus.Counter
 }
 
@@ -22,6 +22,8 @@ func newMetrics(reg Registerer) (*metrics, error) {
 		commitFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_consumer_commit_failures_total", Help: "Offset commits that failed."}, []string{"group"}),
 		rebalances:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_consumer_generations_total", Help: "Group generations this member joined."}, []string{"group"}),
 		lag:            prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fedpipe_consumer_lag_records", Help: "High watermark minus committed offset."}, []string{"group", "topic", "partition"}),
+		stalled: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fedpipe_consumer_stalled_partitions",
+			Help: "Partitions of the group (whoever owns them) with records waiting and no committed progress for the stall threshold."}, []string{"group", "topic"}),
 	}
 	for _, c := range []**prometheus.CounterVec{&m.handled, &m.poison, &m.handleErrors, &m.commitFailures, &m.rebalances} {
 		if err := reg.Register(*c); err != nil {
@@ -32,12 +34,14 @@ func newMetrics(reg Registerer) (*metrics, error) {
 			*c = are.ExistingCollector.(*prometheus.CounterVec)
 		}
 	}
-	if err := reg.Register(m.lag); err != nil {
-		are, ok := err.(prometheus.AlreadyRegisteredError)
-		if !ok {
-			return nil, err
+	for _, g := range []**prometheus.GaugeVec{&m.lag, &m.stalled} {
+		if err := reg.Register(*g); err != nil {
+			are, ok := err.(prometheus.AlreadyRegisteredError)
+			if !ok {
+				return nil, err
+			}
+			*g = are.ExistingCollector.(*prometheus.GaugeVec)
 		}
-		m.lag = are.ExistingCollector.(*prometheus.GaugeVec)
 	}
 	return m, nil
 }

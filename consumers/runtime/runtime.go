@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 )
 
 // Stage opens a handler for each partition the member is assigned in a generation.
@@ -66,6 +67,14 @@ type Config struct {
 	DrainTimeout time.Duration
 	// MaxInFlight bounds the records fetched but not done, per partition.
 	MaxInFlight int
+	// StallAfter is how long a partition of the group may have records waiting
+	// with no committed progress before it counts as stalled
+	// (fedpipe_consumer_stalled_partitions, a warning naming its owner). Every
+	// member watches the whole group, so a partition held by a member that no
+	// longer exists is seen too. Negative turns the watch off.
+	StallAfter time.Duration
+	// StallCheckInterval is how often the group's offsets are read for it.
+	StallCheckInterval time.Duration
 }
 
 // Validate fills in defaults and reports invalid settings.
@@ -94,6 +103,8 @@ func (c *Config) Validate() error {
 	def(&c.HeartbeatInterval, time.Second)
 	def(&c.MaxWait, 500*time.Millisecond)
 	def(&c.DrainTimeout, 30*time.Second)
+	def(&c.StallAfter, time.Minute)
+	def(&c.StallCheckInterval, 10*time.Second)
 	if c.StartOffset == 0 {
 		c.StartOffset = kafka.FirstOffset
 	}
@@ -135,7 +146,25 @@ func New(cfg Config, stage Stage, logger *slog.Logger, reg Registerer) (*Group, 
 
 // Run takes part in the group until ctx ends (nil) or a partition fails in a
 // way that must not be skipped (the error: a dead letter that cannot be written).
+// Beside it, the member watches the whole group for stalled partitions.
 func (g *Group) Run(ctx context.Context) error {
+	if g.cfg.StallAfter < 0 {
+		return g.member(ctx)
+	}
+	eg, ctx := errgroup.WithContext(ctx)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	eg.Go(func() error {
+		return newStallWatch(g.cfg, g.log, g.m.stalled).Run(watchCtx)
+	})
+	eg.Go(func() error {
+		defer stopWatch()
+		return g.member(ctx)
+	})
+	return eg.Wait()
+}
+
+// member takes part in the group's generations until ctx ends.
+func (g *Group) member(ctx context.Context) error {
 	defer g.dead.Close()
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: g.cfg.GroupID, Brokers: g.cfg.Brokers, Topics: g.cfg.Topics, StartOffset: g.cfg.StartOffset,

@@ -39,12 +39,13 @@ type Config struct {
 
 // Kafka configures the brokers and topics.
 type Kafka struct {
-	Brokers            []string `yaml:"brokers" doc:"Bootstrap brokers (host:port, comma-separated in env/flags). Empty: start the embedded broker."`
-	EmbeddedPort       int      `yaml:"embedded_port" doc:"Port of the embedded broker on 127.0.0.1 (kcat -b 127.0.0.1:PORT attaches to it)."`
-	TopicPrefix        string   `yaml:"topic_prefix" doc:"Topic names are <prefix>.<stream>."`
-	Partitions         int      `yaml:"partitions" doc:"Partitions of each stream topic; the most members a stage's group can use."`
-	OutboundPartitions int      `yaml:"outbound_partitions" doc:"Partitions of <prefix>.outbound when it is created; the most sender members. The sender counts the topic's real partitions."`
-	ReplicationFactor  int      `yaml:"replication_factor" doc:"Replication factor for created topics (3 on a production cluster)."`
+	Brokers            []string      `yaml:"brokers" doc:"Bootstrap brokers (host:port, comma-separated in env/flags). Empty: start the embedded broker."`
+	EmbeddedPort       int           `yaml:"embedded_port" doc:"Port of the embedded broker on 127.0.0.1 (kcat -b 127.0.0.1:PORT attaches to it)."`
+	TopicPrefix        string        `yaml:"topic_prefix" doc:"Topic names are <prefix>.<stream>."`
+	Partitions         int           `yaml:"partitions" doc:"Partitions of each stream topic; the most members a stage's group can use."`
+	OutboundPartitions int           `yaml:"outbound_partitions" doc:"Partitions of <prefix>.outbound when it is created; the most sender members. The sender counts the topic's real partitions."`
+	ReplicationFactor  int           `yaml:"replication_factor" doc:"Replication factor for created topics (3 on a production cluster)."`
+	StallAfter         time.Duration `yaml:"stall_after" doc:"A partition of a stage's group with records waiting and no committed progress for this long is stalled: fedpipe_consumer_stalled_partitions and a warning naming its owner. Negative turns the watch off."`
 }
 
 // Database configures PostgreSQL.
@@ -116,6 +117,7 @@ func Default() Config {
 			Partitions:         16,
 			OutboundPartitions: 32,
 			ReplicationFactor:  1,
+			StallAfter:         time.Minute,
 		},
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
 		Relay:    Relay{PollInterval: 50 * time.Millisecond, BatchSize: 1000},
