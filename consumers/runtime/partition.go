@@ -104,6 +104,12 @@ loop:
 				g.m.poison.WithLabelValues(g.cfg.GroupID, p.topic).Inc()
 				log.Warn("dead-lettering a record", "offset", m.Offset, "reason", err)
 				if derr := p.deadLetter(ctx, m, err); derr != nil {
+					if ctx.Err() != nil {
+						// The generation ended under the write: not a failure.
+						// The record is not done, so its next owner redoes it.
+						log.Info("dead letter cut by the end of the generation; the next owner redoes it", "offset", m.Offset)
+						break loop
+					}
 					fatal = fmt.Errorf("writing dead letter for %s/%d@%d: %w", p.topic, p.id, m.Offset, derr)
 					break loop
 				}
