@@ -9,7 +9,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/fedpipe/fedpipe/consumers/runtime")
+	"github.com/fedpipe/fedpipe/consumers/runtime"
+)
 
 // poisonAtRebalance finds record 3 poison only once its generation has ended
 // (the first time), so its dead letter is written on an ended generation.
