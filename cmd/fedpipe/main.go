@@ -25,8 +25,9 @@ type command struct {
 
 func commands() map[string]command {
 	cmds := map[string]command{
-		"keygen": {"keygen --out FILE: write a new ed25519 signing key in Synapse's format", cmdKeygen},
-		"config": {"config example: print a commented configuration file; config check: validate one", cmdConfig},
+		"keygen":  {"keygen --out FILE: write a new ed25519 signing key in Synapse's format", cmdKeygen},
+		"config":  {"config example: print a commented configuration file; config check: validate one", cmdConfig},
+		"offsets": {"offsets show|reset --group G: a consumer group's offsets, and moving them (replay)", cmdOffsets},
 	}
 	addPipelineCommands(cmds)
 	return cmds
