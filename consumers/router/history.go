@@ -33,7 +33,7 @@ import (
 // HistoryConfig configures the pruning of the router's membership history.
 type HistoryConfig struct {
 	// Keep is how long a superseded change is kept. Zero follows the room
-	// topic: its retention.ms plus HistoryMargin, read from the broker on
+	// topic: its retention.ms plus segment.ms plus HistoryMargin, read from the broker on
 	// every round; a topic that keeps records forever keeps history forever.
 	// Negative keeps history forever.
 	Keep time.Duration
@@ -48,10 +48,10 @@ type HistoryConfig struct {
 const (
 	// DefaultPruneInterval is HistoryConfig.Interval when it is zero.
 	DefaultPruneInterval = time.Hour
-	// HistoryMargin is added to the room topic's retention when
-	// HistoryConfig.Keep follows it: records may stay on the broker a while
-	// after their retention (segments are deleted whole) and the router may
-	// lag behind the topic.
+	// HistoryMargin is added to how long the room topic can hold a record
+	// (retention.ms plus segment.ms) when HistoryConfig.Keep follows it: the
+	// router may lag behind the topic, and the broker checks retention
+	// only every few minutes.
 	HistoryMargin = 24 * time.Hour
 )
 
@@ -147,47 +147,58 @@ func (p *HistoryPruner) round(ctx context.Context) {
 }
 
 // Keep is how long superseded changes are kept now: the configured duration,
-// or the room topic's retention plus HistoryMargin. Negative means forever.
+// or as long as the room topic can hold a record plus HistoryMargin. Kafka
+// deletes a log segment whole once its newest record is older than retention.ms,
+// and a segment takes records for up to segment.ms, so a record can outlive its
+// retention by up to segment.ms (seven days by default). Negative means forever.
 func (p *HistoryPruner) Keep(ctx context.Context) (time.Duration, error) {
 	if p.cfg.Keep != 0 {
 		return p.cfg.Keep, nil
 	}
-	retention, err := topicRetention(ctx, p.brokers, p.topic)
-	if err != nil || retention < 0 {
-		return retention, err
+	cfg, err := topicDurations(ctx, p.brokers, p.topic, "retention.ms", "segment.ms")
+	if err != nil {
+		return 0, err
 	}
-	return retention + HistoryMargin, nil
+	retention, segment := cfg["retention.ms"], cfg["segment.ms"]
+	if retention < 0 {
+		return -1, nil
+	}
+	return retention + max(segment, 0) + HistoryMargin, nil
 }
 
-// topicRetention asks the brokers for a topic's retention.ms; negative means
-// the topic keeps records forever.
-func topicRetention(ctx context.Context, brokers []string, topic string) (time.Duration, error) {
+// topicDurations asks the brokers for a topic's millisecond settings; a
+// negative one (retention.ms = -1: forever) is returned as -1.
+func topicDurations(ctx context.Context, brokers []string, topic string, names ...string) (map[string]time.Duration, error) {
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
 	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
-		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"retention.ms"},
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: names,
 	}}})
 	if err != nil {
-		return 0, fmt.Errorf("asking %v for the retention of %s: %w", brokers, topic, err)
+		return nil, fmt.Errorf("asking %v for %v of %s: %w", brokers, names, topic, err)
 	}
+	out := map[string]time.Duration{}
 	for _, res := range resp.Resources {
 		if res.Error != nil {
-			return 0, fmt.Errorf("asking for the retention of %s: %w", topic, res.Error)
+			return nil, fmt.Errorf("asking for %v of %s: %w", names, topic, res.Error)
 		}
 		for _, e := range res.ConfigEntries {
-			if e.ConfigName != "retention.ms" {
-				continue
-			}
 			ms, err := strconv.ParseInt(e.ConfigValue, 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("retention.ms of %s is %q: %w", topic, e.ConfigValue, err)
+				return nil, fmt.Errorf("%s of %s is %q: %w", e.ConfigName, topic, e.ConfigValue, err)
 			}
 			if ms < 0 {
-				return -1, nil
+				out[e.ConfigName] = -1
+				continue
 			}
-			return time.Duration(ms) * time.Millisecond, nil
+			out[e.ConfigName] = time.Duration(ms) * time.Millisecond
 		}
 	}
-	return 0, fmt.Errorf("the brokers did not say the retention.ms of %s", topic)
+	for _, n := range names {
+		if _, ok := out[n]; !ok {
+			return nil, fmt.Errorf("the brokers did not say the %s of %s", n, topic)
+		}
+	}
+	return out, nil
 }
 
 // Prune deletes the changes stored more than keep ago that no replay can need,

@@ -159,8 +159,12 @@ func TestPruningKeepsWhatAReplayNeeds(t *testing.T) {
 
 func TestPruningKeepsHistoryAsLongAsTheRoomTopicKeepsRecords(t *testing.T) {
 	cluster, addr := testenv.Broker(t)
-	for topic, retention := range map[string]string{"fedpipe.room": "3600000", "hour.room": "3600000", "forever.room": "-1"} {
-		if err := cluster.CreateTopic(topic, 1, map[string]string{"retention.ms": retention}); err != nil {
+	for topic, cfg := range map[string]map[string]string{
+		"fedpipe.room": {"retention.ms": "3600000", "segment.ms": "3600000"},
+		"hour.room":    {"retention.ms": "3600000", "segment.ms": "7200000"},
+		"forever.room": {"retention.ms": "-1"},
+	} {
+		if err := cluster.CreateTopic(topic, 1, cfg); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -169,8 +173,8 @@ func TestPruningKeepsHistoryAsLongAsTheRoomTopicKeepsRecords(t *testing.T) {
 	}
 	ctx := context.Background()
 	for topic, want := range map[string]time.Duration{
-		"hour.room":    time.Hour + HistoryMargin,
-		"default.room": 7*24*time.Hour + HistoryMargin, // Kafka's default retention
+		"hour.room":    time.Hour + 2*time.Hour + HistoryMargin,         // a record lives until its segment's newest is past retention
+		"default.room": 7*24*time.Hour + 7*24*time.Hour + HistoryMargin, // Kafka's default retention.ms and segment.ms
 		"forever.room": -1,
 	} {
 		p, err := NewHistoryPruner(HistoryConfig{}, &pgxpool.Pool{}, []string{addr}, topic, slog.New(slog.DiscardHandler), nil)

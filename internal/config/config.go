@@ -64,7 +64,7 @@ type Relay struct {
 // Router configures the router stage.
 type Router struct {
 	RoomsPerPartition int           `yaml:"rooms_per_partition" doc:"Rooms whose membership each owned room partition keeps in memory; the least recently used beyond it are reloaded from PostgreSQL when next seen."`
-	MembershipHistory time.Duration `yaml:"membership_history" doc:"How long superseded membership changes are kept for replays: 0 follows the room topic (its retention.ms plus a day, asked of the brokers each round; a topic kept forever keeps them forever); negative keeps them forever. Never set it below the room topic's retention."`
+	MembershipHistory time.Duration `yaml:"membership_history" doc:"How long superseded membership changes are kept for replays: 0 follows the room topic (its retention.ms plus segment.ms plus a day, asked of the brokers each round: segments are deleted whole; a topic kept forever keeps them forever); negative keeps them forever. Never set it below the room topic's retention plus segment.ms."`
 	PruneInterval     time.Duration `yaml:"prune_interval" doc:"How often the router prunes its membership history."`
 }
 
