@@ -83,6 +83,7 @@ type Relay struct {
 	rounds     prometheus.Histogram
 	failures   prometheus.Counter
 	waitingXID prometheus.Histogram
+	xidChecks  prometheus.Counter
 
 	presence          Writer
 	presencePublished prometheus.Counter
@@ -114,7 +115,9 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 	for _, o := range opts {
 		o(r)
 	}
-	cs := []prometheus.Collector{r.published, r.position, r.rounds, r.failures, r.waitingXID}
+	r.xidChecks = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_visibility_checks_total",
+		Help: "Queries asking whether the transactions holding unpublished positions have ended."})
+	cs := []prometheus.Collector{r.published, r.position, r.rounds, r.failures, r.waitingXID, r.xidChecks}
 	if r.presence != nil {
 		r.presencePublished = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_presence_published_total", Help: "Presence records the relay published."})
 		r.presencePosition = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_relay_presence_position", Help: "Stream position the relay has published presence up to."})
@@ -236,7 +239,12 @@ func (r *Relay) visibleUpTo(ctx context.Context, published int64) (int64, error)
 	}
 	start := time.Now()
 	defer func() { r.waitingXID.Observe(time.Since(start).Seconds()) }()
+	// Most transactions end within milliseconds; a long one (a bulk import, a
+	// migration) may hold its position for minutes: check quickly at first, then
+	// back off to the poll interval rather than query PostgreSQL 500 times a second.
+	pause := 2 * time.Millisecond
 	for {
+		r.xidChecks.Inc()
 		var running bool
 		// Visible in a fresh snapshot, not merely committed: a transaction is
 		// marked committed in the commit log slightly before new snapshots stop
@@ -254,8 +262,9 @@ func (r *Relay) visibleUpTo(ctx context.Context, published int64) (int64, error)
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-time.After(2 * time.Millisecond):
+		case <-time.After(pause):
 		}
+		pause = min(pause*2, max(r.cfg.PollInterval, 2*time.Millisecond))
 	}
 }
 
