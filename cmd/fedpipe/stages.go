@@ -125,7 +125,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			log := in.log.With("stage", "router")
 			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg)
 			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
-				RoomsPerPartition: cfg.Router.RoomsPerPartition}, in.pool, out, log, in.reg)
+				RoomsPerPartition: cfg.Router.RoomsPerPartition, Brokers: in.brokers, GroupID: routerGroup}, in.pool, out, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}

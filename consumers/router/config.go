@@ -19,7 +19,17 @@ type Config struct {
 	// in memory; beyond it the least recently used are dropped and loaded
 	// again from PostgreSQL when next seen. Default DefaultRoomsPerPartition.
 	RoomsPerPartition int
+	// Brokers and GroupID name the Kafka cluster and the router's consumer
+	// group. Presence is routed only once the group has handled every room
+	// record before it (roomBarrier), read from the group's committed offsets.
+	// Without Brokers presence is routed against whatever membership is
+	// stored: only tests of the routing rules alone leave it empty.
+	Brokers []string
+	GroupID string
 }
+
+// DefaultGroupID is Config.GroupID when it is empty.
+const DefaultGroupID = "fedpipe-router"
 
 // DefaultRoomsPerPartition is Config.RoomsPerPartition when it is zero.
 const DefaultRoomsPerPartition = 10_000
@@ -33,6 +43,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Instance == "" {
 		c.Instance = "router"
+	}
+	if c.GroupID == "" {
+		c.GroupID = DefaultGroupID
 	}
 	if c.RoomsPerPartition == 0 {
 		c.RoomsPerPartition = DefaultRoomsPerPartition

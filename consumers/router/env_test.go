@@ -93,7 +93,8 @@ func (e *env) runRouter(t testing.TB, group string) (stop func()) {
 	reg := prometheus.NewRegistry()
 	w := e.writer(outboundTopic)
 	out := runtime.NewBatchWriter(w, 200, 2*time.Millisecond, e.log, reg)
-	r, err := router.New(router.Config{ServerName: ourServer, Prefix: "fedpipe", Instance: "router-test"}, e.pool, out, e.log, reg)
+	r, err := router.New(router.Config{ServerName: ourServer, Prefix: "fedpipe", Instance: "router-test",
+		Brokers: []string{e.addr}, GroupID: group}, e.pool, out, e.log, reg)
 	if err != nil {
 		t.Fatal(err)
 	}

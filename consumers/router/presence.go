@@ -72,6 +72,13 @@ func (p *presenceHandler) Handle(ctx context.Context, m kafka.Message, done func
 
 // flush routes kept records.
 func (p *presenceHandler) flush(ctx context.Context, kept []*schema.PresenceState, allDone func()) error {
+	if b := p.r.barrier; b != nil {
+		waitStart := time.Now()
+		if err := b.wait(ctx); err != nil {
+			return fmt.Errorf("waiting for the room records before presence: %w", err)
+		}
+		p.r.m.presenceOrder.Observe(time.Since(waitStart).Seconds())
+	}
 	start := time.Now()
 	pos := p.pos
 	latest := map[string]schema.PresenceState{} // a later state of a user replaces an earlier one

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,11 +30,12 @@ type Writer interface {
 // It owns no loop of its own; the Writer's Run and the group's Run are the
 // caller's to supervise.
 type Router struct {
-	cfg   Config
-	store store
-	out   Writer
-	log   *slog.Logger
-	m     metrics
+	cfg     Config
+	store   store
+	out     Writer
+	log     *slog.Logger
+	m       metrics
+	barrier *roomBarrier // nil without Config.Brokers
 }
 
 // New returns a router writing through out.
@@ -49,7 +51,12 @@ func New(cfg Config, pool *pgxpool.Pool, out Writer, logger *slog.Logger, reg pr
 	if err != nil {
 		return nil, err
 	}
-	return &Router{cfg: cfg, store: store{pool}, out: out, log: logger, m: m}, nil
+	r := &Router{cfg: cfg, store: store{pool}, out: out, log: logger, m: m}
+	if len(cfg.Brokers) > 0 {
+		r.barrier = &roomBarrier{client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second},
+			group: cfg.GroupID, topic: schema.Topic(cfg.Prefix, "room"), poll: 20 * time.Millisecond}
+	}
+	return r, nil
 }
 
 // Open starts handling one partition of <prefix>.room. Its rooms are loaded
@@ -79,6 +86,7 @@ type metrics struct {
 	presenceDests prometheus.Histogram
 	presenceBatch prometheus.Histogram
 	presenceRoute prometheus.Histogram
+	presenceOrder prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -121,9 +129,13 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_presence_route_seconds", Help: "Time to route a batch of presence records (destination query and building the records; not the broker's acknowledgement).",
 			Buckets: prometheus.DefBuckets,
 		}),
+		presenceOrder: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "fedpipe_router_presence_ordering_wait_seconds", Help: "Time a presence batch waited for the router group to handle the room records before it (membership at least as new as the presence).",
+			Buckets: prometheus.DefBuckets,
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute} {
+		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}

@@ -179,11 +179,9 @@ func (r *Relay) round(ctx context.Context) (bool, error) {
 	if err != nil || upto <= min(pos, ppos) {
 		return false, err
 	}
-	if r.presence != nil && ppos < upto {
-		if err := r.publishPresence(ctx, ppos, upto); err != nil {
-			return false, err
-		}
-	}
+	// Room records first: presence at a position is routed against the
+	// membership of every room record below it, and the router finds those
+	// on the room topic once it has fetched the presence (router.roomBarrier).
 	for pos < upto {
 		start := time.Now()
 		next, n, err := r.publish(ctx, pos, upto)
@@ -194,6 +192,11 @@ func (r *Relay) round(ctx context.Context) (bool, error) {
 		r.published.Add(float64(n))
 		r.position.Set(float64(pos))
 		r.rounds.Observe(time.Since(start).Seconds())
+	}
+	if r.presence != nil && ppos < upto {
+		if err := r.publishPresence(ctx, ppos, upto); err != nil {
+			return false, err
+		}
 	}
 	return true, nil
 }
