@@ -59,7 +59,7 @@ func SynapseServer(t testing.TB) *Synapse {
 	if err := json.Unmarshal(raw, &s); err != nil {
 		t.Fatalf("%s/test.json: %v", dir, err)
 	}
-	resp, err := http.Get(s.ClientURL + "/health")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(s.ClientURL + "/health")
 	if err != nil {
 		t.Fatalf("Synapse %s does not answer (scripts/synapse start): %v", s.ServerName, err)
 	}
