@@ -2,7 +2,7 @@
 GO ?= go
 TEST_TIMEOUT ?= 40m
 
-.PHONY: run test build vet bench
+.PHONY: run test build vet bench test-synapse
 
 run:
 	@./scripts/install-postgres >/dev/null || echo 'make run: no PostgreSQL server binaries; fedpipe needs database.url' >&2
@@ -17,6 +17,16 @@ test:
 	$(GO) vet ./...
 	FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -race -run TestClassic github.com/twmb/franz-go/pkg/kfake  # the embedded broker's patch (third_party/kfake/FEDPIPE.md)
+	@$(MAKE) --no-print-directory test-synapse
+
+# The tier against a real Synapse from PyPI (scripts/synapse: installed once under
+# /var/cache/fedpipe, about 50 s; started in about 3 s, stopped afterwards).
+test-synapse:
+	@./scripts/ensure-postgres >/dev/null
+	./scripts/synapse start >/dev/null
+	export $$(./scripts/synapse env); FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" \
+	  $(GO) test -race -count=1 -v -run '^TestSynapse' -timeout 10m ./cmd/fedpipe; \
+	  status=$$?; ./scripts/synapse stop; exit $$status
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -20,6 +20,7 @@ func addPipelineCommands(cmds map[string]command) {
 	cmds["router"] = command{"run a member of the fedpipe-router consumer group", cmdRun("router")}
 	cmds["sender"] = command{"run a member of the fedpipe-sender consumer group", cmdRun("sender")}
 	cmds["ingest"] = command{"serve the ingest HTTP API", cmdRun("ingest")}
+	cmds["keys"] = command{"serve fedpipe's signing keys (GET /_matrix/key/v2/server) on federation.listen", cmdRun("keys")}
 	cmds["migrate"] = command{"apply the SQL migrations and exit", cmdMigrate}
 	cmds["topics"] = command{"topics create: create the Kafka topics with their configs", cmdTopics}
 	cmds["demo"] = command{"run everything plus simulated remote homeservers and a load generator, then report deliveries", cmdDemo}

@@ -34,14 +34,14 @@ const (
 	senderGroup   = "fedpipe-sender"
 )
 
-var allStages = []string{"relay", "presence", "router", "sender", "ingest"}
+var allStages = []string{"relay", "presence", "router", "sender", "ingest", "keys"}
 
 // cmdRun returns the command running the given stages; `run` also takes
 // --stages to pick a subset.
 func cmdRun(defaults ...string) func(context.Context, []string, io.Writer, io.Writer) error {
 	return func(ctx context.Context, args []string, _, stderr io.Writer) error {
 		fs, path := newFlagSet("run", stderr)
-		stages := fs.String("stages", "", "comma-separated stages to run (relay,presence,router,sender,ingest); default: the command's")
+		stages := fs.String("stages", "", "comma-separated stages to run (relay,presence,router,sender,ingest,keys); default: the command's")
 		cfg, err := loadConfig(fs, path, args)
 		if err != nil {
 			return err
@@ -51,12 +51,12 @@ func cmdRun(defaults ...string) func(context.Context, []string, io.Writer, io.Wr
 			run = splitList(*stages)
 			for _, s := range run {
 				if !slices.Contains(allStages, s) {
-					return fmt.Errorf("--stages: unknown stage %q (relay, presence, router, sender, ingest)", s)
+					return fmt.Errorf("--stages: unknown stage %q (relay, presence, router, sender, ingest, keys)", s)
 				}
 			}
 		}
 		log := newLogger(cfg.LogLevel, stderr)
-		in, err := startInfra(ctx, cfg, log, slices.Contains(run, "sender"))
+		in, err := startInfra(ctx, cfg, log, slices.Contains(run, "sender") || slices.Contains(run, "keys") && cfg.Federation.Listen != "")
 		if err != nil {
 			return err
 		}
@@ -187,6 +187,10 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err := serveHTTP(ctx, g, "ingest", cfg.Ingest.Listen, h, in); err != nil {
 				return err
 			}
+		case "keys":
+			if err := in.serveKeys(ctx, g); err != nil {
+				return err
+			}
 		}
 	}
 	if cfg.Admin.Listen != "" {
@@ -205,6 +209,12 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 	if err != nil {
 		return fmt.Errorf("%s listener: %w", name, err)
 	}
+	serveListener(ctx, g, name, ln, h, in)
+	return nil
+}
+
+// serveListener serves h on ln in g until ctx ends.
+func serveListener(ctx context.Context, g *errgroup.Group, name string, ln net.Listener, h http.Handler, in *infra) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	in.listeners[name] = ln.Addr().String()
 	in.log.Info("listening", "listener", name, "addr", ln.Addr().String())
@@ -220,7 +230,6 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	return nil
 }
 
 // outboundPartitions is the outbound topic's partition count as the brokers

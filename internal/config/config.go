@@ -34,7 +34,7 @@ type Config struct {
 	Router     Router     `yaml:"router" doc:"The router: room records to outbound records per destination."`
 	Presence   Presence   `yaml:"presence" doc:"The presence stage: user syncs to presence states (Synapse's timers by default)."`
 	Admin      Admin      `yaml:"admin" doc:"The operations HTTP listener: /metrics."`
-	Federation Federation `yaml:"federation" doc:"Outbound Matrix federation: discovery, HTTPS, transactions and backoff."`
+	Federation Federation `yaml:"federation" doc:"Matrix federation: outbound discovery, HTTPS, transactions and backoff; the listener publishing fedpipe's signing keys."`
 }
 
 // Kafka configures the brokers and topics.
@@ -98,6 +98,10 @@ type Federation struct {
 	RequestTimeout     time.Duration     `yaml:"request_timeout" doc:"Timeout of one transaction request."`
 	BackoffInitial     time.Duration     `yaml:"backoff_initial" doc:"First backoff of a failing destination (Synapse: 10m)."`
 	BackoffMax         time.Duration     `yaml:"backoff_max" doc:"Longest backoff of a failing destination (Synapse: 168h)."`
+	Listen             string            `yaml:"listen" doc:"Address of the federation-facing listener serving GET /_matrix/key/v2/server (fedpipe's signing keys, which receivers fetch to verify its transactions) for the stage 'keys'. Empty: do not serve it (the homeserver publishes fedpipe's key itself)."`
+	TLSCert            string            `yaml:"tls_cert" doc:"Certificate chain (PEM) for the server name, served on federation.listen. Empty together with tls_key: plain HTTP, for a TLS-terminating proxy in front."`
+	TLSKey             string            `yaml:"tls_key" doc:"Private key (PEM) of federation.tls_cert."`
+	KeyValidity        time.Duration     `yaml:"key_validity" doc:"How long receivers may cache the published keys: valid_until_ts is now plus this (Synapse: 24h)."`
 }
 
 // Default returns the configuration used when a key is not set anywhere.
@@ -130,6 +134,7 @@ func Default() Config {
 			RequestTimeout: 60 * time.Second,
 			BackoffInitial: 10 * time.Minute,
 			BackoffMax:     7 * 24 * time.Hour,
+			KeyValidity:    24 * time.Hour,
 		},
 	}
 }
@@ -219,7 +224,11 @@ func (c *Config) Validate() error {
 	if c.Ingest.MaxBodyBytes <= 0 {
 		bad("ingest.max_body_bytes", "must be positive, got %d", c.Ingest.MaxBodyBytes)
 	}
-	for _, l := range []struct{ key, addr string }{{"ingest.listen", c.Ingest.Listen}, {"admin.listen", c.Admin.Listen}} {
+	posDur("federation.key_validity", c.Federation.KeyValidity)
+	if (c.Federation.TLSCert == "") != (c.Federation.TLSKey == "") {
+		bad("federation.tls_cert", "tls_cert and tls_key go together (both empty serves plain HTTP)")
+	}
+	for _, l := range []struct{ key, addr string }{{"ingest.listen", c.Ingest.Listen}, {"admin.listen", c.Admin.Listen}, {"federation.listen", c.Federation.Listen}} {
 		if l.addr == "" {
 			continue
 		}
