@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/url"
 	"os"
 	"testing"
 	"time"
@@ -78,11 +79,22 @@ func Database(t testing.TB) string {
 			t.Logf("dropping test database %s: %v", name, err)
 		}
 	})
-	cfg, err := pgx.ParseConfig(AdminURL())
+	u, err := databaseURL(AdminURL(), name)
 	if err != nil {
-		t.Fatalf("parsing %s: %v", AdminURL(), err)
+		t.Fatal(err)
 	}
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	return u
+}
+
+// databaseURL is admin with its database replaced by name: the same server,
+// user, password and options.
+func databaseURL(admin, name string) (string, error) {
+	u, err := url.Parse(admin)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return "", fmt.Errorf("FEDPIPE_TEST_DATABASE_URL %q: want a postgres:// URL (%v)", admin, err)
+	}
+	u.Path = "/" + name
+	return u.String(), nil
 }
 
 // Pool connects a pgx pool to url, closed when the test ends.
