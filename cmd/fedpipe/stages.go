@@ -96,7 +96,8 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 		case "relay":
 			rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
 				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
-				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))))
+				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
+				relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
 			}
@@ -122,7 +123,8 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			g.Go(func() error { return grp.Run(ctx) })
 		case "router":
 			log := in.log.With("stage", "router")
-			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg)
+			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
+				runtime.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters), schema.Topic(prefix, "outbound"), "router", cfg.Instance))
 			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
 				RoomsPerPartition: cfg.Router.RoomsPerPartition}, in.pool, out, log, in.reg)
 			if err != nil {
