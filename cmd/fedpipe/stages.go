@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -193,11 +194,29 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 	if cfg.Admin.Listen != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg}))
-		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, mux, in); err != nil {
+		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, requireBearer(cfg.Admin.Token, mux), in); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// requireBearer answers 401 to requests without "Authorization: Bearer token"
+// (admin.token); an empty token lets everything through (loopback only, see
+// config.Validate).
+func requireBearer(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			http.Error(w, "Authorization: Bearer <admin.token> required", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // serveHTTP listens now (so a taken port fails the start) and serves in g until ctx ends.
