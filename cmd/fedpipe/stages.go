@@ -145,14 +145,20 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			g.Go(func() error { return pruner.Run(ctx) })
 		case "sender":
 			log := in.log.With("stage", "sender")
-			res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static})
-			if err != nil {
-				return fmt.Errorf("discovery: %w", err)
-			}
 			ccfg := client.Config{Origin: cfg.ServerName, CAFile: cfg.Federation.CAFile, InsecureSkipVerify: cfg.Federation.InsecureSkipVerify,
 				AllowedNetworks: cfg.Federation.AllowedNetworks, RequestTimeout: cfg.Federation.RequestTimeout}
 			if opts != nil && opts.clientConfig != nil {
 				opts.clientConfig(&ccfg)
+			}
+			// .well-known requests dial like federation requests: internal
+			// addresses refused at dial time, redirects included.
+			wk, err := client.NewDiscoveryHTTPClient(ccfg)
+			if err != nil {
+				return fmt.Errorf("federation client: %w", err)
+			}
+			res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static}, discovery.WithHTTPClient(wk))
+			if err != nil {
+				return fmt.Errorf("discovery: %w", err)
 			}
 			cl, err := client.New(ccfg, in.key, res, log)
 			if err != nil {
