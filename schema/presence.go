@@ -63,11 +63,19 @@ func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
 	if r.Instance == "" {
 		return r, fmt.Errorf("%w: %s record without instance", ErrInvalidRecord, r.Kind)
 	}
+	if err := CheckIdentifier("instance", r.Instance); err != nil {
+		return r, invalid(err)
+	}
+	if r.StatusMsg != nil {
+		if err := CheckText("status_msg", *r.StatusMsg, MaxStatusMsgBytes); err != nil {
+			return r, invalid(err)
+		}
+	}
 	needUser := func() error {
 		if !IsUserID(r.UserID) {
 			return fmt.Errorf("%w: %s record needs a user_id like @user:server, got %q", ErrInvalidRecord, r.Kind, r.UserID)
 		}
-		return nil
+		return invalid(CheckIdentifier("user_id", r.UserID))
 	}
 	switch r.Kind {
 	case KindUserSync:
@@ -154,9 +162,21 @@ func DecodePresenceRecord(value []byte) (PresenceRecord, error) {
 	return r, nil
 }
 
+// check checks a state's fields. A status message is checked for NUL and
+// UTF-8 but not for MaxStatusMsgBytes: that cap applies where input enters
+// (usersync records, the ingest API), so states stored before it still route
+// (the router splits outbound presence records by bytes).
 func (s PresenceState) check() error {
 	if !IsUserID(s.UserID) {
 		return fmt.Errorf("%w: presence state with user_id %q", ErrInvalidRecord, s.UserID)
+	}
+	if err := CheckIdentifier("user_id", s.UserID); err != nil {
+		return invalid(err)
+	}
+	if s.StatusMsg != nil {
+		if err := checkChars("status_msg of "+s.UserID, *s.StatusMsg, false); err != nil {
+			return invalid(err)
+		}
 	}
 	if !ValidPresence(s.Presence) {
 		return fmt.Errorf("%w: presence state of %s with presence %q", ErrInvalidRecord, s.UserID, s.Presence)

@@ -71,6 +71,9 @@ func DecodeRoomRecord(value []byte) (RoomRecord, error) {
 	if r.Position <= 0 {
 		return missing("a positive position")
 	}
+	if err := r.checkText(); err != nil {
+		return r, err
+	}
 	switch r.Kind {
 	case KindEvent:
 		switch {
@@ -93,6 +96,23 @@ func DecodeRoomRecord(value []byte) (RoomRecord, error) {
 		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
 	}
 	return r, nil
+}
+
+// checkText checks the record's identifiers (CheckIdentifier) and state key
+// (CheckText: any character but NUL, at most MaxIdentifierBytes).
+func (r RoomRecord) checkText() error {
+	for _, f := range []struct{ name, value string }{
+		{"room_id", r.RoomID}, {"room_version", r.RoomVersion}, {"event_id", r.EventID}, {"sender", r.Sender}, {"origin", r.Origin},
+		{"type", r.Type}, {"prev_event_id", r.PrevEventID}, {"membership", r.Membership}, {"prev_membership", r.PrevMembership},
+	} {
+		if err := CheckIdentifier(f.name, f.value); err != nil {
+			return invalid(err)
+		}
+	}
+	if r.StateKey != nil {
+		return invalid(CheckText("state_key", *r.StateKey, MaxIdentifierBytes))
+	}
+	return nil
 }
 
 // StateKey is the key of a fedpipe.state record: the JSON array
@@ -131,6 +151,13 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 	}
 	if r.Destination == "" {
 		return r, fmt.Errorf("%w: outbound record without destination", ErrInvalidRecord)
+	}
+	for _, f := range []struct{ name, value string }{
+		{"destination", r.Destination}, {"room_id", r.RoomID}, {"event_id", r.EventID}, {"room_version", r.RoomVersion}, {"edu_type", r.EDUType},
+	} {
+		if err := CheckIdentifier(f.name, f.value); err != nil {
+			return r, invalid(err)
+		}
 	}
 	switch r.Kind {
 	case KindPDU:

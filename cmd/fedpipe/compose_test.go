@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -65,5 +67,39 @@ func TestComposeFileMatchesTheCLI(t *testing.T) {
 	}
 	if stages < 4 {
 		t.Fatalf("found %d stage services, want relay, ingest, router and sender", stages)
+	}
+}
+
+// TestComposeSetsTokensForOpenListeners: compose binds ingest and admin to
+// every interface of the container, so it must give both a token.
+func TestComposeSetsTokensForOpenListeners(t *testing.T) {
+	raw, err := os.ReadFile("../../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"FEDPIPE_INGEST_TOKEN: ${FEDPIPE_INGEST_TOKEN:?", "FEDPIPE_ADMIN_TOKEN: ${FEDPIPE_ADMIN_TOKEN:?"} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("docker-compose.yml lacks %q", want)
+		}
+	}
+}
+
+func TestAdminTokenIsRequired(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	srv := httptest.NewServer(requireBearer("t0ken", ok))
+	defer srv.Close()
+	for auth, want := range map[string]int{"": 401, "Bearer guess": 401, "Bearer t0ken": 204} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/metrics", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Authorization %q: %d, want %d", auth, resp.StatusCode, want)
+		}
 	}
 }

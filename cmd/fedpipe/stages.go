@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -97,7 +98,8 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 		case "relay":
 			rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
 				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
-				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))))
+				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
+				relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
 			}
@@ -123,7 +125,8 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			g.Go(func() error { return grp.Run(ctx) })
 		case "router":
 			log := in.log.With("stage", "router")
-			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg)
+			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
+				runtime.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters), schema.Topic(prefix, "outbound"), "router", cfg.Instance))
 			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
 				RoomsPerPartition: cfg.Router.RoomsPerPartition, Brokers: in.brokers, GroupID: routerGroup}, in.pool, out, log, in.reg)
 			if err != nil {
@@ -143,14 +146,20 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			g.Go(func() error { return pruner.Run(ctx) })
 		case "sender":
 			log := in.log.With("stage", "sender")
-			res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static})
-			if err != nil {
-				return fmt.Errorf("discovery: %w", err)
-			}
 			ccfg := client.Config{Origin: cfg.ServerName, CAFile: cfg.Federation.CAFile, InsecureSkipVerify: cfg.Federation.InsecureSkipVerify,
 				AllowedNetworks: cfg.Federation.AllowedNetworks, RequestTimeout: cfg.Federation.RequestTimeout}
 			if opts != nil && opts.clientConfig != nil {
 				opts.clientConfig(&ccfg)
+			}
+			// .well-known requests dial like federation requests: internal
+			// addresses refused at dial time, redirects included.
+			wk, err := client.NewDiscoveryHTTPClient(ccfg)
+			if err != nil {
+				return fmt.Errorf("federation client: %w", err)
+			}
+			res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static}, discovery.WithHTTPClient(wk))
+			if err != nil {
+				return fmt.Errorf("discovery: %w", err)
 			}
 			cl, err := client.New(ccfg, in.key, res, log)
 			if err != nil {
@@ -196,11 +205,29 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 	if cfg.Admin.Listen != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg}))
-		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, mux, in); err != nil {
+		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, requireBearer(cfg.Admin.Token, mux), in); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// requireBearer answers 401 to requests without "Authorization: Bearer token"
+// (admin.token); an empty token lets everything through (loopback only, see
+// config.Validate).
+func requireBearer(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			http.Error(w, "Authorization: Bearer <admin.token> required", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // serveHTTP listens now (so a taken port fails the start) and serves in g until ctx ends.

@@ -92,7 +92,8 @@ func (e *env) runRouter(t testing.TB, group string) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := prometheus.NewRegistry()
 	w := e.writer(outboundTopic)
-	out := runtime.NewBatchWriter(w, 200, 2*time.Millisecond, e.log, reg)
+	dead := e.writer(deadTopic)
+	out := runtime.NewBatchWriter(w, 200, 2*time.Millisecond, e.log, reg, runtime.WithDeadLetters(dead, outboundTopic, "router", "router-test"))
 	r, err := router.New(router.Config{ServerName: ourServer, Prefix: "fedpipe", Instance: "router-test",
 		Brokers: []string{e.addr}, GroupID: group}, e.pool, out, e.log, reg)
 	if err != nil {
@@ -114,6 +115,7 @@ func (e *env) runRouter(t testing.TB, group string) (stop func()) {
 				t.Errorf("router stopped with %v", err)
 			}
 			_ = w.Close()
+			_ = dead.Close()
 		})
 	}
 	t.Cleanup(stop)

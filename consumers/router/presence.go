@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -20,9 +21,45 @@ import (
 // room (it tells it nothing it would not assume).
 const staleOffline = 7 * 24 * time.Hour
 
-// maxStatesPerRecord bounds the states of one outbound presence record, to
-// stay far below the topic's 1 MiB message limit.
-const maxStatesPerRecord = 200
+// maxStatesPerRecord and maxPresenceRecordBytes bound one outbound presence
+// record: a record holds at most this many states and, unless one state alone
+// is larger, this many bytes of encoded states, half the topic's 1 MiB message
+// limit. Splitting by count alone let a few large status messages make a
+// record the writer could never write.
+const (
+	maxStatesPerRecord     = 200
+	maxPresenceRecordBytes = 512 << 10
+)
+
+// splitStates cuts states into the runs of one outbound record each (see
+// maxPresenceRecordBytes), in order. A state larger than the bound is a run
+// of its own: the writer dead-letters it if the topic cannot take it.
+func splitStates(states []schema.PresenceState) [][]schema.PresenceState {
+	var runs [][]schema.PresenceState
+	start, size := 0, 0
+	for i, st := range states {
+		n := stateBytes(st)
+		if i > start && (i-start == maxStatesPerRecord || size+n > maxPresenceRecordBytes) {
+			runs = append(runs, states[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(states) {
+		runs = append(runs, states[start:])
+	}
+	return runs
+}
+
+// stateBytes is an upper bound of a state's size in a record (json.Marshal
+// escapes more than the records' encoder does).
+func stateBytes(st schema.PresenceState) int {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return maxPresenceRecordBytes
+	}
+	return len(b) + 1
+}
 
 // presenceHandler routes one partition of <prefix>.presence: each local
 // user's presence goes to every remote server sharing a room with the user.
@@ -106,13 +143,12 @@ func (p *presenceHandler) flush(ctx context.Context, kept []*schema.PresenceStat
 			for _, u := range dests.byServer[d] {
 				states = append(states, latest[u])
 			}
-			for len(states) > 0 {
-				n := min(len(states), maxStatesPerRecord)
-				m, err := presenceRecords([]string{d}, states[:n], pos, p.r.cfg.Instance)
+			for _, run := range splitStates(states) {
+				m, err := presenceRecords([]string{d}, run, pos, p.r.cfg.Instance)
 				if err != nil {
 					return err
 				}
-				msgs, states = append(msgs, m...), states[n:]
+				msgs = append(msgs, m...)
 			}
 		}
 	}
@@ -171,13 +207,12 @@ func (p *partitionHandler) joinPresence(ctx context.Context, rec schema.RoomReco
 			return nil, nil
 		}
 		var msgs []kafka.Message
-		for len(states) > 0 {
-			n := min(len(states), maxStatesPerRecord)
-			m, err := presenceRecords([]string{server}, states[:n], rec.Position, p.r.cfg.Instance)
+		for _, run := range splitStates(states) {
+			m, err := presenceRecords([]string{server}, run, rec.Position, p.r.cfg.Instance)
 			if err != nil {
 				return nil, err
 			}
-			msgs, states = append(msgs, m...), states[n:]
+			msgs = append(msgs, m...)
 		}
 		p.r.m.presence.WithLabelValues("server_join").Add(float64(len(msgs)))
 		return msgs, nil

@@ -18,8 +18,12 @@ import (
 //
 // When Flush fails, the items stay kept and Add returns the error: the runtime
 // hands the same record again, which Add recognises by its offset and answers
-// by flushing again. Close abandons kept items: not done, their offsets are not
-// committed, and the partition's next owner handles them again.
+// by flushing again. When Flush fails for poison (IsPoison: a record's data
+// refused by PostgreSQL, say) and several items are kept, they are flushed
+// again one at a time, in order, so that only the records that fail alone are
+// dead-lettered (through the partition the runtime runs, counted as poison)
+// and the others handled. Close abandons kept items: not done, their offsets
+// are not committed, and the partition's next owner handles them again.
 type Batch[T any] struct {
 	// Max is the most items kept (1 when zero: no batching).
 	Max int
@@ -29,6 +33,7 @@ type Batch[T any] struct {
 
 	items   []T
 	dones   []func()
+	msgs    []kafka.Message
 	lastOff int64
 }
 
@@ -38,7 +43,7 @@ func (b *Batch[T]) Add(ctx context.Context, m kafka.Message, item T, done func()
 	if len(b.items) > 0 && m.Offset <= b.lastOff {
 		return b.FlushKept(ctx) // the record whose flush failed, handed again
 	}
-	b.items, b.dones, b.lastOff = append(b.items, item), append(b.dones, done), m.Offset
+	b.items, b.dones, b.msgs, b.lastOff = append(b.items, item), append(b.dones, done), append(b.msgs, m), m.Offset
 	if m.Offset+1 < m.HighWaterMark && len(b.items) < max(b.Max, 1) {
 		return nil
 	}
@@ -51,14 +56,35 @@ func (b *Batch[T]) FlushKept(ctx context.Context) error {
 		return nil
 	}
 	dones := b.dones
-	if err := b.Flush(ctx, b.items, func() {
+	err := b.Flush(ctx, b.items, func() {
 		for _, d := range dones {
 			d()
 		}
-	}); err != nil {
+	})
+	if err == nil {
+		b.items, b.dones, b.msgs = nil, nil, nil // dones may still run later: never reused
+		return nil
+	}
+	deadLetter := deadLetterFrom(ctx)
+	if !IsPoison(err) || deadLetter == nil {
 		return err
 	}
-	b.items, b.dones = nil, nil // dones may still run later: never reused
+	for len(b.items) > 0 {
+		if len(dones) > 1 { // alone, the one item has just failed
+			err = b.Flush(ctx, b.items[:1], b.dones[0])
+		}
+		if err != nil {
+			if !IsPoison(err) {
+				return err
+			}
+			if derr := deadLetter(ctx, b.msgs[0], err); derr != nil {
+				return derr
+			}
+			b.dones[0]()
+		}
+		b.items, b.dones, b.msgs = b.items[1:], b.dones[1:], b.msgs[1:]
+	}
+	b.items, b.dones, b.msgs = nil, nil, nil
 	return nil
 }
 
@@ -67,5 +93,5 @@ func (b *Batch[T]) Len() int { return len(b.items) }
 
 // Close abandons the kept items (see Batch).
 func (b *Batch[T]) Close() {
-	b.items, b.dones = nil, nil
+	b.items, b.dones, b.msgs = nil, nil, nil
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 )
 
 // Writer is what a BatchWriter writes with (a *kafka.Writer).
@@ -18,12 +20,18 @@ type Writer interface {
 
 // BatchWriter collects the records stages produce and writes them in large
 // batches from one loop, calling each caller's done once its records are acked.
-// Order of Write calls is kept. Failed writes are retried, never dropped.
+// Order of Write calls is kept. Failed writes are retried, never dropped,
+// except records that can never be written (kafkaio.Refused: too large for
+// the writer or the topic, or refused by a broker as invalid): those go to the
+// dead-letter topic (WithDeadLetters), are counted, and count as written. With
+// no dead-letter topic, such a record stops Run with an error rather than
+// wedging every later write behind it.
 type BatchWriter struct {
 	w        Writer
 	maxBatch int
 	linger   time.Duration
 	log      *slog.Logger
+	dead     *kafkaio.DeadLetters
 
 	mu      sync.Mutex
 	queue   []pendingWrite
@@ -32,6 +40,20 @@ type BatchWriter struct {
 	space   chan struct{}
 	written prometheus.Counter
 	batches prometheus.Histogram
+	refused prometheus.Counter
+}
+
+// BatchWriterOption configures a BatchWriter.
+type BatchWriterOption func(*BatchWriter)
+
+// WithDeadLetters sends records that can never be written to the dead-letter
+// topic through dead, with the header source_topic set to target (the topic
+// they were for), deadletter_writer to writer and deadletter_instance to
+// instance (see kafkaio.DeadLetters).
+func WithDeadLetters(dead Writer, target, writer, instance string) BatchWriterOption {
+	return func(b *BatchWriter) {
+		b.dead = &kafkaio.DeadLetters{W: dead, Target: target, Writer: writer, Instance: instance}
+	}
 }
 
 type pendingWrite struct {
@@ -41,10 +63,15 @@ type pendingWrite struct {
 
 // NewBatchWriter returns a BatchWriter writing at most maxBatch records per
 // request, waiting up to linger for more.
-func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.Logger, reg Registerer) *BatchWriter {
+func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.Logger, reg Registerer, opts ...BatchWriterOption) *BatchWriter {
 	b := &BatchWriter{w: w, maxBatch: max(maxBatch, 1), linger: linger, log: logger, wake: make(chan struct{}, 1), space: make(chan struct{}, 1),
 		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_batchwriter_records_written_total", Help: "Records written by batch writers."}),
 		batches: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_batchwriter_batch_records", Help: "Records per batch write.", Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_batchwriter_records_deadlettered_total",
+			Help: "Records batch writers could never write (too large, or refused by a broker) and sent to the dead-letter topic."}),
+	}
+	for _, o := range opts {
+		o(b)
 	}
 	if err := reg.Register(b.written); err != nil {
 		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
@@ -55,6 +82,14 @@ func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.L
 		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
 			b.batches = are.ExistingCollector.(prometheus.Histogram)
 		}
+	}
+	if err := reg.Register(b.refused); err != nil {
+		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+			b.refused = are.ExistingCollector.(prometheus.Counter)
+		}
+	}
+	if b.dead != nil {
+		b.dead.Counter = b.refused
 	}
 	return b
 }
@@ -86,6 +121,8 @@ func (b *BatchWriter) Write(ctx context.Context, msgs []kafka.Message, done func
 
 // Run writes queued records until ctx ends. Records not yet acked then stay
 // undone, so their source records are not committed and will be redelivered.
+// It returns an error only for a record that can never be written when there
+// is no dead-letter topic, or whose dead letter cannot be written.
 func (b *BatchWriter) Run(ctx context.Context) error {
 	delay := 50 * time.Millisecond
 	for {
@@ -107,12 +144,20 @@ func (b *BatchWriter) Run(ctx context.Context) error {
 				break
 			}
 			for {
-				err := b.w.WriteMessages(ctx, msgs...)
+				dead, err := kafkaio.WriteAll(ctx, b.w, msgs, b.dead)
+				if dead > 0 {
+					b.log.Warn("records could never be written; dead-lettered", "records", dead, "of", len(msgs), "topic", b.target())
+				}
 				if err == nil {
 					break
 				}
 				if ctx.Err() != nil {
 					return nil
+				}
+				if kafkaio.Refused(err) {
+					// Refused with nowhere to put it, or the dead letter failed:
+					// retrying would stop every later write behind this record.
+					return fmt.Errorf("batch writer for %s: %w", b.target(), err)
 				}
 				b.log.Warn("batch write failed; retrying", "records", len(msgs), "err", err, "in", delay)
 				select {
@@ -155,6 +200,16 @@ func (b *BatchWriter) take() ([]pendingWrite, []kafka.Message) {
 	batch := append([]pendingWrite(nil), b.queue[:n]...)
 	b.queue = b.queue[n:]
 	return batch, msgs
+}
+
+func (b *BatchWriter) target() string {
+	if b.dead != nil {
+		return b.dead.Target
+	}
+	if kw, ok := b.w.(*kafka.Writer); ok {
+		return kw.Topic
+	}
+	return "?"
 }
 
 // String describes the writer for logs.

@@ -64,6 +64,16 @@ func (p *partition) run(ctx context.Context) error {
 	}
 	var fatal error
 	lastCommit := time.Now()
+	// Handle gets a context through which a Batch dead-letters kept records
+	// that turn out to be poison (see Batch).
+	hctx := context.WithValue(ctx, deadLetterKey{}, deadLetterFunc(func(dctx context.Context, m kafka.Message, reason error) error {
+		g.m.poison.WithLabelValues(g.cfg.GroupID, p.topic).Inc()
+		log.Warn("dead-lettering a record", "offset", m.Offset, "reason", reason)
+		if err := p.deadLetter(dctx, m, reason); err != nil {
+			return fmt.Errorf("writing dead letter for %s/%d@%d: %w", p.topic, p.id, m.Offset, err)
+		}
+		return nil
+	}))
 loop:
 	for ctx.Err() == nil {
 		if time.Since(lastCommit) >= g.cfg.CommitInterval {
@@ -95,12 +105,12 @@ loop:
 		offset := m.Offset
 		done := func() { wm.markDone(offset) } // idempotent, safe from any goroutine
 		for attempt := 0; ; attempt++ {
-			err := h.Handle(ctx, m, done)
+			err := h.Handle(hctx, m, done)
 			if err == nil {
 				g.m.handled.WithLabelValues(g.cfg.GroupID, p.topic).Inc()
 				break
 			}
-			if errors.Is(err, ErrPoison) {
+			if IsPoison(err) {
 				g.m.poison.WithLabelValues(g.cfg.GroupID, p.topic).Inc()
 				log.Warn("dead-lettering a record", "offset", m.Offset, "reason", err)
 				if derr := p.deadLetter(ctx, m, err); derr != nil {

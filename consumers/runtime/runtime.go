@@ -24,8 +24,9 @@ type Stage interface {
 type PartitionHandler interface {
 	// Handle is called for each record in order. It calls done exactly once when
 	// the record is fully handled (possibly later, from another goroutine). It
-	// returns an error wrapping ErrPoison for a record that can never be handled
-	// (it then goes to the dead-letter topic and counts as done); any other error
+	// returns an error wrapping ErrPoison, or a PostgreSQL error of SQLSTATE
+	// class 22 or 23 (IsPoison), for a record that can never be handled (it
+	// then goes to the dead-letter topic and counts as done); any other error
 	// is transient: the runtime retries the same record with backoff.
 	Handle(ctx context.Context, m kafka.Message, done func()) error
 	// Close is called when the partition is revoked or the member stops; it must

@@ -120,11 +120,79 @@ func New(cfg Config, key *signing.Key, resolver *discovery.Resolver, logger *slo
 	if key == nil || resolver == nil {
 		return nil, errors.New("client needs a signing key and a resolver")
 	}
-	c := &Client{cfg: cfg, key: key, resolver: resolver, log: logger}
-	for _, n := range cfg.AllowedNetworks {
-		_, ipn, _ := net.ParseCIDR(n)
-		c.allowed = append(c.allowed, ipn)
+	c := &Client{cfg: cfg, key: key, resolver: resolver, log: logger, allowed: allowedNets(cfg)}
+	tlsConf, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, err
 	}
+	c.tls = tlsConf
+	c.http = &http.Client{
+		Transport: &http.Transport{
+			DialTLSContext:        c.dialTLS,
+			MaxConnsPerHost:       cfg.MaxConnsPerHost,
+			MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
+			IdleConnTimeout:       cfg.IdleConnTimeout,
+			ResponseHeaderTimeout: cfg.RequestTimeout,
+		},
+		// Federation requests are never redirected.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return c, nil
+}
+
+func allowedNets(cfg Config) []*net.IPNet {
+	var out []*net.IPNet
+	for _, n := range cfg.AllowedNetworks {
+		if _, ipn, err := net.ParseCIDR(n); err == nil {
+			out = append(out, ipn)
+		}
+	}
+	return out
+}
+
+// Dialer returns a dialer that checks every address at dial time, after DNS,
+// as the client does: addresses in private, loopback, link-local and other
+// internal ranges are refused (ErrDeniedAddress) unless cfg.AllowedNetworks
+// allows them.
+func Dialer(cfg Config) (*net.Dialer, error) {
+	cfg.setDefaults()
+	for _, n := range cfg.AllowedNetworks {
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			return nil, fmt.Errorf("allowed network %q: %w", n, err)
+		}
+	}
+	c := &Client{allowed: allowedNets(cfg)}
+	return &net.Dialer{Timeout: cfg.ConnectTimeout, Control: c.checkAddress}, nil
+}
+
+// NewDiscoveryHTTPClient returns the HTTP client for server discovery's
+// /.well-known/matrix/server requests (discovery.WithHTTPClient): the
+// client's dialer with its address check (Dialer), so neither a server name
+// nor a redirect reaches an internal address; its TLS roots; no proxy from the
+// environment (a proxy would dial on our behalf, unchecked). The resolver
+// itself refuses redirects away from https.
+func NewDiscoveryHTTPClient(cfg Config) (*http.Client, error) {
+	cfg.setDefaults()
+	d, err := Dialer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tlsConf, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{
+		DialContext:           d.DialContext,
+		TLSClientConfig:       tlsConf,
+		TLSHandshakeTimeout:   cfg.ConnectTimeout,
+		ResponseHeaderTimeout: cfg.RequestTimeout,
+		IdleConnTimeout:       cfg.IdleConnTimeout,
+		MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
+	}}, nil
+}
+
+// tlsConfig is the TLS configuration of cfg: system roots or RootCAs, plus CAFile.
+func tlsConfig(cfg Config) (*tls.Config, error) {
 	roots := cfg.RootCAs
 	if roots == nil {
 		var err error
@@ -142,19 +210,7 @@ func New(cfg Config, key *signing.Key, resolver *discovery.Resolver, logger *slo
 			return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
 		}
 	}
-	c.tls = &tls.Config{RootCAs: roots, InsecureSkipVerify: cfg.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
-	c.http = &http.Client{
-		Transport: &http.Transport{
-			DialTLSContext:        c.dialTLS,
-			MaxConnsPerHost:       cfg.MaxConnsPerHost,
-			MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
-			IdleConnTimeout:       cfg.IdleConnTimeout,
-			ResponseHeaderTimeout: cfg.RequestTimeout,
-		},
-		// Federation requests are never redirected.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	return c, nil
+	return &tls.Config{RootCAs: roots, InsecureSkipVerify: cfg.InsecureSkipVerify, MinVersion: tls.VersionTLS12}, nil
 }
 
 // Close drops pooled connections.

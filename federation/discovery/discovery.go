@@ -109,7 +109,9 @@ type Option func(*Resolver)
 // WithLookupSRV replaces the SRV lookup (tests point it at a local DNS server).
 func WithLookupSRV(f LookupSRV) Option { return func(r *Resolver) { r.lookupSRV = f } }
 
-// WithHTTPClient replaces the client used for .well-known requests.
+// WithHTTPClient replaces the client used for .well-known requests. Production
+// passes client.NewDiscoveryHTTPClient, whose dialer refuses internal
+// addresses at dial time; the default http.Client checks nothing.
 func WithHTTPClient(c *http.Client) Option { return func(r *Resolver) { r.http = c } }
 
 // WithClock replaces time.Now, for cache tests.

@@ -40,6 +40,9 @@ func (r *Resolver) wellKnown(ctx context.Context, host string) (string, bool) {
 // errDown marks failures to reach the server at all, cached more briefly.
 var errDown = errors.New("well-known server unreachable")
 
+// errRedirect marks a redirect refused: too many, or away from https.
+var errRedirect = errors.New("well-known redirect refused")
+
 func (r *Resolver) fetchWellKnown(ctx context.Context, host string) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.WellKnownTimeout)
 	defer cancel()
@@ -48,7 +51,12 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string) (string, tim
 	client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		redirects++
 		if redirects > r.cfg.WellKnownMaxRedirects {
-			return fmt.Errorf("more than %d redirects", r.cfg.WellKnownMaxRedirects)
+			return fmt.Errorf("%w: more than %d redirects", errRedirect, r.cfg.WellKnownMaxRedirects)
+		}
+		if req.URL.Scheme != "https" {
+			// Never downgrade: an http:// target is fetched without TLS,
+			// from anything on the path (cloud metadata services, say).
+			return fmt.Errorf("%w: to %s, not https", errRedirect, req.URL.Redacted())
 		}
 		return nil
 	}
@@ -58,7 +66,7 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string) (string, tim
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		if strings.Contains(err.Error(), "redirects") {
+		if errors.Is(err, errRedirect) {
 			return "", r.cfg.WellKnownInvalidCache, err
 		}
 		return "", r.cfg.WellKnownDownCache, fmt.Errorf("%w: %w", errDown, err)

@@ -132,6 +132,11 @@ func Parse(value string) (Header, error) {
 			if strings.ContainsAny(val, `"\\`) {
 				return h, fmt.Errorf("%w: quote or backslash in the unquoted value of %s", ErrMalformed, name)
 			}
+			if i := strings.IndexFunc(val, isControl); i >= 0 {
+				// Refused as in a quoted value: a header that parses must
+				// render and parse again to itself.
+				return h, fmt.Errorf("%w: control character in the unquoted value of %s", ErrMalformed, name)
+			}
 		}
 		if seen[name] {
 			return h, fmt.Errorf("%w: parameter %s given twice", ErrMalformed, name)
@@ -178,7 +183,7 @@ func quotedString(s string) (string, string, error) {
 			i++
 			b.WriteByte(s[i])
 		default:
-			if c < 0x20 && c != '\t' || c == 0x7f {
+			if c != '\t' && isControl(rune(c)) {
 				return "", "", fmt.Errorf("%w: control character in quoted value", ErrMalformed)
 			}
 			b.WriteByte(c)
@@ -186,6 +191,9 @@ func quotedString(s string) (string, string, error) {
 	}
 	return "", "", fmt.Errorf("%w: unterminated quoted value", ErrMalformed)
 }
+
+// isControl reports an ASCII control character (tab included).
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 func isToken(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -187,6 +187,8 @@ func FuzzParse(f *testing.F) {
 		`x-matrix origin=o,key=k,sig=s`,
 		`X-Matrix origin="a\"b",key="k",sig="s",x=y`,
 		`X-Matrix ,,,`,
+		"X-Matrix origin=a\x01b,key=k,sig=s", // parsed once, its rendering did not
+		"X-Matrix origin=o,key=k\x7f,sig=s",
 	} {
 		f.Add(s)
 	}
@@ -200,10 +202,7 @@ func FuzzParse(f *testing.F) {
 		}
 		again := `X-Matrix origin="` + quote(h.Origin) + `",destination="` + quote(h.Destination) + `",key="` + quote(h.KeyID) + `",sig="` + quote(h.Signature) + `"`
 		h2, err := Parse(again)
-		if h.Destination == "" {
-			h2.Destination = ""
-		}
-		if err != nil && h.Destination != "" || err == nil && h2 != h {
+		if err != nil || h2 != h {
 			t.Fatalf("re-rendered %+v as %q: %+v, %v", h, again, h2, err)
 		}
 	})

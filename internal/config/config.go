@@ -80,13 +80,14 @@ type Presence struct {
 // Ingest configures the ingest HTTP API.
 type Ingest struct {
 	Listen       string `yaml:"listen" doc:"Address of the ingest API. Empty: do not serve it."`
-	Token        string `yaml:"token" doc:"Bearer token callers must present. Empty: no authentication (bind to loopback only!)."`
+	Token        string `yaml:"token" doc:"Bearer token callers must present. Empty: no authentication, allowed only when listen is a loopback address (the ingest API decides who is in which room and every local user's presence)."`
 	MaxBodyBytes int64  `yaml:"max_body_bytes" doc:"Largest accepted request body."`
 }
 
 // Admin configures the operations listener.
 type Admin struct {
 	Listen string `yaml:"listen" doc:"Address serving /metrics. Empty: do not serve it."`
+	Token  string `yaml:"token" doc:"Bearer token callers must present. Empty: no authentication, allowed only when listen is a loopback address."`
 }
 
 // Federation configures outbound federation.
@@ -228,12 +229,22 @@ func (c *Config) Validate() error {
 	if (c.Federation.TLSCert == "") != (c.Federation.TLSKey == "") {
 		bad("federation.tls_cert", "tls_cert and tls_key go together (both empty serves plain HTTP)")
 	}
-	for _, l := range []struct{ key, addr string }{{"ingest.listen", c.Ingest.Listen}, {"admin.listen", c.Admin.Listen}, {"federation.listen", c.Federation.Listen}} {
+	if c.Federation.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Federation.Listen); err != nil {
+			bad("federation.listen", "%q is not host:port", c.Federation.Listen)
+		}
+	}
+	for _, l := range []struct{ name, addr, token string }{{"ingest", c.Ingest.Listen, c.Ingest.Token}, {"admin", c.Admin.Listen, c.Admin.Token}} {
 		if l.addr == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(l.addr); err != nil {
-			bad(l.key, "%q is not host:port", l.addr)
+		host, _, err := net.SplitHostPort(l.addr)
+		if err != nil {
+			bad(l.name+".listen", "%q is not host:port", l.addr)
+			continue
+		}
+		if l.token == "" && !loopbackHost(host) {
+			bad(l.name+".token", "must be set when %s.listen (%q) is not a loopback address: without it anyone who reaches the port is trusted", l.name, l.addr)
 		}
 	}
 	for i, n := range c.Federation.AllowedNetworks {
@@ -247,4 +258,15 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// loopbackHost reports whether a listen address's host accepts connections
+// from this machine only: "localhost" or a loopback IP. An empty host (every
+// interface) and other names are not.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

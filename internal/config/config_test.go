@@ -97,3 +97,42 @@ func TestMissingFile(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestListenersOffLoopbackNeedATokens: the ingest API decides room membership
+// and local users' presence; served beyond loopback without a token, anyone on
+// the network could route a room's events to their server.
+func TestListenersOffLoopbackNeedATokens(t *testing.T) {
+	for _, c := range []struct {
+		name, ingest, ingestToken, admin, adminToken string
+		errs                                         []string
+	}{
+		{"defaults on loopback", "127.0.0.1:8008", "", "127.0.0.1:9100", "", nil},
+		{"localhost and IPv6 loopback", "localhost:8008", "", "[::1]:9100", "", nil},
+		{"ingest on every interface", "0.0.0.0:8008", "", "127.0.0.1:9100", "", []string{"ingest.token: must be set when ingest.listen"}},
+		{"empty host", ":8008", "", "", "", []string{"ingest.token"}},
+		{"admin on a name", "127.0.0.1:8008", "", "fedpipe.internal:9100", "", []string{"admin.token: must be set when admin.listen"}},
+		{"both off loopback", "10.0.0.5:8008", "", "0.0.0.0:9100", "", []string{"ingest.token", "admin.token"}},
+		{"tokens set", "0.0.0.0:8008", "s3cret", "0.0.0.0:9100", "t0ken", nil},
+		{"not served", "", "", "", "", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := Default()
+			cfg.Ingest.Listen, cfg.Ingest.Token, cfg.Admin.Listen, cfg.Admin.Token = c.ingest, c.ingestToken, c.admin, c.adminToken
+			err := cfg.Validate()
+			if len(c.errs) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted, want errors naming %v", c.errs)
+			}
+			for _, want := range c.errs {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+		})
+	}
+}

@@ -212,3 +212,33 @@ func TestUserSyncBrokerDownIs503(t *testing.T) {
 		t.Fatalf("answer %+v, want 503", a)
 	}
 }
+
+// TestPresenceInputTextIsCapped: a status message over 1,024 bytes, and a NUL
+// (which PostgreSQL's text refuses) in a status message, instance or user id,
+// are refused with 400 before anything is written; 1,024 bytes pass.
+func TestPresenceInputTextIsCapped(t *testing.T) {
+	s := startPresence(t, ingest.Config{ServerName: "hs.test"})
+	long := strings.Repeat("é", 512) + "x" // 1,025 bytes
+	const put = "/_fedpipe/v1/presence/@a:hs.test"
+	for _, c := range []struct{ name, method, path, body, says string }{
+		{"long status_msg", "PUT", put, `{"presence":"online","status_msg":"` + long + `"}`, "status_msg: 1025 bytes, at most 1024"},
+		{"NUL in status_msg", "PUT", put, `{"presence":"online","status_msg":"a\u0000b"}`, "NUL"},
+		{"NUL in instance", "PUT", put, `{"presence":"online","instance":"w\u0000"}`, "NUL"},
+		{"NUL in user id", "PUT", "/_fedpipe/v1/presence/@a%00b:hs.test", `{"presence":"online"}`, "NUL"},
+		{"control character in user id", "POST", ingest.UserSyncPath, `{"instance":"w1","updates":[{"kind":"user_active","user_id":"@a\u0007:hs.test"}]}`, "control character"},
+		{"NUL in usersync status_msg", "POST", ingest.UserSyncPath, `{"instance":"w1","updates":[{"kind":"set_presence","user_id":"@a:hs.test","presence":"online","status_msg":"\u0000"}]}`, "NUL"},
+		{"long usersync status_msg", "POST", ingest.UserSyncPath, `{"instance":"w1","updates":[{"kind":"set_presence","user_id":"@a:hs.test","presence":"online","status_msg":"` + long + `"}]}`, "at most 1024"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if a := s.do(t, c.method, c.path, c.body, ""); a.status != http.StatusBadRequest || a.ErrCode != "M_INVALID_PARAM" || !strings.Contains(a.Error, c.says) {
+				t.Fatalf("answer %+v, want 400 M_INVALID_PARAM saying %q", a, c.says)
+			}
+		})
+	}
+	if a := s.do(t, http.MethodPut, put, `{"presence":"online","status_msg":"`+long[:1024]+`"}`, ""); a.status != http.StatusOK {
+		t.Fatalf("a 1,024-byte status message: %+v", a)
+	}
+	if recs := readUserSync(t, s.addr, 1); len(recs) != 1 || recs[0].StatusMsg == nil || len(*recs[0].StatusMsg) != 1024 {
+		t.Fatalf("records %+v, want only the 1,024-byte status message", recs)
+	}
+}

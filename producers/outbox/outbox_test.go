@@ -59,6 +59,15 @@ func TestValidate(t *testing.T) {
 		{"delta membership unknown", func(e *outbox.EventWithDeltas) { e.Deltas[0].Membership = "joined" }, "state_deltas[0].membership"},
 		{"delta of another room", func(e *outbox.EventWithDeltas) { e.Deltas[0].RoomID = "!other:hs.test" }, "state_deltas[0].room_id"},
 		{"member delta with non-user state key", func(e *outbox.EventWithDeltas) { e.Deltas[0].StateKey = "bob" }, "state_deltas[0].state_key"},
+		// PostgreSQL's text refuses NUL and invalid UTF-8 (SQLSTATE 22021).
+		{"room id with NUL", func(e *outbox.EventWithDeltas) { e.RoomID = "!ro\x00om:hs.test" }, "room_id"},
+		{"type with NUL", func(e *outbox.EventWithDeltas) { e.Type = "m.room.\x00member" }, "type"},
+		{"state key with NUL", func(e *outbox.EventWithDeltas) { sk := "@bob:hs.test\x00"; e.StateKey = &sk }, "state_key"},
+		{"delta type with control character", func(e *outbox.EventWithDeltas) {
+			e.Deltas[0].Type, e.Deltas[0].Membership, e.Deltas[0].PrevMembership = "m.room.topic\n", "", ""
+		}, "state_deltas[0].type"},
+		{"delta state key with NUL", func(e *outbox.EventWithDeltas) { e.Deltas[0].StateKey = "@bob\x00:hs.test" }, "state_deltas[0].state_key"},
+		{"pdu not UTF-8", func(e *outbox.EventWithDeltas) { e.PDU = json.RawMessage("{\"body\":\"\xff\"}") }, "pdu"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

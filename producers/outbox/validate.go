@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // MaxPDUBytes is the specification's limit on a PDU's size.
@@ -43,8 +45,13 @@ func Validate(ev *EventWithDeltas) error {
 	if ev.Type == "" || len(ev.Type) > maxIDBytes {
 		return bad("type", "must be 1 to 255 bytes")
 	}
-	if ev.StateKey != nil && len(*ev.StateKey) > maxIDBytes {
-		return bad("state_key", "longer than 255 bytes")
+	if err := schema.CheckIdentifier("type", ev.Type); err != nil {
+		return bad("type", err.Error())
+	}
+	if ev.StateKey != nil {
+		if err := schema.CheckText("state_key", *ev.StateKey, maxIDBytes); err != nil {
+			return bad("state_key", err.Error())
+		}
 	}
 	if err := checkPDU(ev); err != nil {
 		return err
@@ -64,6 +71,12 @@ func Validate(ev *EventWithDeltas) error {
 			return bad(field+"membership", "unknown membership "+quote(d.Membership))
 		case d.PrevMembership != "" && !memberships[d.PrevMembership]:
 			return bad(field+"prev_membership", "unknown membership "+quote(d.PrevMembership))
+		}
+		if err := schema.CheckIdentifier(field+"type", d.Type); err != nil {
+			return bad(field+"type", err.Error())
+		}
+		if err := schema.CheckText(field+"state_key", d.StateKey, maxIDBytes); err != nil {
+			return bad(field+"state_key", err.Error())
 		}
 		if d.Type == "m.room.member" {
 			if err := CheckUserID(field+"state_key", d.StateKey); err != nil {
@@ -89,6 +102,9 @@ func Validate(ev *EventWithDeltas) error {
 func checkPDU(ev *EventWithDeltas) error {
 	if len(ev.PDU) > MaxPDUBytes {
 		return &ValidationError{"pdu", "larger than 65536 bytes"}
+	}
+	if !utf8.Valid(ev.PDU) {
+		return &ValidationError{"pdu", "not valid UTF-8"} // PostgreSQL's text refuses it
 	}
 	var p struct {
 		RoomID   *string `json:"room_id"`
@@ -182,6 +198,9 @@ func checkSigil(field, id string, sigil byte) error {
 		return &ValidationError{field, quote(id) + " must start with " + string(sigil)}
 	case len(id) > maxIDBytes:
 		return &ValidationError{field, "longer than 255 bytes"}
+	}
+	if err := schema.CheckIdentifier(field, id); err != nil {
+		return &ValidationError{field, quote(id) + ": " + err.Error()}
 	}
 	return nil
 }

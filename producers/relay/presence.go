@@ -51,7 +51,7 @@ func (r *Relay) publishPresence(ctx context.Context, pos, upto int64) error {
 			end = last
 		}
 		if len(msgs) > 0 {
-			if err := r.presence.WriteMessages(ctx, msgs...); err != nil {
+			if err := r.write(ctx, r.presence, "presence", msgs); err != nil {
 				return fmt.Errorf("publishing %d presence records: %w", len(msgs), err)
 			}
 		}

@@ -76,12 +76,12 @@ func (r *Relay) publish(ctx context.Context, pos, upto int64) (int64, int, error
 		}
 	}
 	if len(roomMsgs) > 0 {
-		if err := r.room.WriteMessages(ctx, roomMsgs...); err != nil {
+		if err := r.write(ctx, r.room, "room", roomMsgs); err != nil {
 			return pos, 0, fmt.Errorf("publishing %d room records: %w", len(roomMsgs), err)
 		}
 	}
 	if len(stateMsgs) > 0 {
-		if err := r.state.WriteMessages(ctx, stateMsgs...); err != nil {
+		if err := r.write(ctx, r.state, "state", stateMsgs); err != nil {
 			return pos, 0, fmt.Errorf("publishing %d state records: %w", len(stateMsgs), err)
 		}
 	}

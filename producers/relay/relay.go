@@ -17,6 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 )
 
 // relay_positions rows of the streams.
@@ -88,6 +90,9 @@ type Relay struct {
 	presence          Writer
 	presencePublished prometheus.Counter
 	presencePosition  prometheus.Gauge
+
+	dead         Writer
+	deadLettered prometheus.Counter
 }
 
 // Option adds to what a Relay publishes.
@@ -97,6 +102,15 @@ type Option func(*Relay)
 // through w (keyed by user_id), in the same rounds as the events.
 func WithPresence(w Writer) Option {
 	return func(r *Relay) { r.presence = w }
+}
+
+// WithDeadLetters sends rows whose records can never be published (larger
+// than the topic takes, or refused by a broker as invalid) to the dead-letter
+// topic through w, counted by fedpipe_relay_records_deadlettered_total, and
+// the relay moves on. Without it such a row stops Run with an error: retried,
+// it would hold back every later row.
+func WithDeadLetters(w Writer) Option {
+	return func(r *Relay) { r.dead = w }
 }
 
 // New returns a Relay writing room records with room and state records with state.
@@ -111,13 +125,15 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 		failures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_failures_total", Help: "Rounds that failed and were retried."}),
 		waitingXID: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_relay_visibility_wait_seconds",
 			Help: "Time spent waiting for in-progress transactions before publishing up to a position.", Buckets: prometheus.DefBuckets}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_records_deadlettered_total",
+			Help: "Records the relay could never publish (too large, or refused by a broker) and sent to the dead-letter topic."}),
 	}
 	for _, o := range opts {
 		o(r)
 	}
 	r.xidChecks = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_visibility_checks_total",
 		Help: "Queries asking whether the transactions holding unpublished positions have ended."})
-	cs := []prometheus.Collector{r.published, r.position, r.rounds, r.failures, r.waitingXID, r.xidChecks}
+	cs := []prometheus.Collector{r.published, r.position, r.rounds, r.failures, r.waitingXID, r.xidChecks, r.deadLettered}
 	if r.presence != nil {
 		r.presencePublished = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_presence_published_total", Help: "Presence records the relay published."})
 		r.presencePosition = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_relay_presence_position", Help: "Stream position the relay has published presence up to."})
@@ -132,13 +148,17 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 }
 
 // Run publishes until ctx ends. Database and broker failures are retried with
-// backoff (nothing is skipped); only cancellation ends it.
+// backoff (nothing is skipped); only cancellation ends it, or a record that can
+// never be published when there is no dead-letter topic (WithDeadLetters).
 func (r *Relay) Run(ctx context.Context) error {
 	delay := r.cfg.RetryDelay
 	for {
 		progressed, err := r.round(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, kafkaio.ErrNoDeadLetters) {
+			return fmt.Errorf("relay: %w", err)
 		}
 		wait := r.cfg.PollInterval
 		switch {
@@ -158,6 +178,24 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// write publishes msgs with w; records refused for good are dead-lettered
+// (WithDeadLetters) and the others published (kafkaio.WriteAll).
+func (r *Relay) write(ctx context.Context, w Writer, stream string, msgs []kafka.Message) error {
+	target := stream
+	if kw, ok := w.(*kafka.Writer); ok {
+		target = kw.Topic
+	}
+	var dl *kafkaio.DeadLetters
+	if r.dead != nil {
+		dl = &kafkaio.DeadLetters{W: r.dead, Target: target, Writer: "relay", Instance: r.cfg.Instance, Counter: r.deadLettered}
+	}
+	n, err := kafkaio.WriteAll(ctx, w, msgs, dl)
+	if n > 0 {
+		r.log.Warn("records could never be published; dead-lettered", "records", n, "of", len(msgs), "topic", target)
+	}
+	return err
 }
 
 // round publishes everything that is safely visible. It reports whether it

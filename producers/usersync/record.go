@@ -35,11 +35,15 @@ func Message(rec schema.UserSyncRecord) (kafka.Message, error) {
 }
 
 // CheckUserID reports whether userID can be the subject of presence input:
-// shaped @localpart:server and, when serverName is set, a user of that server
+// shaped @localpart:server, at most schema.MaxIdentifierBytes without NUL or
+// control characters, and, when serverName is set, a user of that server
 // (the presence stage dead-letters records about other servers' users).
 func CheckUserID(userID, serverName string) error {
 	if !schema.IsUserID(userID) {
 		return fmt.Errorf("user id %q is not like @user:server", userID)
+	}
+	if err := schema.CheckIdentifier("user id", userID); err != nil {
+		return err
 	}
 	if serverName != "" {
 		if _, server, _ := strings.Cut(userID, ":"); server != serverName {

@@ -113,6 +113,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Instance == "":
 		return errors.New("usersync: Instance is required")
+	case schema.CheckIdentifier("Instance", c.Instance) != nil:
+		return fmt.Errorf("usersync: %w", schema.CheckIdentifier("Instance", c.Instance))
 	case c.Writer == nil && len(c.Brokers) == 0:
 		return errors.New("usersync: Brokers (or a Writer) are required")
 	case c.AliveInterval < 0 || c.ClearTimeout < 0 || c.MaxAliveFailures < 0:
