@@ -34,6 +34,8 @@ func (s syncWriter) Write(ctx context.Context, msgs []kafka.Message, done func()
 	return nil
 }
 
+func (syncWriter) Settle(context.Context) error { return nil } // nothing is left in flight
+
 // written reads back every outbound record as "position destination".
 func written(t *testing.T, addr string) []string {
 	t.Helper()

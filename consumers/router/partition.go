@@ -216,8 +216,10 @@ func (p *partitionHandler) evict() {
 
 // Close drops the partition's rooms: whoever handles it next loads them again
 // from PostgreSQL, which holds every change whose record was handled.
-func (p *partitionHandler) Close(context.Context) error {
+func (p *partitionHandler) Close(ctx context.Context) error {
 	p.r.m.rooms.Sub(float64(len(p.rooms)))
 	p.rooms = map[string]*room{}
-	return nil
+	// The generation has ended: records still queued are dropped, and the next
+	// owner must not see ours land after its own.
+	return p.r.out.Settle(ctx)
 }

@@ -83,9 +83,9 @@ type presenceHandler struct {
 const maxPresenceBatch = 1000
 
 // Close abandons kept records: not done, they are routed by the next owner.
-func (p *presenceHandler) Close(context.Context) error {
+func (p *presenceHandler) Close(ctx context.Context) error {
 	p.batch.Close()
-	return nil
+	return p.r.out.Settle(ctx) // see partitionHandler.Close
 }
 
 func (p *presenceHandler) Handle(ctx context.Context, m kafka.Message, done func()) error {

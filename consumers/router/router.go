@@ -21,9 +21,12 @@ import (
 )
 
 // Writer writes records to <prefix>.outbound and calls done once the broker has
-// acknowledged all of them, in order (runtime.BatchWriter).
+// acknowledged all of them, in order (runtime.BatchWriter). Records whose ctx
+// has ended before they are written are dropped; Settle returns once nothing
+// written before it is still on its way to the broker.
 type Writer interface {
 	Write(ctx context.Context, msgs []kafka.Message, done func()) error
+	Settle(ctx context.Context) error
 }
 
 // Router is the stage: runtime.New(cfg, router, ...) runs it in a consumer group.

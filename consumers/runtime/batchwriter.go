@@ -36,6 +36,9 @@ type BatchWriter struct {
 	mu      sync.Mutex
 	queue   []pendingWrite
 	queued  int
+	taken   uint64        // batches taken from the queue
+	settled uint64        // of those, written or given up
+	settle  chan struct{} // closed and replaced whenever settled moves
 	wake    chan struct{}
 	space   chan struct{}
 	written prometheus.Counter
@@ -57,6 +60,7 @@ func WithDeadLetters(dead Writer, target, writer, instance string) BatchWriterOp
 }
 
 type pendingWrite struct {
+	ctx  context.Context // the writer's: once it ends the records are not written
 	msgs []kafka.Message
 	done func()
 }
@@ -65,6 +69,7 @@ type pendingWrite struct {
 // request, waiting up to linger for more.
 func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.Logger, reg Registerer, opts ...BatchWriterOption) *BatchWriter {
 	b := &BatchWriter{w: w, maxBatch: max(maxBatch, 1), linger: linger, log: logger, wake: make(chan struct{}, 1), space: make(chan struct{}, 1),
+		settle:  make(chan struct{}),
 		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_batchwriter_records_written_total", Help: "Records written by batch writers."}),
 		batches: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_batchwriter_batch_records", Help: "Records per batch write.", Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_batchwriter_records_deadlettered_total",
@@ -96,11 +101,15 @@ func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.L
 
 // Write queues msgs; done is called once they are all acknowledged. It blocks
 // while the queue holds more than ten batches (back-pressure), until ctx ends.
+// Records still queued when ctx ends are dropped, never written, and done is
+// not called: a partition's handler passes its generation's context, so once
+// the partition is revoked its records are redone by the next owner instead of
+// landing after that owner's newer ones (see Settle).
 func (b *BatchWriter) Write(ctx context.Context, msgs []kafka.Message, done func()) error {
 	for {
 		b.mu.Lock()
 		if b.queued < 10*b.maxBatch || len(msgs) == 0 {
-			b.queue = append(b.queue, pendingWrite{msgs: msgs, done: done})
+			b.queue = append(b.queue, pendingWrite{ctx: ctx, msgs: msgs, done: done})
 			b.queued += len(msgs)
 			b.mu.Unlock()
 			select {
@@ -124,6 +133,7 @@ func (b *BatchWriter) Write(ctx context.Context, msgs []kafka.Message, done func
 // It returns an error only for a record that can never be written when there
 // is no dead-letter topic, or whose dead letter cannot be written.
 func (b *BatchWriter) Run(ctx context.Context) error {
+	defer b.settleAll() // nothing is in flight once Run has returned
 	delay := 50 * time.Millisecond
 	for {
 		select {
@@ -177,6 +187,7 @@ func (b *BatchWriter) Run(ctx context.Context) error {
 			}
 			b.mu.Lock()
 			b.queued -= len(msgs)
+			b.markSettled()
 			b.mu.Unlock()
 			select {
 			case b.space <- struct{}{}:
@@ -187,19 +198,66 @@ func (b *BatchWriter) Run(ctx context.Context) error {
 }
 
 // take removes whole pending writes from the queue, up to maxBatch records
-// (at least one pending write).
+// (at least one pending write), dropping those whose writer's context has ended.
 func (b *BatchWriter) take() ([]pendingWrite, []kafka.Message) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var msgs []kafka.Message
+	var batch []pendingWrite
 	n := 0
-	for n < len(b.queue) && (n == 0 || len(msgs)+len(b.queue[n].msgs) <= b.maxBatch) {
-		msgs = append(msgs, b.queue[n].msgs...)
+	for n < len(b.queue) && (len(batch) == 0 || len(msgs)+len(b.queue[n].msgs) <= b.maxBatch) {
+		p := b.queue[n]
 		n++
+		if p.ctx != nil && p.ctx.Err() != nil {
+			b.queued -= len(p.msgs) // revoked before it was written: the next owner redoes it
+			continue
+		}
+		msgs = append(msgs, p.msgs...)
+		batch = append(batch, p)
 	}
-	batch := append([]pendingWrite(nil), b.queue[:n]...)
 	b.queue = b.queue[n:]
+	if len(batch) > 0 {
+		b.taken++
+	}
 	return batch, msgs
+}
+
+// Settle returns once every batch taken before the call has been written or
+// given up, or when ctx ends. A partition handler calls it from Close after its
+// generation has ended: its records still queued are dropped (Write), and
+// after Settle none of its records is on its way to the broker, so nothing it
+// wrote can land after the next owner's records.
+func (b *BatchWriter) Settle(ctx context.Context) error {
+	b.mu.Lock()
+	target := b.taken
+	for b.settled < target {
+		ch := b.settle
+		b.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("settling the batch writer: %w", ctx.Err())
+		case <-ch:
+		}
+		b.mu.Lock()
+	}
+	b.mu.Unlock()
+	return nil
+}
+
+// markSettled counts one taken batch as done; b.mu is held.
+func (b *BatchWriter) markSettled() {
+	b.settled++
+	close(b.settle)
+	b.settle = make(chan struct{})
+}
+
+func (b *BatchWriter) settleAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.settled < b.taken {
+		b.settled = b.taken - 1
+		b.markSettled()
+	}
 }
 
 func (b *BatchWriter) target() string {
