@@ -82,19 +82,36 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string) (string, tim
 	if int64(len(body)) > r.cfg.WellKnownMaxBytes {
 		return "", r.cfg.WellKnownInvalidCache, fmt.Errorf("body larger than %d bytes", r.cfg.WellKnownMaxBytes)
 	}
-	var doc struct {
-		Server *string `json:"m.server"`
+	server, err := parseWellKnown(body)
+	if err != nil {
+		return "", r.cfg.WellKnownInvalidCache, err
 	}
+	return server, r.cacheTTL(resp.Header), nil
+}
+
+// errWellKnown marks a .well-known/matrix/server body that delegates nowhere.
+var errWellKnown = errors.New("invalid well-known body")
+
+// parseWellKnown reads the delegated server name from a
+// /.well-known/matrix/server body: a JSON object whose "m.server" (exactly so
+// spelt) is a valid server name.
+func parseWellKnown(body []byte) (string, error) {
+	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(body, &doc); err != nil {
-		return "", r.cfg.WellKnownInvalidCache, fmt.Errorf("invalid JSON: %w", err)
+		return "", fmt.Errorf("%w: invalid JSON: %w", errWellKnown, err)
 	}
-	if doc.Server == nil {
-		return "", r.cfg.WellKnownInvalidCache, errors.New("no m.server")
+	raw, ok := doc["m.server"]
+	if !ok {
+		return "", fmt.Errorf("%w: no m.server", errWellKnown)
 	}
-	if err := ValidateServerName(*doc.Server); err != nil {
-		return "", r.cfg.WellKnownInvalidCache, fmt.Errorf("m.server: %w", err)
+	var server string
+	if err := json.Unmarshal(raw, &server); err != nil {
+		return "", fmt.Errorf("%w: m.server is not a string", errWellKnown)
 	}
-	return *doc.Server, r.cacheTTL(resp.Header), nil
+	if err := ValidateServerName(server); err != nil {
+		return "", fmt.Errorf("%w: m.server: %w", errWellKnown, err)
+	}
+	return server, nil
 }
 
 // cacheTTL applies the response's caching headers within the configured bounds.

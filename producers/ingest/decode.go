@@ -47,10 +47,19 @@ type wireDelta struct {
 
 // pduFields are the PDU keys the event's columns come from.
 type pduFields struct {
-	RoomID   json.RawMessage `json:"room_id"`
-	Sender   json.RawMessage `json:"sender"`
-	Type     json.RawMessage `json:"type"`
-	StateKey json.RawMessage `json:"state_key"`
+	RoomID, Sender, Type, StateKey json.RawMessage
+}
+
+// readPDUFields reads the PDU's keys exactly as spelt. encoding/json matches
+// struct fields case-insensitively, so a PDU with "TYPE" or "Room_ID" would
+// have given the event a type or room that remote servers, which read "type"
+// and "room_id", never see.
+func readPDUFields(pdu json.RawMessage) (pduFields, error) {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(pdu, &keys); err != nil {
+		return pduFields{}, err
+	}
+	return pduFields{RoomID: keys["room_id"], Sender: keys["sender"], Type: keys["type"], StateKey: keys["state_key"]}, nil
 }
 
 // decodeRequest reads and checks the body; identifier grammar is left to the
@@ -118,12 +127,11 @@ func decodeEvent(field string, raw json.RawMessage) (outbox.EventWithDeltas, err
 	case w.PDU[0] != '{':
 		return out, badJSON(field+".pdu", "must be a JSON object")
 	}
-	var p pduFields
-	if err := json.Unmarshal(w.PDU, &p); err != nil {
+	p, err := readPDUFields(w.PDU)
+	if err != nil {
 		return out, badJSON(field+".pdu", "%v", err)
 	}
 	out.RoomVersion, out.EventID, out.PDU = *w.RoomVersion, *w.EventID, w.PDU
-	var err error
 	if out.Sender, err = pduString(field+".pdu.sender", p.Sender); err != nil {
 		return out, err
 	}
