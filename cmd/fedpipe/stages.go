@@ -27,12 +27,17 @@ import (
 	"github.com/fedpipe/fedpipe/schema"
 )
 
-// Consumer-group ids of the stages.
+// Consumer groups of the stages. A group's id is <topic prefix>-<stage>
+// (fedpipe-router with the default prefix), so two deployments that share a
+// Kafka cluster under different prefixes never join each other's groups.
 const (
-	presenceGroup = "fedpipe-presence"
-	routerGroup   = "fedpipe-router"
-	senderGroup   = "fedpipe-sender"
+	presenceGroup = "presence"
+	routerGroup   = "router"
+	senderGroup   = "sender"
 )
+
+// groupID is the id of a stage's consumer group under the topic prefix.
+func groupID(prefix, stage string) string { return prefix + "-" + stage }
 
 var allStages = []string{"relay", "presence", "router", "sender", "ingest"}
 
@@ -89,7 +94,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 	prefix := cfg.Kafka.TopicPrefix
 	deadLetters := schema.Topic(prefix, "deadletter")
 	groupConfig := func(id string, topics ...string) runtime.Config {
-		return runtime.Config{Brokers: in.brokers, GroupID: id, Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance}
+		return runtime.Config{Brokers: in.brokers, GroupID: groupID(prefix, id), Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance}
 	}
 	for _, s := range stages {
 		switch s {
