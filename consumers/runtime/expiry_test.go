@@ -23,13 +23,25 @@ func TestSilentMemberIsExpiredAndItsPartitionsMove(t *testing.T) {
 	c := &kafka.Client{Addr: kafka.TCP(k.Addr)}
 	join := &kafka.JoinGroupRequest{GroupID: k.Group("g"), SessionTimeout: time.Second, RebalanceTimeout: time.Second, ProtocolType: "consumer",
 		Protocols: []kafka.GroupProtocol{{Name: "range", Metadata: kafka.GroupProtocolSubscription{Topics: []string{k.Topic("in")}}}}}
-	jr, err := c.JoinGroup(ctx, join)
-	if err == nil && errors.Is(jr.Error, kafka.MemberIDRequired) {
-		join.MemberID = jr.MemberID
+	var jr *kafka.JoinGroupResponse
+	var err error
+	// A fresh Apache broker answers NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE
+	// until it has created and loaded __consumer_offsets: retry those, as
+	// kafka-go's ConsumerGroup does.
+	for {
 		jr, err = c.JoinGroup(ctx, join)
-	}
-	if err == nil {
-		err = jr.Error
+		if err == nil && errors.Is(jr.Error, kafka.MemberIDRequired) {
+			join.MemberID = jr.MemberID
+			continue
+		}
+		if err == nil {
+			err = jr.Error
+		}
+		var ke kafka.Error
+		if err == nil || !errors.As(err, &ke) || !ke.Temporary() || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
 		t.Fatalf("joining the silent member: %v", err)
