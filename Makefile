@@ -1,8 +1,10 @@
 # The README's commands. `make test` is what .ci/run runs.
 GO ?= go
 TEST_TIMEOUT ?= 40m
+# The packages whose tests also run on Apache Kafka (scripts/kafka) in `make test`.
+KAFKA_TIER ?= ./consumers/runtime ./consumers/sender ./producers/relay ./internal/kafkaio ./cmd/fedpipe
 
-.PHONY: run test build vet bench test-synapse
+.PHONY: run test test-kafka test-synapse build vet bench
 
 run:
 	@./scripts/install-postgres >/dev/null || echo 'make run: no PostgreSQL server binaries; fedpipe needs database.url' >&2
@@ -17,6 +19,7 @@ test:
 	$(GO) vet ./...
 	FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -race -run TestClassic github.com/twmb/franz-go/pkg/kfake  # the embedded broker's patch (third_party/kfake/FEDPIPE.md)
+	@$(MAKE) --no-print-directory test-kafka
 	@$(MAKE) --no-print-directory test-synapse
 
 # The tier against a real Synapse from PyPI (scripts/synapse: installed once under
@@ -27,6 +30,15 @@ test-synapse:
 	export $$(./scripts/synapse env); FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" \
 	  $(GO) test -race -count=1 -v -run '^TestSynapse' -timeout 10m ./cmd/fedpipe; \
 	  status=$$?; ./scripts/synapse stop; exit $$status
+
+# The Apache Kafka tier: a fresh single-node broker, stopped afterwards whatever the result.
+test-kafka:
+	@./scripts/ensure-postgres >/dev/null
+	./scripts/kafka start --fresh
+	@start=$$(date +%s); brokers=$$(./scripts/kafka status) || exit 1; \
+		FEDPIPE_TEST_KAFKA_BROKERS="$$brokers" FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" \
+		$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(KAFKA_TIER); rc=$$?; \
+		./scripts/kafka stop; echo "Apache Kafka tier: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -21,10 +21,12 @@ import (
 	"github.com/fedpipe/fedpipe/internal/testenv"
 )
 
-// pipeline is a test deployment: a kfake broker over TCP, a fresh PostgreSQL
+// pipeline is a test deployment: a Kafka broker over TCP (kfake, or the Apache
+// Kafka of FEDPIPE_TEST_KAFKA_BROKERS under a topic prefix of its own), a fresh PostgreSQL
 // database, simulated remote servers, and fedpipe's configuration for them.
 type pipeline struct {
 	t    testing.TB
+	k    *testenv.Kafka
 	cfg  config.Config
 	recv *testreceiver.Server
 	key  *signing.Key
@@ -36,7 +38,7 @@ type pipeline struct {
 
 func newPipeline(t testing.TB, remotes []string) *pipeline {
 	t.Helper()
-	_, addr := testenv.Broker(t)
+	k := testenv.NewKafka(t)
 	dir := t.TempDir()
 	keyPath := filepath.Join(dir, "signing.key")
 	key, err := signing.WriteNewKeyFile(keyPath)
@@ -58,7 +60,8 @@ func newPipeline(t testing.TB, remotes []string) *pipeline {
 	cfg.Instance = "test"
 	cfg.DataDir = dir
 	cfg.SigningKeyPath = keyPath
-	cfg.Kafka.Brokers = []string{addr}
+	cfg.Kafka.Brokers = []string{k.Addr}
+	cfg.Kafka.TopicPrefix = k.Prefix
 	cfg.Kafka.Partitions = 4
 	cfg.Kafka.OutboundPartitions = 8
 	cfg.Database.URL = testenv.Database(t)
@@ -84,7 +87,7 @@ func newPipeline(t testing.TB, remotes []string) *pipeline {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = in.Close() })
-	return &pipeline{t: t, cfg: cfg, recv: recv, key: key, in: in, log: log}
+	return &pipeline{t: t, k: k, cfg: cfg, recv: recv, key: key, in: in, log: log}
 }
 
 // start runs stages until the returned stop is called; stop returns their error.

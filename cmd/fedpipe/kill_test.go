@@ -38,6 +38,7 @@ func (p *pipeline) env() []string {
 		"FEDPIPE_DATA_DIR="+p.cfg.DataDir,
 		"FEDPIPE_SIGNING_KEY_PATH="+p.cfg.SigningKeyPath,
 		"FEDPIPE_KAFKA_BROKERS="+strings.Join(p.cfg.Kafka.Brokers, ","),
+		"FEDPIPE_KAFKA_TOPIC_PREFIX="+p.cfg.Kafka.TopicPrefix,
 		fmt.Sprintf("FEDPIPE_KAFKA_PARTITIONS=%d", p.cfg.Kafka.Partitions),
 		fmt.Sprintf("FEDPIPE_KAFKA_OUTBOUND_PARTITIONS=%d", p.cfg.Kafka.OutboundPartitions),
 		"FEDPIPE_DATABASE_URL="+p.cfg.Database.URL,
@@ -108,10 +109,10 @@ func TestSIGKILLMidRunLosesNothing(t *testing.T) {
 }
 
 func TestDemoPassesWithSmallLoad(t *testing.T) {
-	_, addr := testenv.Broker(t)
+	k := testenv.NewKafka(t)
 	dir := t.TempDir()
 	out, err := run(t, "demo", "--rooms=5", "--servers=3", "--events=300", "--timeout=60s",
-		"--server_name=demo.local", "--data_dir="+dir, "--kafka.brokers="+addr, "--database.url="+testenv.Database(t),
+		"--server_name=demo.local", "--data_dir="+dir, "--kafka.brokers="+k.Addr, "--kafka.topic_prefix="+k.Prefix, "--database.url="+testenv.Database(t),
 		"--kafka.partitions=4", "--kafka.outbound_partitions=4", "--ingest.listen=", "--admin.listen=", "--log_level=warn")
 	if err != nil {
 		t.Fatalf("demo failed: %v\n%s", err, out)

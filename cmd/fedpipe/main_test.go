@@ -67,20 +67,19 @@ func TestUnknownCommand(t *testing.T) {
 // whatever kafka.outbound_partitions says: the router's writer spreads
 // destinations over the real ones.
 func TestSenderTakesTheOutboundTopicsPartitionCount(t *testing.T) {
-	cluster, addr := testenv.Broker(t)
-	if err := cluster.CreateTopic("fp.outbound", 3, nil); err != nil {
-		t.Fatal(err)
-	}
+	k := testenv.NewKafka(t)
+	outbound := k.CreateTopic(t, "outbound", 3, nil)
+	addr := k.Addr
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	n, err := outboundPartitions(context.Background(), []string{addr}, "fp.outbound", 32, log)
+	n, err := outboundPartitions(context.Background(), []string{addr}, outbound, 32, log)
 	if err != nil || n != 3 {
 		t.Fatalf("outboundPartitions = %d, %v; want the topic's 3", n, err)
 	}
 	if !strings.Contains(logs.String(), "differs from kafka.outbound_partitions") {
 		t.Errorf("the mismatch was not reported: %q", logs.String())
 	}
-	if _, err := outboundPartitions(context.Background(), []string{addr}, "fp.missing", 32, log); err == nil {
+	if _, err := outboundPartitions(context.Background(), []string{addr}, k.Topic("missing"), 32, log); err == nil {
 		t.Error("a missing outbound topic was not an error")
 	}
 }

@@ -101,8 +101,8 @@ func BenchmarkPresenceStorm(b *testing.B) {
 			var seq, pos int64
 			_ = p.in.pool.QueryRow(ctx, `SELECT last_value FROM events_stream_seq`).Scan(&seq)
 			_ = p.in.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'presence'), 0)`).Scan(&pos)
-			return pos >= seq && groupCaughtUp(b, p.cfg.Kafka.Brokers[0], routerGroup, "fedpipe.presence") &&
-				groupCaughtUp(b, p.cfg.Kafka.Brokers[0], senderGroup, "fedpipe.outbound")
+			return pos >= seq && groupCaughtUp(b, p.cfg.Kafka.Brokers[0], groupID(p.cfg.Kafka.TopicPrefix, routerGroup), schema.Topic(p.cfg.Kafka.TopicPrefix, "presence")) &&
+				groupCaughtUp(b, p.cfg.Kafka.Brokers[0], groupID(p.cfg.Kafka.TopicPrefix, senderGroup), schema.Topic(p.cfg.Kafka.TopicPrefix, "outbound"))
 		})
 		b.StopTimer()
 		var ru1 syscall.Rusage

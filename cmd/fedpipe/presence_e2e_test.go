@@ -18,6 +18,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // presenceHarness drives presence through the ingest API and rooms through
@@ -118,7 +119,7 @@ func (h *presenceHarness) waitRouted() {
 		_ = h.in.pool.QueryRow(ctx, `SELECT last_value FROM events_stream_seq`).Scan(&seq)
 		_ = h.in.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'events'), 0)`).Scan(&events)
 		_ = h.in.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'presence'), 0)`).Scan(&presence)
-		return events >= seq && presence >= seq && groupCaughtUp(h.t, h.cfg.Kafka.Brokers[0], routerGroup, "fedpipe.room", "fedpipe.presence")
+		return events >= seq && presence >= seq && groupCaughtUp(h.t, h.cfg.Kafka.Brokers[0], groupID(h.cfg.Kafka.TopicPrefix, routerGroup), schema.Topic(h.cfg.Kafka.TopicPrefix, "room"), schema.Topic(h.cfg.Kafka.TopicPrefix, "presence"))
 	})
 }
 
@@ -159,7 +160,7 @@ func (h *presenceHarness) settle() {
 	h.t.Helper()
 	h.waitRouted()
 	testenv.Eventually(h.t, 30*time.Second, "sender caught up", func() bool {
-		return groupCaughtUp(h.t, h.cfg.Kafka.Brokers[0], senderGroup, "fedpipe.outbound")
+		return groupCaughtUp(h.t, h.cfg.Kafka.Brokers[0], groupID(h.cfg.Kafka.TopicPrefix, senderGroup), schema.Topic(h.cfg.Kafka.TopicPrefix, "outbound"))
 	})
 }
 

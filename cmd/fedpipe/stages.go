@@ -28,12 +28,17 @@ import (
 	"github.com/fedpipe/fedpipe/schema"
 )
 
-// Consumer-group ids of the stages.
+// Consumer groups of the stages. A group's id is <topic prefix>-<stage>
+// (fedpipe-router with the default prefix), so two deployments that share a
+// Kafka cluster under different prefixes never join each other's groups.
 const (
-	presenceGroup = "fedpipe-presence"
-	routerGroup   = "fedpipe-router"
-	senderGroup   = "fedpipe-sender"
+	presenceGroup = "presence"
+	routerGroup   = "router"
+	senderGroup   = "sender"
 )
+
+// groupID is the id of a stage's consumer group under the topic prefix.
+func groupID(prefix, stage string) string { return prefix + "-" + stage }
 
 var allStages = []string{"relay", "presence", "router", "sender", "ingest", "keys"}
 
@@ -90,7 +95,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 	prefix := cfg.Kafka.TopicPrefix
 	deadLetters := schema.Topic(prefix, "deadletter")
 	groupConfig := func(id string, topics ...string) runtime.Config {
-		return runtime.Config{Brokers: in.brokers, GroupID: id, Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance,
+		return runtime.Config{Brokers: in.brokers, GroupID: groupID(prefix, id), Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance,
 			StallAfter: cfg.Kafka.StallAfter}
 	}
 	for _, s := range stages {
@@ -128,7 +133,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
 				runtime.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters), schema.Topic(prefix, "outbound"), "router", cfg.Instance))
 			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
-				RoomsPerPartition: cfg.Router.RoomsPerPartition, Brokers: in.brokers, GroupID: routerGroup}, in.pool, out, log, in.reg)
+				RoomsPerPartition: cfg.Router.RoomsPerPartition, Brokers: in.brokers, GroupID: groupID(prefix, routerGroup)}, in.pool, out, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}

@@ -115,21 +115,19 @@ func produce(t *testing.T, addr, topic string, n int) {
 	}
 }
 
-func setup(t *testing.T, partitions int) (*kfake.Cluster, string) {
+// setup creates the test's input topic k.Topic("in") of the given partitions
+// and its dead-letter topic k.Topic("dead") on kfake or Apache Kafka.
+func setup(t *testing.T, partitions int) *testenv.Kafka {
 	t.Helper()
-	c, addr := testenv.Broker(t, kfake.GroupMinSessionTimeout(100*time.Millisecond))
-	if err := c.CreateTopic("in", int32(partitions), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.CreateTopic("dead", 1, nil); err != nil {
-		t.Fatal(err)
-	}
-	return c, addr
+	k := testenv.NewKafka(t, kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	k.CreateTopic(t, "in", partitions, nil)
+	k.CreateTopic(t, "dead", 1, nil)
+	return k
 }
 
-func member(t *testing.T, addr string, stage runtime.Stage, deadTopic string) (stop func() error) {
+func member(t *testing.T, k *testenv.Kafka, stage runtime.Stage, deadTopic string) (stop func() error) {
 	t.Helper()
-	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"in"}, DeadLetterTopic: deadTopic,
+	g, err := runtime.New(runtime.Config{Brokers: []string{k.Addr}, GroupID: k.Group("g"), Topics: []string{k.Topic("in")}, DeadLetterTopic: deadTopic,
 		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second, HeartbeatInterval: 200 * time.Millisecond},
 		stage, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
@@ -149,17 +147,17 @@ func member(t *testing.T, addr string, stage runtime.Stage, deadTopic string) (s
 }
 
 func TestHandlesAndCommits(t *testing.T) {
-	_, addr := setup(t, 3)
-	produce(t, addr, "in", 100)
+	k := setup(t, 3)
+	produce(t, k.Addr, k.Topic("in"), 100)
 	r := newRecorder("a")
-	stop := member(t, addr, r, "dead")
+	stop := member(t, k, r, k.Topic("dead"))
 	testenv.Eventually(t, 20*time.Second, "100 records handled", func() bool { return r.count() == 100 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	r2 := newRecorder("b")
-	stop2 := member(t, addr, r2, "dead")
-	produce(t, addr, "in", 10)
+	stop2 := member(t, k, r2, k.Topic("dead"))
+	produce(t, k.Addr, k.Topic("in"), 10)
 	testenv.Eventually(t, 20*time.Second, "10 new records", func() bool { return r2.count() >= 10 })
 	time.Sleep(200 * time.Millisecond)
 	if n := r2.count(); n != 10 {
@@ -169,18 +167,18 @@ func TestHandlesAndCommits(t *testing.T) {
 }
 
 func TestWatermarkHoldsBackCommitUntilDone(t *testing.T) {
-	_, addr := setup(t, 1)
-	produce(t, addr, "in", 20)
+	k := setup(t, 1)
+	produce(t, k.Addr, k.Topic("in"), 20)
 	r := newRecorder("a")
 	r.hold = func(m kafka.Message) bool { return m.Offset == 5 } // record 5 never finishes
-	stop := member(t, addr, r, "dead")
+	stop := member(t, k, r, k.Topic("dead"))
 	testenv.Eventually(t, 20*time.Second, "20 records handled", func() bool { return r.count() == 20 })
 	time.Sleep(100 * time.Millisecond) // a few commit intervals
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	r2 := newRecorder("b")
-	stop2 := member(t, addr, r2, "dead")
+	stop2 := member(t, k, r2, k.Topic("dead"))
 	defer stop2()
 	testenv.Eventually(t, 20*time.Second, "redelivery from the held record", func() bool { return r2.count() == 15 })
 	r2.mu.Lock()
@@ -191,14 +189,14 @@ func TestWatermarkHoldsBackCommitUntilDone(t *testing.T) {
 }
 
 func TestPoisonGoesToDeadLetterAndPartitionContinues(t *testing.T) {
-	_, addr := setup(t, 1)
-	produce(t, addr, "in", 10)
+	k := setup(t, 1)
+	produce(t, k.Addr, k.Topic("in"), 10)
 	r := newRecorder("a")
 	r.poison = func(m kafka.Message) bool { return m.Offset == 3 }
-	stop := member(t, addr, r, "dead")
+	stop := member(t, k, r, k.Topic("dead"))
 	defer stop()
 	testenv.Eventually(t, 20*time.Second, "the other 9 records", func() bool { return r.count() == 9 })
-	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: "dead", Partition: 0})
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{k.Addr}, Topic: k.Topic("dead"), Partition: 0, MaxWait: 500 * time.Millisecond})
 	defer rd.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -210,17 +208,17 @@ func TestPoisonGoesToDeadLetterAndPartitionContinues(t *testing.T) {
 	for _, x := range m.Headers {
 		h[x.Key] = string(x.Value)
 	}
-	if h["source_topic"] != "in" || h["source_partition"] != "0" || h["source_offset"] != "3" || h["deadletter_reason"] == "" || string(m.Value) != `{"n":3}` {
+	if h["source_topic"] != k.Topic("in") || h["source_partition"] != "0" || h["source_offset"] != "3" || h["deadletter_reason"] == "" || string(m.Value) != `{"n":3}` {
 		t.Fatalf("dead letter %s headers %v", m.Value, h)
 	}
 }
 
 func TestDeadLetterWriteFailureStopsTheMember(t *testing.T) {
-	_, addr := setup(t, 1)
-	produce(t, addr, "in", 3)
+	k := setup(t, 1)
+	produce(t, k.Addr, k.Topic("in"), 3)
 	r := newRecorder("a")
 	r.poison = func(m kafka.Message) bool { return m.Offset == 1 }
-	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"in"}, DeadLetterTopic: "no-such-topic",
+	g, err := runtime.New(runtime.Config{Brokers: []string{k.Addr}, GroupID: k.Group("g"), Topics: []string{k.Topic("in")}, DeadLetterTopic: k.Topic("no-such-topic"),
 		CommitInterval: 20 * time.Millisecond}, r, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -237,15 +235,15 @@ func TestDeadLetterWriteFailureStopsTheMember(t *testing.T) {
 }
 
 func TestRebalanceNeverOverlapsOwnership(t *testing.T) {
-	_, addr := setup(t, 6)
+	k := setup(t, 6)
 	own := &owners{current: map[int]string{}}
 	a, b, c := newRecorder("a"), newRecorder("b"), newRecorder("c")
 	for _, r := range []*recorder{a, b, c} {
 		r.owners = own
 	}
-	produce(t, addr, "in", 300)
-	stopA := member(t, addr, a, "dead")
-	member(t, addr, b, "dead")
+	produce(t, k.Addr, k.Topic("in"), 300)
+	stopA := member(t, k, a, k.Topic("dead"))
+	member(t, k, b, k.Topic("dead"))
 	total := func() int {
 		seen := map[string]bool{}
 		for _, r := range []*recorder{a, b, c} {
@@ -258,10 +256,10 @@ func TestRebalanceNeverOverlapsOwnership(t *testing.T) {
 		return len(seen)
 	}
 	testenv.Eventually(t, 30*time.Second, "first records", func() bool { return total() >= 100 })
-	member(t, addr, c, "dead") // a third member joins
-	produce(t, addr, "in", 300)
+	member(t, k, c, k.Topic("dead")) // a third member joins
+	produce(t, k.Addr, k.Topic("in"), 300)
 	_ = stopA() // and one leaves
-	produce(t, addr, "in", 300)
+	produce(t, k.Addr, k.Topic("in"), 300)
 	testenv.Eventually(t, 60*time.Second, "all 900 records", func() bool { return total() == 900 })
 	own.mu.Lock()
 	defer own.mu.Unlock()

@@ -28,7 +28,7 @@ func (e *env) member(t *testing.T, backoff time.Duration) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: "fedpipe-sender", Topics: []string{"out"}, DeadLetterTopic: "dead",
+	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: e.k.Group("sender"), Topics: []string{e.k.Topic("out")}, DeadLetterTopic: e.k.Topic("dead"),
 		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second,
 		HeartbeatInterval: 200 * time.Millisecond}, s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
@@ -49,12 +49,12 @@ func (e *env) member(t *testing.T, backoff time.Duration) (stop func()) {
 func (e *env) committed(t *testing.T) int64 {
 	t.Helper()
 	cl := &kafka.Client{Addr: kafka.TCP(e.addr)}
-	resp, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: "fedpipe-sender", Topics: map[string][]int{"out": {0, 1, 2, 3}}})
+	resp, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: e.k.Group("sender"), Topics: map[string][]int{e.k.Topic("out"): {0, 1, 2, 3}}})
 	if err != nil {
 		return -1
 	}
 	var sum int64
-	for _, p := range resp.Topics["out"] {
+	for _, p := range resp.Topics[e.k.Topic("out")] {
 		if p.CommittedOffset > 0 {
 			sum += p.CommittedOffset
 		}

@@ -28,6 +28,7 @@ import (
 )
 
 type env struct {
+	k    *testenv.Kafka
 	addr string
 	pool *pgxpool.Pool
 	recv *testreceiver.Server
@@ -36,12 +37,10 @@ type env struct {
 
 func setup(t *testing.T, dests ...string) *env {
 	t.Helper()
-	c, addr := testenv.Broker(t, kfake.GroupMinSessionTimeout(100*time.Millisecond))
-	for _, tp := range []string{"out", "dead"} {
-		if err := c.CreateTopic(tp, 4, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	k := testenv.NewKafka(t, kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	k.CreateTopic(t, "out", 4, nil)
+	k.CreateTopic(t, "dead", 4, nil)
+	addr := k.Addr
 	pool := testenv.Pool(t, testenv.Database(t))
 	if err := schema.Migrate(context.Background(), pool); err != nil {
 		t.Fatal(err)
@@ -61,7 +60,7 @@ func setup(t *testing.T, dests ...string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{addr: addr, pool: pool, recv: recv, cl: cl}
+	return &env{k: k, addr: addr, pool: pool, recv: recv, cl: cl}
 }
 
 // classify is the stage's real classification, under the name the tests use.
@@ -74,7 +73,7 @@ func (e *env) run(t *testing.T, backoff time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: "fedpipe-sender", Topics: []string{"out"}, DeadLetterTopic: "dead", CommitInterval: 20 * time.Millisecond},
+	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: e.k.Group("sender"), Topics: []string{e.k.Topic("out")}, DeadLetterTopic: e.k.Topic("dead"), CommitInterval: 20 * time.Millisecond},
 		s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +96,7 @@ func (e *env) publish(t *testing.T, dest, room string, n int) string {
 		t.Fatal(err)
 	}
 	rec, _ := schema.OutboundRecord{V: 1, Kind: schema.KindPDU, Destination: dest, RoomID: room, EventID: id, Position: pos[0], RoomVersion: "10", PDU: pdu}.Marshal()
-	w := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: "out", RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	w := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.k.Topic("out"), RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
 	defer w.Close()
 	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte(dest), Value: rec}); err != nil {
 		t.Fatal(err)

@@ -41,7 +41,7 @@ type Config struct {
 type Kafka struct {
 	Brokers            []string      `yaml:"brokers" doc:"Bootstrap brokers (host:port, comma-separated in env/flags). Empty: start the embedded broker."`
 	EmbeddedPort       int           `yaml:"embedded_port" doc:"Port of the embedded broker on 127.0.0.1 (kcat -b 127.0.0.1:PORT attaches to it)."`
-	TopicPrefix        string        `yaml:"topic_prefix" doc:"Topic names are <prefix>.<stream>."`
+	TopicPrefix        string        `yaml:"topic_prefix" doc:"Topic names are <prefix>.<stream>, consumer group ids <prefix>-<stage>."`
 	Partitions         int           `yaml:"partitions" doc:"Partitions of each stream topic; the most members a stage's group can use."`
 	OutboundPartitions int           `yaml:"outbound_partitions" doc:"Partitions of <prefix>.outbound when it is created; the most sender members. The sender counts the topic's real partitions."`
 	ReplicationFactor  int           `yaml:"replication_factor" doc:"Replication factor for created topics (3 on a production cluster)."`

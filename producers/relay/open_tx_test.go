@@ -46,7 +46,7 @@ func topicCount(t *testing.T, addr, topic string) int64 {
 // commits. Nothing past 4 reaches Kafka until A commits; then 5 and 6 arrive,
 // in that order, once each.
 func TestNothingPublishedPastAnOpenTransaction(t *testing.T) {
-	e := setup(t)
+	e := setup(t, nil)
 	ctx := context.Background()
 	stop := e.relay(ctx)
 	defer stop()
@@ -56,7 +56,7 @@ func TestNothingPublishedPastAnOpenTransaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	testenv.Eventually(t, 10*time.Second, "positions 1-4 on the room topic", func() bool { return topicCount(t, e.addr, "fedpipe.room") == 4 })
+	testenv.Eventually(t, 10*time.Second, "positions 1-4 on the room topic", func() bool { return topicCount(t, e.addr, e.room) == 4 })
 
 	a, err := e.pool.Begin(ctx)
 	if err != nil {
@@ -76,7 +76,7 @@ func TestNothingPublishedPastAnOpenTransaction(t *testing.T) {
 	}
 	// Thirty poll intervals with B committed and A open: nothing moves.
 	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); {
-		if n := topicCount(t, e.addr, "fedpipe.room"); n != 4 {
+		if n := topicCount(t, e.addr, e.room); n != 4 {
 			t.Fatalf("%d records on the room topic while position 5 is uncommitted, want 4", n)
 		}
 		time.Sleep(10 * time.Millisecond) // a negative check: there is no event to wait for
@@ -84,8 +84,8 @@ func TestNothingPublishedPastAnOpenTransaction(t *testing.T) {
 	if err := a.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 10*time.Second, "positions 5 and 6 on the room topic", func() bool { return topicCount(t, e.addr, "fedpipe.room") == 6 })
-	msgs := readAll(t, e.addr, "fedpipe.room", 6)
+	testenv.Eventually(t, 10*time.Second, "positions 5 and 6 on the room topic", func() bool { return topicCount(t, e.addr, e.room) == 6 })
+	msgs := readAll(t, e.addr, e.room, 6)
 	if len(msgs) != 6 {
 		t.Fatalf("%d records, want 6", len(msgs))
 	}

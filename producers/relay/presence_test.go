@@ -14,7 +14,7 @@ import (
 )
 
 func TestPublishesPresenceLatestPerUserWithoutSkippingLateCommits(t *testing.T) {
-	e := setup(t)
+	e := setup(t, nil)
 	ctx := context.Background()
 	upsert := `INSERT INTO presence_stream (stream_id, user_id, state, status_msg, last_active_ts, currently_active)
 		VALUES (fedpipe_next_stream_ordering(), $1, $2, $3, $4, $2 = 'online')
@@ -66,7 +66,7 @@ func TestPublishesPresenceLatestPerUserWithoutSkippingLateCommits(t *testing.T) 
 		t.Fatal(err)
 	}
 	want["@late:hs.test"] = "unavailable"
-	msgs := readAll(t, e.addr, "fedpipe.presence", len(want))
+	msgs := readAll(t, e.addr, e.k.Topic("presence"), len(want))
 	got := map[string]schema.PresenceRecord{}
 	for _, m := range msgs {
 		if err := schema.ValidateRecord("presence", m.Value); err != nil {

@@ -24,29 +24,33 @@ import (
 )
 
 type env struct {
+	k     *testenv.Kafka
 	pool  *pgxpool.Pool
 	addr  string
+	room  string // the topics' names
+	state string
 	relay func(ctx context.Context) (stop func())
 }
 
-func setup(t *testing.T) *env {
+// setup creates the room, state and presence topics of 4 partitions, with
+// roomConfigs on the room topic, and a migrated database.
+func setup(t *testing.T, roomConfigs map[string]string) *env {
 	t.Helper()
-	c, addr := testenv.Broker(t)
-	for _, tp := range []string{"fedpipe.room", "fedpipe.state", "fedpipe.presence"} {
-		if err := c.CreateTopic(tp, 4, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	k := testenv.NewKafka(t)
+	room := k.CreateTopic(t, "room", 4, roomConfigs)
+	state := k.CreateTopic(t, "state", 4, map[string]string{"cleanup.policy": "compact"})
+	presenceTopic := k.CreateTopic(t, "presence", 4, nil)
+	addr := k.Addr
 	pool := testenv.Pool(t, testenv.Database(t))
 	if err := schema.Migrate(context.Background(), pool); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{pool: pool, addr: addr}
+	e := &env{k: k, pool: pool, addr: addr, room: room, state: state}
 	e.relay = func(ctx context.Context) func() {
 		w := func(topic string) *kafka.Writer {
 			return &kafka.Writer{Addr: kafka.TCP(addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond, MaxAttempts: 2}
 		}
-		room, state, presence := w("fedpipe.room"), w("fedpipe.state"), w("fedpipe.presence")
+		room, state, presence := w(room), w(state), w(presenceTopic)
 		r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond, BatchSize: 7}, pool, room, state, slog.New(slog.DiscardHandler), prometheus.NewRegistry(),
 			relay.WithPresence(presence))
 		if err != nil {
@@ -107,7 +111,7 @@ func readAll(t *testing.T, addr, topic string, n int) []kafka.Message {
 }
 
 func TestPublishesInOrderWithKeysAndHeaders(t *testing.T) {
-	e := setup(t)
+	e := setup(t, nil)
 	ctx := context.Background()
 	var events []outbox.EventWithDeltas
 	for i := 0; i < 20; i++ {
@@ -122,7 +126,7 @@ func TestPublishesInOrderWithKeysAndHeaders(t *testing.T) {
 	}
 	stop := e.relay(ctx)
 	defer stop()
-	msgs := readAll(t, e.addr, "fedpipe.room", 24)
+	msgs := readAll(t, e.addr, e.room, 24)
 	if len(msgs) != 24 {
 		t.Fatalf("%d room records, want 24 (20 events + 4 deltas)", len(msgs))
 	}
@@ -154,7 +158,7 @@ func TestPublishesInOrderWithKeysAndHeaders(t *testing.T) {
 			t.Fatalf("PDU bytes changed: %s", rec.PDU)
 		}
 	}
-	state := readAll(t, e.addr, "fedpipe.state", 4)
+	state := readAll(t, e.addr, e.state, 4)
 	if len(state) != 4 {
 		t.Fatalf("%d state records, want 4", len(state))
 	}
@@ -174,7 +178,7 @@ func TestPublishesInOrderWithKeysAndHeaders(t *testing.T) {
 	}
 	stop2 := e.relay(ctx)
 	defer stop2()
-	if got := readAll(t, e.addr, "fedpipe.room", 25); len(got) != 25 {
+	if got := readAll(t, e.addr, e.room, 25); len(got) != 25 {
 		t.Fatalf("after restart %d records, want 25", len(got))
 	}
 }
@@ -182,7 +186,7 @@ func TestPublishesInOrderWithKeysAndHeaders(t *testing.T) {
 // A transaction that took an earlier position but commits later must not be
 // skipped: the relay waits for it instead of publishing past it.
 func TestLateCommitIsNotSkipped(t *testing.T) {
-	e := setup(t)
+	e := setup(t, nil)
 	ctx := context.Background()
 	stop := e.relay(ctx)
 	defer stop()
@@ -216,7 +220,7 @@ func TestLateCommitIsNotSkipped(t *testing.T) {
 	if err := slow.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	msgs := readAll(t, e.addr, "fedpipe.room", 2)
+	msgs := readAll(t, e.addr, e.room, 2)
 	if len(msgs) != 2 {
 		t.Fatalf("%d records, want both events", len(msgs))
 	}
@@ -229,14 +233,14 @@ func TestLateCommitIsNotSkipped(t *testing.T) {
 	if _, err := outbox.PersistBatch(ctx, e.pool, []outbox.EventWithDeltas{ev("!aa:hs.test", 4, "")}); err != nil {
 		t.Fatal(err)
 	}
-	if got := readAll(t, e.addr, "fedpipe.room", 3); len(got) != 3 {
+	if got := readAll(t, e.addr, e.room, 3); len(got) != 3 {
 		t.Fatalf("%d records after a rollback gap, want 3", len(got))
 	}
 }
 
 // Many writers committing in random order: every row is published exactly once.
 func TestConcurrentWritersAllPublished(t *testing.T) {
-	e := setup(t)
+	e := setup(t, nil)
 	ctx := context.Background()
 	stop := e.relay(ctx)
 	defer stop()
@@ -255,7 +259,7 @@ func TestConcurrentWritersAllPublished(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	msgs := readAll(t, e.addr, "fedpipe.room", 200)
+	msgs := readAll(t, e.addr, e.room, 200)
 	seen := map[string]bool{}
 	for _, m := range msgs {
 		rec, _ := schema.DecodeRoomRecord(m.Value)
@@ -298,7 +302,7 @@ func TestBrokerFailureDoesNotAdvance(t *testing.T) {
 
 // Rounds are cut by bytes as well as by count, and cutting loses or reorders nothing.
 func TestRoundsBoundedByBytes(t *testing.T) {
-	e := setup(t)
+	e := setup(t, nil)
 	ctx := context.Background()
 	var events []outbox.EventWithDeltas
 	for i := 0; i < 40; i++ {
@@ -311,8 +315,8 @@ func TestRoundsBoundedByBytes(t *testing.T) {
 	if _, err := outbox.PersistBatch(ctx, e.pool, events); err != nil {
 		t.Fatal(err)
 	}
-	room := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: "fedpipe.room", RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
-	state := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: "fedpipe.state", RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	room := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.room, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	state := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.state, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
 	defer room.Close()
 	defer state.Close()
 	reg := prometheus.NewRegistry()
@@ -324,7 +328,7 @@ func TestRoundsBoundedByBytes(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(rctx) }()
 	defer func() { cancel(); <-done }()
-	msgs := readAll(t, e.addr, "fedpipe.room", 50)
+	msgs := readAll(t, e.addr, e.room, 50)
 	if len(msgs) != 50 {
 		t.Fatalf("%d room records, want 50", len(msgs))
 	}
