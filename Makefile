@@ -2,7 +2,7 @@
 GO ?= go
 TEST_TIMEOUT ?= 40m
 # The packages whose tests also run on Apache Kafka (scripts/kafka) in `make test`.
-KAFKA_TIER ?= ./consumers/runtime ./consumers/sender ./producers/relay ./internal/kafkaio ./cmd/fedpipe
+KAFKA_TIER ?= ./consumers/runtime ./consumers/offsets ./consumers/sender ./producers/relay ./internal/kafkaio ./cmd/fedpipe
 
 .PHONY: run test test-kafka test-synapse build vet bench
 

@@ -15,15 +15,22 @@ import (
 
 var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 
-// setup creates topic "in" with 2 partitions of 10 records each, record i of a
-// partition stamped t0 + i minutes, and commits offset 4 on both for group "g".
-func setup(t *testing.T) (string, *offsets.Tool) {
+// fixture is a topic "in" of 2 partitions of 10 records each, record i of a
+// partition stamped t0 + i minutes, and a group "g" at offset 4 on both, on
+// kfake or on Apache Kafka (FEDPIPE_TEST_KAFKA_BROKERS).
+type fixture struct {
+	k         *testenv.Kafka
+	addr      string
+	tool      *offsets.Tool
+	in, group string
+}
+
+func setup(t *testing.T) fixture {
 	t.Helper()
-	c, addr := testenv.Broker(t)
-	if err := c.CreateTopic("in", 2, nil); err != nil {
-		t.Fatal(err)
-	}
-	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "in", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
+	k := testenv.NewKafka(t)
+	addr := k.Addr
+	f := fixture{k: k, addr: addr, in: k.CreateTopic(t, "in", 2, nil), group: k.Group("g")}
+	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: f.in, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
 		Balancer: kafka.BalancerFunc(func(m kafka.Message, _ ...int) int { p, _ := strconv.Atoi(string(m.Key)); return p })}
 	defer w.Close()
 	var msgs []kafka.Message
@@ -35,20 +42,20 @@ func setup(t *testing.T) (string, *offsets.Tool) {
 	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
 		t.Fatal(err)
 	}
-	tool := offsets.New([]string{addr})
-	plan, err := tool.Plan(context.Background(), "g", offsets.Selection{Topics: map[string][]int{"in": nil}}, offsets.Target{Mode: offsets.ModeOffset, Offset: 4})
+	f.tool = offsets.New([]string{addr})
+	plan, err := f.tool.Plan(context.Background(), f.group, offsets.Selection{Topics: map[string][]int{f.in: nil}}, offsets.Target{Mode: offsets.ModeOffset, Offset: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tool.Execute(context.Background(), "g", plan); err != nil {
+	if err := f.tool.Execute(context.Background(), f.group, plan); err != nil {
 		t.Fatal(err)
 	}
-	return addr, tool
+	return f
 }
 
 func TestShowReadsCommittedOffsetsAndLag(t *testing.T) {
-	_, tool := setup(t)
-	rows, err := tool.Show(context.Background(), "g", offsets.Selection{AllTopics: true})
+	f := setup(t)
+	rows, err := f.tool.Show(context.Background(), f.group, offsets.Selection{AllTopics: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,15 +63,16 @@ func TestShowReadsCommittedOffsetsAndLag(t *testing.T) {
 		t.Fatalf("rows %+v, want both partitions of in", rows)
 	}
 	for i, r := range rows {
-		if r.Topic != "in" || r.Partition != i || r.Current != 4 || r.Start != 0 || r.End != 10 || r.Lag(r.Current) != 6 || r.Owner != "" {
+		if r.Topic != f.in || r.Partition != i || r.Current != 4 || r.Start != 0 || r.End != 10 || r.Lag(r.Current) != 6 || r.Owner != "" {
 			t.Fatalf("row %d = %+v, want in/%d at 4 of [0,10), lag 6, no owner", i, r, i)
 		}
 	}
 }
 
 func TestPlanFollowsEachResetSpecificationAndClamps(t *testing.T) {
-	_, tool := setup(t)
-	sel := offsets.Selection{Topics: map[string][]int{"in": {1}}}
+	f := setup(t)
+	tool, group := f.tool, f.group
+	sel := offsets.Selection{Topics: map[string][]int{f.in: {1}}}
 	for _, tc := range []struct {
 		name   string
 		target offsets.Target
@@ -83,7 +91,7 @@ func TestPlanFollowsEachResetSpecificationAndClamps(t *testing.T) {
 		{"to a datetime before every record: the start", offsets.Target{Mode: offsets.ModeDatetime, Time: t0.Add(-time.Hour)}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rows, err := tool.Plan(context.Background(), "g", sel, tc.target)
+			rows, err := tool.Plan(context.Background(), group, sel, tc.target)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,14 +101,15 @@ func TestPlanFollowsEachResetSpecificationAndClamps(t *testing.T) {
 		})
 	}
 	// A plan is only a plan.
-	rows, err := tool.Show(context.Background(), "g", sel)
+	rows, err := tool.Show(context.Background(), group, sel)
 	if err != nil || rows[0].Current != 4 {
 		t.Fatalf("after planning, committed = %+v (%v), want still 4", rows, err)
 	}
 }
 
 func TestByDurationCountsBackFromNow(t *testing.T) {
-	_, tool := setup(t)
+	f := setup(t)
+	tool, group := f.tool, f.group
 	d, err := offsets.ParseISODuration("PT3M30S")
 	if err != nil {
 		t.Fatal(err)
@@ -108,20 +117,21 @@ func TestByDurationCountsBackFromNow(t *testing.T) {
 	// Records are stamped t0..t0+9m; now is when the test runs, long after:
 	// a duration reaching back before t0 moves to the start, a short one to the end.
 	long := time.Since(t0) + time.Minute
-	rows, err := tool.Plan(context.Background(), "g", offsets.Selection{AllTopics: true}, offsets.Target{Mode: offsets.ModeDuration, Duration: long})
+	rows, err := tool.Plan(context.Background(), group, offsets.Selection{AllTopics: true}, offsets.Target{Mode: offsets.ModeDuration, Duration: long})
 	if err != nil || rows[0].New != 0 {
 		t.Fatalf("by %v: %+v %v, want 0", long, rows, err)
 	}
-	rows, err = tool.Plan(context.Background(), "g", offsets.Selection{AllTopics: true}, offsets.Target{Mode: offsets.ModeDuration, Duration: d})
+	rows, err = tool.Plan(context.Background(), group, offsets.Selection{AllTopics: true}, offsets.Target{Mode: offsets.ModeDuration, Duration: d})
 	if err != nil || rows[0].New != 10 {
 		t.Fatalf("by %v: %+v %v, want 10", d, rows, err)
 	}
 }
 
 func TestExecuteRefusesWhileTheGroupHasMembersThenAMemberResumesFromTheNewOffset(t *testing.T) {
-	addr, tool := setup(t)
-	sel := offsets.Selection{Topics: map[string][]int{"in": nil}}
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, GroupID: "g", Topic: "in", MaxWait: 500 * time.Millisecond,
+	f := setup(t)
+	addr, tool, group := f.addr, f.tool, f.group
+	sel := offsets.Selection{Topics: map[string][]int{f.in: nil}}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, GroupID: group, Topic: f.in, MaxWait: 500 * time.Millisecond,
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: 500 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -132,21 +142,21 @@ func TestExecuteRefusesWhileTheGroupHasMembersThenAMemberResumesFromTheNewOffset
 	if m.Offset != 4 {
 		t.Fatalf("member started at %d, want the committed 4", m.Offset)
 	}
-	plan, err := tool.Plan(ctx, "g", sel, offsets.Target{Mode: offsets.ModeOffset, Offset: 8})
+	plan, err := tool.Plan(ctx, group, sel, offsets.Target{Mode: offsets.ModeOffset, Offset: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var active *offsets.ActiveGroupError
-	if err := tool.Execute(ctx, "g", plan); !errors.As(err, &active) || len(active.Members) != 1 || active.Members[0].ID == "" {
+	if err := tool.Execute(ctx, group, plan); !errors.As(err, &active) || len(active.Members) != 1 || active.Members[0].ID == "" {
 		t.Fatalf("execute with a member = %v, want an ActiveGroupError naming it", err)
 	}
 	if err := r.Close(); err != nil { // leaves the group
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 20*time.Second, "the reset accepted once the group is empty", func() bool {
-		return tool.Execute(ctx, "g", plan) == nil
+		return tool.Execute(ctx, group, plan) == nil
 	})
-	r2 := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, GroupID: "g", Topic: "in", MaxWait: 500 * time.Millisecond})
+	r2 := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, GroupID: group, Topic: f.in, MaxWait: 500 * time.Millisecond})
 	defer r2.Close()
 	for i := 0; i < 4; i++ { // 2 left on each partition
 		m, err := r2.FetchMessage(ctx)
@@ -160,18 +170,19 @@ func TestExecuteRefusesWhileTheGroupHasMembersThenAMemberResumesFromTheNewOffset
 }
 
 func TestSelectionErrors(t *testing.T) {
-	_, tool := setup(t)
+	f := setup(t)
+	tool, group := f.tool, f.group
 	ctx := context.Background()
-	if _, err := tool.Show(ctx, "g", offsets.Selection{Topics: map[string][]int{"in": {2}}}); err == nil {
+	if _, err := tool.Show(ctx, group, offsets.Selection{Topics: map[string][]int{f.in: {2}}}); err == nil {
 		t.Fatal("a partition the topic lacks was accepted")
 	}
-	if _, err := tool.Show(ctx, "g", offsets.Selection{Topics: map[string][]int{"nope": nil}}); err == nil {
+	if _, err := tool.Show(ctx, group, offsets.Selection{Topics: map[string][]int{f.k.Topic("nope"): nil}}); err == nil {
 		t.Fatal("a missing topic was accepted")
 	}
-	if _, err := tool.Show(ctx, "other", offsets.Selection{AllTopics: true}); err == nil {
+	if _, err := tool.Show(ctx, f.k.Group("other"), offsets.Selection{AllTopics: true}); err == nil {
 		t.Fatal("--all-topics for a group with no offsets was accepted")
 	}
-	if _, err := tool.Show(ctx, "g", offsets.Selection{}); err == nil {
+	if _, err := tool.Show(ctx, group, offsets.Selection{}); err == nil {
 		t.Fatal("an empty selection was accepted")
 	}
 }

@@ -43,18 +43,19 @@ func (poisonAtRebalanceHandler) Close(context.Context) error { return nil }
 // failure of the member: the partition stops, and whoever owns it next
 // dead-letters the record again.
 func TestDeadLetterCutByARebalanceIsNotFatal(t *testing.T) {
-	_, addr := setup(t, 1)
-	produce(t, addr, "in", 10)
+	k := setup(t, 1)
+	addr := k.Addr
+	produce(t, addr, k.Topic("in"), 10)
 	stage := &poisonAtRebalance{waiting: make(chan struct{})}
-	stopA := member(t, addr, stage, "dead")
+	stopA := member(t, k, stage, k.Topic("dead"))
 	select {
 	case <-stage.waiting:
 	case <-time.After(20 * time.Second):
 		t.Fatal("record 3 never reached the handler")
 	}
-	stopB := member(t, addr, stage, "dead") // a rebalance ends A's generation
+	stopB := member(t, k, stage, k.Topic("dead")) // a rebalance ends A's generation
 
-	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: "dead", Partition: 0, MaxWait: 500 * time.Millisecond})
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: k.Topic("dead"), Partition: 0, MaxWait: 500 * time.Millisecond})
 	defer rd.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -69,12 +69,13 @@ func (b *syncBuffer) String() string {
 }
 
 func TestStalledPartitionIsAMetricAndAWarningUntilItMoves(t *testing.T) {
-	_, addr := setup(t, 2)
-	produce(t, addr, "in", 20)
+	k := setup(t, 2)
+	addr := k.Addr
+	produce(t, addr, k.Topic("in"), 20)
 	stage := &stuckStage{release: make(chan struct{})}
 	logs := &syncBuffer{}
 	reg := prometheus.NewRegistry()
-	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"in"}, DeadLetterTopic: "dead",
+	g, err := runtime.New(runtime.Config{Brokers: []string{addr}, GroupID: k.Group("g"), Topics: []string{k.Topic("in")}, DeadLetterTopic: k.Topic("dead"),
 		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second,
 		HeartbeatInterval: 200 * time.Millisecond, StallAfter: time.Second, StallCheckInterval: 100 * time.Millisecond},
 		stage, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})), reg)
@@ -91,7 +92,7 @@ func TestStalledPartitionIsAMetricAndAWarningUntilItMoves(t *testing.T) {
 		}
 	}()
 
-	stalled := func() float64 { return stalledGauge(t, reg, "g", "in") }
+	stalled := func() float64 { return stalledGauge(t, reg, k.Group("g"), k.Topic("in")) }
 	testenv.Eventually(t, 20*time.Second, "partition 0 reported stalled", func() bool { return stalled() == 1 })
 	out := logs.String()
 	if !strings.Contains(out, "level=WARN") || !strings.Contains(out, "consumer group partition stalled") ||
