@@ -42,12 +42,11 @@ func (d *destination) catchUp(ctx context.Context) (live bool, err error) {
 			return false, d.leave(ctx)
 		}
 		if len(rooms) == 0 {
-			d.succeed(ctx)
 			d.mu.Lock()
 			// A PDU recorded since the read would be stranded: read again.
 			quiet := d.recording == 0 && d.recorded == seen
 			if quiet {
-				d.catchingUp = false
+				d.catchingUp, d.behind = false, false
 			}
 			d.mu.Unlock()
 			if !quiet {
@@ -68,7 +67,8 @@ func (d *destination) catchUp(ctx context.Context) (live bool, err error) {
 }
 
 // leave ends a catch-up that cannot go on now (d is failing, or the store
-// failed): it is woken again later. What is pending is shed. The worker exits after it, and
+// failed). d stays behind, so it is tried again when it is woken next; what
+// is pending (an EDU that woke it) is shed. The worker exits after it, and
 // only its exit ends catchingUp: meanwhile nothing new is queued.
 func (d *destination) leave(ctx context.Context) error {
 	d.mu.Lock()

@@ -15,7 +15,10 @@ type Config struct {
 	BackoffMax        time.Duration
 	// JitterMin and JitterMax scale each interval randomly (0.8–1.4).
 	JitterMin, JitterMax float64
-	// CatchUpInterval is how often due destinations are looked for.
+	// CatchUpInterval is how often due destinations are looked for. A
+	// destination held as paused or backing off also reads its stored state
+	// again, when something is queued for it, at most this often: an
+	// operator's resume or reset takes effect without a catch-up row.
 	CatchUpInterval time.Duration
 	// WakeupsPerTick bounds how many destinations start catching up per
 	// CatchUpInterval, so thousands due at once do not open thousands of

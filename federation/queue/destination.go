@@ -24,6 +24,9 @@ type destination struct {
 	// one is not applied over it.
 	loadedAt time.Time
 	gen      uint64
+	// behind: PDUs it missed may be in the store (it failed, was paused, or
+	// had PDUs recorded), so it catches up before it sends live again.
+	behind bool
 	// catchingUp: a worker is sending missed rooms; PDUs go to the store and
 	// EDUs are dropped meanwhile.
 	catchingUp bool
@@ -54,9 +57,9 @@ func (d *destination) enqueuePDU(ctx context.Context, p PDU, done func()) error 
 		return err
 	}
 	d.mu.Lock()
-	if d.retry.Failing(d.cfg.Now()) || d.catchingUp || d.retry.Interval > 0 {
-		// Backing off, or due but not caught up yet: the catch-up sends the
-		// room's latest event.
+	if d.retry.Failing(d.cfg.Now()) || d.catchingUp || d.behind {
+		// The catch-up sends the room's latest event.
+		d.behind = true
 		d.recording++
 		d.mu.Unlock()
 		return d.recordMissed(ctx, p, done)
@@ -81,13 +84,14 @@ func (d *destination) recordMissed(ctx context.Context, p PDU, done func()) erro
 	return nil
 }
 
-// enqueueEDU queues e, or drops it when d is backing off or catching up.
+// enqueueEDU queues e, or drops it when d is failing or catching up. A
+// destination that is due again but behind starts catching up, then sends it.
 func (d *destination) enqueueEDU(ctx context.Context, e EDU, done func()) error {
 	if err := d.refresh(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
-	if d.retry.Failing(d.cfg.Now()) || d.catchingUp || d.retry.Interval > 0 {
+	if d.retry.Failing(d.cfg.Now()) || d.catchingUp {
 		d.mu.Unlock()
 		d.m.edusDropped.WithLabelValues(eduType(e.Type)).Inc()
 		done()
@@ -109,7 +113,7 @@ func (d *destination) enqueuePresence(ctx context.Context, states []edu.Presence
 		return err
 	}
 	d.mu.Lock()
-	if d.retry.Failing(d.cfg.Now()) || d.catchingUp || d.retry.Interval > 0 {
+	if d.retry.Failing(d.cfg.Now()) || d.catchingUp {
 		d.mu.Unlock()
 		d.m.edusDropped.WithLabelValues(edu.TypePresence).Add(float64(len(states)))
 		done()
@@ -138,10 +142,14 @@ func (d *destination) sendable(states []edu.PresenceState) []edu.PresenceState {
 	return valid
 }
 
-// refresh reads d's backoff from the store when d is first used.
+// refresh reads d's backoff from the store when d is first used, and again
+// when d is held as failing and was read at least CatchUpInterval ago: an
+// operator may have resumed or reset it, and nothing else would wake a
+// destination that only gets EDUs.
 func (d *destination) refresh(ctx context.Context) error {
 	d.mu.Lock()
-	stale := d.loadedAt.IsZero()
+	now := d.cfg.Now()
+	stale := d.loadedAt.IsZero() || (d.retry.Failing(now) && now.Sub(d.loadedAt) >= d.cfg.CatchUpInterval)
 	d.mu.Unlock()
 	if !stale {
 		return nil
@@ -167,6 +175,7 @@ func (d *destination) load(ctx context.Context) error {
 	defer d.mu.Unlock()
 	if d.gen == gen {
 		d.retry, d.loadedAt = r, d.cfg.Now()
+		d.behind = d.behind || r.Interval > 0 || r.Paused
 	}
 	return nil
 }
@@ -179,13 +188,14 @@ func (d *destination) setRetry(r RetryState) {
 
 // wake takes the worker slot for a new worker when none runs, and returns the
 // new worker's idle channel for launch (nil when a worker runs or d is
-// stopping). The worker catches up first when catchUp is set. d.mu is held.
+// stopping). The worker catches up first when catchUp is set or d is
+// behind. d.mu is held.
 func (d *destination) wake(catchUp bool) chan struct{} {
 	if d.w.running || d.stopping {
 		return nil
 	}
 	d.w = worker{running: true, idle: make(chan struct{})}
-	d.catchingUp = catchUp
+	d.catchingUp = catchUp || d.behind
 	return d.w.idle
 }
 

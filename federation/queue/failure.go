@@ -14,6 +14,7 @@ func (d *destination) backOff(ctx context.Context, inFlight batch, cause error) 
 	d.mu.Lock()
 	held := inFlight.then(d.pending.drain())
 	d.setRetry(d.retry.fail(d.sched, d.cfg.Now(), d.cfg.Rand()))
+	d.behind = true
 	r := d.retry
 	d.mu.Unlock()
 	d.log.Warn("destination failing; backing off", "destination", d.name, "interval", r.Interval, "until", r.NextAttempt, "err", cause)
