@@ -110,14 +110,19 @@ func (d *destination) dropItem(in batch, err error) (rest batch, ok bool) {
 }
 
 // fill adds b's items to t, in order, and returns those t holds (in order, so
-// a txn.ItemError index names one); next is empty. One that cannot be added
-// is dropped and done. Presence is
+// a txn.ItemError index names one) and those that did not fit, for the next
+// transaction. One that can never be added is dropped and done. Presence is
 // rendered here, aged to t's origin_server_ts: a destination whose queue was
 // slow gets the age at sending, not at queueing. (A retry of t resends these
 // bytes: it must be the same transaction.)
 func (d *destination) fill(t *txn.Transaction, b batch) (in, next batch) {
-	for _, it := range b.pdus {
-		if err := t.AddPDU(it.JSON); err != nil {
+	for i, it := range b.pdus {
+		err := t.AddPDU(it.JSON)
+		if errors.Is(err, txn.ErrFull) && !t.Empty() {
+			next.pdus = b.pdus[i:]
+			break
+		}
+		if err != nil {
 			d.m.dropped.WithLabelValues("pdu", "unsendable").Inc()
 			d.log.Error("dropping a PDU that can never be sent", "destination", d.name, "event_id", it.EventID, "err", err)
 			it.done()
@@ -126,10 +131,14 @@ func (d *destination) fill(t *txn.Transaction, b batch) (in, next batch) {
 		in.pdus = append(in.pdus, it)
 	}
 	built := time.UnixMilli(t.OriginServerTS)
-	for _, it := range b.edus {
+	for i, it := range b.edus {
 		e, err := it.build(built)
 		if err == nil {
 			err = t.AddEDU(e)
+		}
+		if errors.Is(err, txn.ErrFull) && !t.Empty() {
+			next.edus = b.edus[i:]
+			break
 		}
 		if err != nil {
 			d.m.dropped.WithLabelValues("edu", "unsendable").Inc()
