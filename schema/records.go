@@ -135,6 +135,11 @@ type OutboundRecord struct {
 	PDU         json.RawMessage `json:"pdu,omitempty"`
 	EDUType     string          `json:"edu_type,omitempty"`
 	Content     json.RawMessage `json:"content,omitempty"`
+	// EDUKey, optional, is the coalescing key of a keyed EDU (typing: its
+	// room and user): of the EDUs of one type and key waiting for a
+	// destination only the latest is sent. The router sets it, so the sender
+	// never reads EDU content.
+	EDUKey string `json:"edu_key,omitempty"`
 	// Presence holds the states of a presence record (kind "presence"): local
 	// users' presence for this destination, at most one state per user.
 	Presence []PresenceState `json:"presence,omitempty"`

@@ -48,6 +48,7 @@ func TestRecordsValidate(t *testing.T) {
 		{"room", schema.RoomRecord{V: 1, Kind: schema.KindStateDelta, Position: 3, RoomID: "!r:hs.test", Type: "m.room.member", StateKey: &sk, EventID: "$e", Membership: "join"}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindPDU, Destination: "remote.test", RoomID: "!r:hs.test", EventID: "$e", Position: 3, RoomVersion: "10", PDU: json.RawMessage(`{}`)}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`)}},
+		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`), EDUKey: "!r:hs.test @a:hs.test"}},
 	}
 	for _, g := range good {
 		raw, _ := json.Marshal(g.rec)

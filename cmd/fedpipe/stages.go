@@ -175,7 +175,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 				return fmt.Errorf("sender: %w", err)
 			}
 			snd, err := sender.New(sender.Config{OutboundPartitions: parts, Queue: queue.Config{
-				Origin: cfg.ServerName, Classify: sender.ClassifyClientError, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax}},
+				Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax}},
 				in.pool, cl, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("sender: %w", err)

@@ -22,7 +22,7 @@ import (
 // partitions drain) and returns once its Run has ended.
 func (e *env) member(t *testing.T, backoff time.Duration) (stop func()) {
 	t.Helper()
-	s, err := sender.New(sender.Config{OutboundPartitions: 4, Queue: queue.Config{Origin: "me.test", Classify: classify,
+	s, err := sender.New(sender.Config{OutboundPartitions: 4, Queue: queue.Config{Origin: "me.test",
 		BackoffInitial: backoff, BackoffMax: 10 * backoff, CatchUpInterval: 20 * time.Millisecond, RetryDelay: 20 * time.Millisecond}},
 		e.pool, e.cl, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,7 +29,7 @@ import (
 
 // Config configures the stage.
 type Config struct {
-	// Queue configures the destination queues (Origin and Classify are required).
+	// Queue configures the destination queues (Origin is required).
 	Queue queue.Config
 	// OutboundPartitions is the partition count of the outbound topic, to tell
 	// which destinations this member owns (murmur2 of the destination, as the
@@ -36,7 +37,7 @@ type Config struct {
 	OutboundPartitions int
 }
 
-// Validate reports invalid settings.
+// Validate fills in the queue's defaults and reports invalid settings.
 func (c *Config) Validate() error {
 	if c.OutboundPartitions <= 0 {
 		return errors.New("sender: the outbound topic's partition count must be set")
@@ -51,6 +52,7 @@ func (c *Config) Validate() error {
 type Sender struct {
 	m     *queue.Manager
 	log   *slog.Logger
+	now   func() time.Time
 	parts []int
 
 	mu    sync.Mutex
@@ -62,7 +64,7 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Sender{log: logger, owned: map[int]int{}}
+	s := &Sender{log: logger, now: cfg.Queue.Now, owned: map[int]int{}}
 	for i := 0; i < cfg.OutboundPartitions; i++ {
 		s.parts = append(s.parts, i)
 	}
@@ -122,18 +124,33 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 	p.mu.Lock()
 	p.dests[rec.Destination] = true
 	p.mu.Unlock()
-	it := queue.Item{Done: done}
 	switch rec.Kind {
 	case schema.KindPDU:
-		it.RoomID, it.EventID, it.Position, it.PDU = rec.RoomID, rec.EventID, rec.Position, rec.PDU
+		return p.s.m.EnqueuePDU(ctx, rec.Destination, queue.PDU{RoomID: rec.RoomID, EventID: rec.EventID, Position: rec.Position, JSON: rec.PDU}, done)
 	case schema.KindEDU:
-		it.EDU = txn.EDU{Type: rec.EDUType, Content: rec.Content}
+		if rec.EDUType == edu.TypePresence {
+			return p.s.presenceEDU(ctx, rec, done)
+		}
+		return p.s.m.EnqueueEDU(ctx, rec.Destination, queue.EDU{EDU: txn.EDU{Type: rec.EDUType, Content: rec.Content}, Key: rec.EDUKey}, done)
 	case schema.KindPresence:
-		it.Presence = presenceStates(rec.Presence)
+		return p.s.m.EnqueuePresence(ctx, rec.Destination, presenceStates(rec.Presence), done)
 	default: // DecodeOutboundRecord knows no other kind: a kind added there must be handled here
 		return runtime.Poison(fmt.Errorf("outbound record of kind %q: the sender cannot send it", rec.Kind))
 	}
-	return p.s.m.Enqueue(ctx, rec.Destination, it)
+}
+
+// presenceEDU reads an m.presence EDU record (as routers wrote presence
+// before presence records) into states, so that the destination merges them
+// with its other presence and sends one m.presence EDU per transaction. One
+// that cannot be read is dropped and counted.
+func (s *Sender) presenceEDU(ctx context.Context, rec schema.OutboundRecord, done func()) error {
+	states, err := edu.ParsePresence(rec.Content, s.now())
+	if err != nil {
+		s.m.DropUnsendable(rec.Destination, "edu", fmt.Errorf("an m.presence EDU that can never be sent: %w", err))
+		done()
+		return nil
+	}
+	return s.m.EnqueuePresence(ctx, rec.Destination, states, done)
 }
 
 // presenceStates converts an outbound presence record's states. The queue

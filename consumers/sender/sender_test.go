@@ -33,6 +33,7 @@ type env struct {
 	pool *pgxpool.Pool
 	recv *testreceiver.Server
 	cl   *client.Client
+	reg  *prometheus.Registry // the stage's metrics, once run
 }
 
 func setup(t *testing.T, dests ...string) *env {
@@ -63,13 +64,11 @@ func setup(t *testing.T, dests ...string) *env {
 	return &env{k: k, addr: addr, pool: pool, recv: recv, cl: cl}
 }
 
-// classify is the stage's real classification, under the name the tests use.
-var classify = sender.ClassifyClientError
-
 func (e *env) run(t *testing.T, backoff time.Duration) {
 	t.Helper()
-	s, err := sender.New(sender.Config{OutboundPartitions: 4, Queue: queue.Config{Origin: "me.test", Classify: classify, BackoffInitial: backoff, BackoffMax: 10 * backoff, CatchUpInterval: 20 * time.Millisecond}},
-		e.pool, e.cl, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	e.reg = prometheus.NewRegistry()
+	s, err := sender.New(sender.Config{OutboundPartitions: 4, Queue: queue.Config{Origin: "me.test", BackoffInitial: backoff, BackoffMax: 10 * backoff, CatchUpInterval: 20 * time.Millisecond}},
+		e.pool, e.cl, slog.New(slog.DiscardHandler), e.reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -299,7 +299,7 @@ func denied(ip net.IP) bool {
 func (c *Client) SendTransaction(ctx context.Context, t *txn.Transaction) (txn.Response, error) {
 	body, err := t.Body()
 	if err != nil {
-		return txn.Response{}, &Error{Kind: KindFatal, Err: fmt.Errorf("building transaction %s: %w", t.ID, err)}
+		return txn.Response{}, &Error{Kind: txn.Fatal, Err: fmt.Errorf("building transaction %s: %w", t.ID, err)}
 	}
 	raw, err := c.do(ctx, http.MethodPut, t.Destination, t.Path(), body)
 	if err != nil {
@@ -307,7 +307,7 @@ func (c *Client) SendTransaction(ctx context.Context, t *txn.Transaction) (txn.R
 	}
 	resp, err := txn.ParseResponse(raw)
 	if err != nil {
-		return txn.Response{}, &Error{Kind: KindRetry, Status: http.StatusOK, Err: err}
+		return txn.Response{}, &Error{Kind: txn.Retry, Status: http.StatusOK, Err: err}
 	}
 	return resp, nil
 }
@@ -316,11 +316,11 @@ func (c *Client) SendTransaction(ctx context.Context, t *txn.Transaction) (txn.R
 func (c *Client) do(ctx context.Context, method, destination, path string, body []byte) ([]byte, error) {
 	res, err := c.resolver.Resolve(ctx, destination)
 	if err != nil {
-		return nil, &Error{Kind: KindBackoff, Err: err}
+		return nil, &Error{Kind: txn.Backoff, Err: err}
 	}
 	auth, err := xmatrix.Authorization(c.cfg.Origin, destination, c.key, method, path, body)
 	if err != nil {
-		return nil, &Error{Kind: KindFatal, Err: err}
+		return nil, &Error{Kind: txn.Fatal, Err: err}
 	}
 	delay := c.cfg.RetryDelay
 	for attempt := 0; ; attempt++ {
@@ -329,7 +329,7 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 			return out, nil
 		}
 		var e *Error
-		if !errors.As(err, &e) || e.Kind != KindRetry || attempt >= c.cfg.RetriesPerRequest || ctx.Err() != nil {
+		if !errors.As(err, &e) || e.Kind != txn.Retry || attempt >= c.cfg.RetriesPerRequest || ctx.Err() != nil {
 			return nil, err
 		}
 		wait := delay
@@ -342,7 +342,7 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 		c.log.Debug("retrying federation request", "destination", destination, "attempt", attempt+1, "wait", wait, "err", err)
 		select {
 		case <-ctx.Done():
-			return nil, &Error{Kind: KindRetry, Err: ctx.Err()}
+			return nil, &Error{Kind: txn.Retry, Err: ctx.Err()}
 		case <-time.After(wait):
 		}
 		delay *= 2
@@ -356,7 +356,7 @@ func (c *Client) attempt(ctx context.Context, res discovery.Result, method, dest
 	// connects to the resolved address, and Host carries the resolved name.
 	req, err := http.NewRequestWithContext(ctx, method, "https://"+hostForURL(destination)+path, bytes.NewReader(body))
 	if err != nil {
-		return nil, &Error{Kind: KindFatal, Err: err}
+		return nil, &Error{Kind: txn.Fatal, Err: err}
 	}
 	req.Host = res.Host
 	req.Header.Set("Authorization", auth)
@@ -369,10 +369,10 @@ func (c *Client) attempt(ctx context.Context, res discovery.Result, method, dest
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxResponseBytes+1))
 	if err != nil {
-		return nil, &Error{Kind: KindRetry, Status: resp.StatusCode, Err: fmt.Errorf("reading response: %w", err)}
+		return nil, &Error{Kind: txn.Retry, Status: resp.StatusCode, Err: fmt.Errorf("reading response: %w", err)}
 	}
 	if int64(len(data)) > c.cfg.MaxResponseBytes {
-		return nil, &Error{Kind: KindBackoff, Status: resp.StatusCode, Err: fmt.Errorf("response larger than %d bytes", c.cfg.MaxResponseBytes)}
+		return nil, &Error{Kind: txn.Backoff, Status: resp.StatusCode, Err: fmt.Errorf("response larger than %d bytes", c.cfg.MaxResponseBytes)}
 	}
 	if resp.StatusCode == http.StatusOK {
 		return data, nil
@@ -398,7 +398,7 @@ func statusError(resp *http.Response, body []byte) *Error {
 	e := &Error{Status: resp.StatusCode, Errcode: m.Errcode, Err: fmt.Errorf("%s", truncate(m.Error, string(body)))}
 	switch s := resp.StatusCode; {
 	case s == http.StatusTooManyRequests:
-		e.Kind = KindRetry
+		e.Kind = txn.Retry
 		e.RetryAfter = time.Duration(m.RetryAfterMS) * time.Millisecond
 		if e.RetryAfter == 0 {
 			if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
@@ -406,11 +406,11 @@ func statusError(resp *http.Response, body []byte) *Error {
 			}
 		}
 	case s >= 500:
-		e.Kind = KindRetry
+		e.Kind = txn.Retry
 	case s == http.StatusBadRequest || s == http.StatusRequestEntityTooLarge:
-		e.Kind = KindFatal
+		e.Kind = txn.Fatal
 	default: // 401, 403, 404 / M_UNRECOGNIZED, other 4xx
-		e.Kind = KindBackoff
+		e.Kind = txn.Backoff
 	}
 	return e
 }

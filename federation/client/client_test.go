@@ -102,22 +102,22 @@ func TestStatusKinds(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		fault testreceiver.Fault
-		want  client.Kind
+		want  txn.Outcome
 	}{
-		{"401", testreceiver.Fault{Status: 401}, client.KindBackoff},
-		{"403", testreceiver.Fault{Status: 403}, client.KindBackoff},
-		{"404 unrecognized", testreceiver.Fault{Status: 404}, client.KindBackoff},
-		{"400 our bug", testreceiver.Fault{Status: 400}, client.KindFatal},
-		{"500 persists", testreceiver.Fault{Status: 500}, client.KindRetry},
-		{"429 long retry_after", testreceiver.Fault{Status: 429, RetryAfter: time.Hour}, client.KindRetry},
-		{"dropped connection", testreceiver.Fault{DropConnection: true}, client.KindRetry},
+		{"401", testreceiver.Fault{Status: 401}, txn.Backoff},
+		{"403", testreceiver.Fault{Status: 403}, txn.Backoff},
+		{"404 unrecognized", testreceiver.Fault{Status: 404}, txn.Backoff},
+		{"400 our bug", testreceiver.Fault{Status: 400}, txn.Fatal},
+		{"500 persists", testreceiver.Fault{Status: 500}, txn.Retry},
+		{"429 long retry_after", testreceiver.Fault{Status: 429, RetryAfter: time.Hour}, txn.Retry},
+		{"dropped connection", testreceiver.Fault{DropConnection: true}, txn.Retry},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := setup(t, []string{"a.test"}, nil)
 			e.recv.SetFault("a.test", tc.fault)
 			_, err := e.cl.SendTransaction(context.Background(), newTxn("1", "a.test", 1))
-			if client.KindOf(err) != tc.want {
-				t.Fatalf("error %v is %v, want %v", err, client.KindOf(err), tc.want)
+			if txn.OutcomeOf(err) != tc.want {
+				t.Fatalf("error %v is %v, want %v", err, txn.OutcomeOf(err), tc.want)
 			}
 			if tc.name == "429 long retry_after" {
 				var ce *client.Error
@@ -147,7 +147,7 @@ func TestTransientFailuresRetriedWithinTheRequest(t *testing.T) {
 func TestUnhostedNameIsBackoff(t *testing.T) {
 	e := setup(t, []string{"a.test"}, nil)
 	_, err := e.cl.SendTransaction(context.Background(), newTxn("1", "unhosted.test", 1))
-	if client.KindOf(err) != client.KindBackoff {
+	if txn.OutcomeOf(err) != txn.Backoff {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -155,7 +155,7 @@ func TestUnhostedNameIsBackoff(t *testing.T) {
 func TestLoopbackDeniedUnlessAllowed(t *testing.T) {
 	e := setup(t, []string{"a.test"}, func(c *client.Config) { c.AllowedNetworks = nil })
 	_, err := e.cl.SendTransaction(context.Background(), newTxn("1", "a.test", 1))
-	if !errors.Is(err, client.ErrDeniedAddress) || client.KindOf(err) != client.KindBackoff {
+	if !errors.Is(err, client.ErrDeniedAddress) || txn.OutcomeOf(err) != txn.Backoff {
 		t.Fatalf("loopback reached without being allowed: %v", err)
 	}
 	if e.recv.Requests("a.test") != 0 {
@@ -166,8 +166,8 @@ func TestLoopbackDeniedUnlessAllowed(t *testing.T) {
 func TestUntrustedCertificateIsBackoff(t *testing.T) {
 	e := setup(t, []string{"a.test"}, func(c *client.Config) { c.RootCAs = nil })
 	_, err := e.cl.SendTransaction(context.Background(), newTxn("1", "a.test", 1))
-	if client.KindOf(err) != client.KindBackoff {
-		t.Fatalf("untrusted certificate: %v (%v)", err, client.KindOf(err))
+	if txn.OutcomeOf(err) != txn.Backoff {
+		t.Fatalf("untrusted certificate: %v (%v)", err, txn.OutcomeOf(err))
 	}
 	ins := setup(t, []string{"a.test"}, func(c *client.Config) { c.RootCAs = nil; c.InsecureSkipVerify = true })
 	if _, err := ins.cl.SendTransaction(context.Background(), newTxn("1", "a.test", 1)); err != nil {
@@ -227,10 +227,10 @@ func TestOversizedAndMalformedResponses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		body []byte
-		want client.Kind
+		want txn.Outcome
 	}{
-		{"oversized", append(append([]byte(`{"pdus":{},"pad":"`), big...), '"', '}'), client.KindBackoff},
-		{"malformed", []byte(`{"pdus":[`), client.KindRetry},
+		{"oversized", append(append([]byte(`{"pdus":{},"pad":"`), big...), '"', '}'), txn.Backoff},
+		{"malformed", []byte(`{"pdus":[`), txn.Retry},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ca, _ := testreceiver.NewCA()
@@ -242,8 +242,8 @@ func TestOversizedAndMalformedResponses(t *testing.T) {
 			res, _ := discovery.New(discovery.Config{Static: map[string]string{"x.test": srv.Listener.Addr().String()}})
 			cl, _ := client.New(client.Config{Origin: "origin.test", RootCAs: ca.Pool(), AllowedNetworks: []string{"127.0.0.0/8"}, MaxResponseBytes: 1 << 20, RetriesPerRequest: -0, RetryDelay: time.Millisecond}, key, res, slog.New(slog.DiscardHandler))
 			_, err := cl.SendTransaction(context.Background(), newTxn("1", "x.test", 1))
-			if client.KindOf(err) != tc.want {
-				t.Fatalf("got %v (%v), want %v", err, client.KindOf(err), tc.want)
+			if txn.OutcomeOf(err) != tc.want {
+				t.Fatalf("got %v (%v), want %v", err, txn.OutcomeOf(err), tc.want)
 			}
 		})
 	}

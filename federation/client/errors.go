@@ -8,38 +8,13 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/federation/txn"
 )
-
-// Kind is what a caller should do about a failed request.
-type Kind int
-
-const (
-	// KindRetry: a transient failure (network, timeout, 5xx, 429); the client has
-	// already retried within the request. Retry soon, or back off if it persists.
-	KindRetry Kind = iota + 1
-	// KindBackoff: the destination cannot take our requests now (401, 403, 404,
-	// M_UNRECOGNIZED, TLS or DNS failure, refused address). Back it off.
-	KindBackoff
-	// KindFatal: the destination says our request is wrong (400, 413): a bug on
-	// our side. Retrying the same bytes cannot help.
-	KindFatal
-)
-
-func (k Kind) String() string {
-	switch k {
-	case KindRetry:
-		return "retry"
-	case KindBackoff:
-		return "backoff"
-	case KindFatal:
-		return "fatal"
-	}
-	return "unknown"
-}
 
 // Error is a failed federation request.
 type Error struct {
-	Kind Kind
+	// Kind is what the failure means for the destination.
+	Kind txn.Outcome
 	// Status is the HTTP status, 0 when there was no response.
 	Status int
 	// Errcode is the Matrix errcode of the response body, when there was one.
@@ -58,15 +33,9 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// KindOf classifies any error from SendTransaction; errors that are not *Error
-// (context cancellation) are KindRetry.
-func KindOf(err error) Kind {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Kind
-	}
-	return KindRetry
-}
+// Outcome implements the interface txn.OutcomeOf reads: the destination
+// queue learns what a failed send means from the error itself.
+func (e *Error) Outcome() txn.Outcome { return e.Kind }
 
 // ErrDeniedAddress is wrapped when a server name resolves to an address in a
 // denied range (private, loopback, link-local…) that is not explicitly allowed.
@@ -81,8 +50,8 @@ func classifyTransport(err error) *Error {
 	switch {
 	case errors.Is(err, ErrDeniedAddress), errors.Is(err, discovery.ErrResolve),
 		errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostErr), errors.As(err, &invalid):
-		return &Error{Kind: KindBackoff, Err: err}
+		return &Error{Kind: txn.Backoff, Err: err}
 	default:
-		return &Error{Kind: KindRetry, Err: err}
+		return &Error{Kind: txn.Retry, Err: err}
 	}
 }

@@ -58,7 +58,7 @@ func TestTransactionsWithTheQueuesPresenceMatchTheSchema(t *testing.T) {
 	eduSchema, presenceSchema := compile(t, "edu.yaml"), compile(t, "event-schemas/m.presence.yaml")
 
 	tr := &capture{}
-	m, err := queue.NewManager(queue.Config{Origin: "example.org", Classify: func(error) queue.Outcome { return queue.Fatal }, CatchUpInterval: time.Hour},
+	m, err := queue.NewManager(queue.Config{Origin: "example.org", CatchUpInterval: time.Hour},
 		tr, healthyStore{}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +72,7 @@ func TestTransactionsWithTheQueuesPresenceMatchTheSchema(t *testing.T) {
 	var done atomic.Int64
 	typing, _ := edu.Typing{RoomID: "!r:example.org", UserID: "@u1:example.org", Typing: true}.EDU()
 	testenv.Eventually(t, 5*time.Second, "the queue running", func() bool {
-		return m.Enqueue(context.Background(), "remote.org", queue.Item{EDU: typing, Done: func() { done.Add(1) }}) == nil
+		return m.EnqueueEDU(context.Background(), "remote.org", queue.EDU{EDU: typing}, func() { done.Add(1) }) == nil
 	})
 	now := time.Now().UnixMilli()
 	presences := []string{edu.Online, edu.Unavailable, edu.Offline}
@@ -86,7 +86,7 @@ func TestTransactionsWithTheQueuesPresenceMatchTheSchema(t *testing.T) {
 			}
 			states = append(states, s)
 		}
-		if err := m.Enqueue(context.Background(), "remote.org", queue.Item{Presence: states, Done: func() { done.Add(1) }}); err != nil {
+		if err := m.EnqueuePresence(context.Background(), "remote.org", states, func() { done.Add(1) }); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -16,7 +16,7 @@ const maxPresenceUsers = 50
 // list of updates: a user who changes presence 10,000 times while the
 // destination is slow costs one entry, and the destination gets one update
 // with the last state. The states are turned into the m.presence EDU when a
-// transaction is built (render), so last_active_ago is measured then.
+// transaction is built, so last_active_ago is measured then.
 //
 // A state replaced by a later state of the same user is dropped, and its item
 // is done at once when it has no other state pending: the item holding the
@@ -26,11 +26,17 @@ const maxPresenceUsers = 50
 // and a burst of updates would fill the partition's in-flight window.
 
 // presenceItem counts the states of one enqueued presence item that are
-// still pending or in flight; its Done is called when the last is delivered,
+// still pending or in flight; its done is called when the last is delivered,
 // superseded or dropped.
 type presenceItem struct {
 	left atomic.Int64
 	done func()
+}
+
+func newPresenceItem(states int, done func()) *presenceItem {
+	p := &presenceItem{done: done}
+	p.left.Store(int64(states))
+	return p
 }
 
 func (p *presenceItem) release() {
@@ -51,102 +57,75 @@ type pendingPresence struct {
 	item  *presenceItem
 }
 
-// addPresence merges states into q's pending presence and returns the items
-// whose states they superseded (one entry per state), to be released once
-// q.mu is given up. q.mu is held.
-func (q *destQueue) addPresence(states []edu.PresenceState, item *presenceItem) (superseded []*presenceItem) {
-	if q.presence == nil {
-		q.presence = map[string]pendingPresence{}
+// presenceSlot is the EDU slot of presence: the latest unsent state per user,
+// users in the order they were first queued.
+type presenceSlot struct {
+	states map[string]pendingPresence
+	users  []string
+}
+
+// add merges states into the slot and returns the items whose states they
+// superseded (one entry per state), to be released once the destination's
+// lock is given up.
+func (s *presenceSlot) add(states []edu.PresenceState, item *presenceItem) (superseded []*presenceItem) {
+	if s.states == nil {
+		s.states = map[string]pendingPresence{}
 	}
-	for _, s := range states {
-		if old, ok := q.presence[s.UserID]; ok {
+	for _, st := range states {
+		if old, ok := s.states[st.UserID]; ok {
 			superseded = append(superseded, old.item)
 		} else {
-			q.presenceUsers = append(q.presenceUsers, s.UserID) // keeps its place when replaced
+			s.users = append(s.users, st.UserID) // keeps its place when replaced
 		}
-		q.presence[s.UserID] = pendingPresence{state: s, item: item}
+		s.states[st.UserID] = pendingPresence{state: st, item: item}
 	}
 	return superseded
 }
 
-// forgetPresence removes the pending states of item (its Enqueue failed:
-// the caller offers it again). q.mu is held.
-func (q *destQueue) forgetPresence(item *presenceItem) {
-	users := q.presenceUsers[:0]
-	for _, u := range q.presenceUsers {
-		if q.presence[u].item == item {
-			delete(q.presence, u)
-			continue
-		}
-		users = append(users, u)
-	}
-	q.presenceUsers = users
-}
-
-// takePresence takes the states of up to max users, longest pending first,
-// as one item for the next transaction. q.mu is held.
-func (q *destQueue) takePresence(max int) (Item, bool) {
-	n := min(len(q.presenceUsers), max)
-	if n == 0 {
-		return Item{}, false
+// take takes the states of up to 50 users, longest pending first, as one
+// m.presence EDU (when max leaves room for one).
+func (s *presenceSlot) take(max int) []eduItem {
+	n := min(len(s.users), maxPresenceUsers)
+	if n == 0 || max < 1 {
+		return nil
 	}
 	states := make([]edu.PresenceState, 0, n)
 	items := make([]*presenceItem, 0, n)
-	for _, u := range q.presenceUsers[:n] {
-		p := q.presence[u]
-		delete(q.presence, u)
+	for _, u := range s.users[:n] {
+		p := s.states[u]
+		delete(s.states, u)
 		states = append(states, p.state)
 		items = append(items, p.item)
 	}
-	q.presenceUsers = q.presenceUsers[n:]
-	if len(q.presenceUsers) == 0 {
-		q.presenceUsers = nil // lets the grown array go
+	s.users = s.users[n:]
+	if len(s.users) == 0 {
+		s.users = nil // lets the grown array go
 	}
-	return Item{Presence: states, Done: func() { releaseAll(items) }}, true
+	return []eduItem{{typ: edu.TypePresence, count: n, done: func() { releaseAll(items) },
+		render: func(built time.Time) (txn.EDU, error) { return renderPresence(states, built) }}}
 }
 
-// dropPresence empties q's pending presence and returns its items (one entry
-// per state) and the number of states. q.mu is held.
-func (q *destQueue) dropPresence() []*presenceItem {
-	items := make([]*presenceItem, 0, len(q.presence))
-	for _, p := range q.presence {
+// drain takes every pending state, as one item counting one per state.
+func (s *presenceSlot) drain() []eduItem {
+	if len(s.users) == 0 {
+		return nil
+	}
+	items := make([]*presenceItem, 0, len(s.states))
+	for _, p := range s.states {
 		items = append(items, p.item)
 	}
-	q.presence, q.presenceUsers = nil, nil
-	return items
+	s.states, s.users = nil, nil
+	return []eduItem{{typ: edu.TypePresence, count: len(items), done: func() { releaseAll(items) }}}
 }
 
-// render returns the EDU of it for a transaction built at now: a presence
-// item's states become one m.presence EDU aged to now.
-func render(it Item, now time.Time) (txn.EDU, error) {
-	if !it.isPresence() {
-		return it.EDU, nil
-	}
-	push := make([]edu.PresenceUpdate, len(it.Presence))
-	for i, s := range it.Presence {
+func (s *presenceSlot) len() int { return min(len(s.users), 1) }
+
+// renderPresence returns the m.presence EDU of states for a transaction built
+// at now: each state aged to now.
+func renderPresence(states []edu.PresenceState, now time.Time) (txn.EDU, error) {
+	push := make([]edu.PresenceUpdate, len(states))
+	for i, s := range states {
 		push[i] = s.Update(now)
 	}
 	return edu.Presence{Push: push}.EDU()
-}
-
-// eduType is it's EDU type as a metric label (a bounded set).
-func eduType(it Item) string {
-	t := it.EDU.Type
-	if it.isPresence() {
-		t = edu.TypePresence
-	}
-	switch t {
-	case edu.TypePresence, edu.TypeTyping, edu.TypeReceipt, edu.TypeDeviceListUpdate, edu.TypeDirectToDevice:
-		return t
-	}
-	return "other"
-}
-
-// eduCount is how many EDUs it counts as in the dropped metric: a presence
-// item counts one per user state.
-func eduCount(it Item) int {
-	if it.isPresence() {
-		return len(it.Presence)
-	}
-	return 1
 }

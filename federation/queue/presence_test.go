@@ -9,7 +9,6 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/queue"
-	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 )
 
@@ -48,7 +47,7 @@ func (f *fixture) waitInFlight(t *testing.T, dest string) {
 
 func (f *fixture) presence(t *testing.T, dest string, states ...edu.PresenceState) {
 	t.Helper()
-	if err := f.m.Enqueue(context.Background(), dest, queue.Item{Presence: states, Done: func() { f.done.Add(1) }}); err != nil {
+	if err := f.m.EnqueuePresence(context.Background(), dest, states, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -130,7 +129,7 @@ func TestPresenceIsOneEDUOfAtMost50UsersPerTransactionLatestStateWinning(t *test
 	}
 	f.presence(t, "a.test", state(5, edu.Offline)) // replaces @u5's state, keeps its place
 	typing, _ := edu.Typing{RoomID: "!r:me.test", UserID: "@u0:me.test", Typing: true}.EDU()
-	if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: typing, Done: func() { f.done.Add(1) }}); err != nil {
+	if err := f.m.EnqueueEDU(context.Background(), "a.test", queue.EDU{EDU: typing, Key: "!r:me.test @u0:me.test"}, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.metric(t, "fedpipe_sender_presence_superseded_total", "", ""); got != 1 {
@@ -182,10 +181,7 @@ func TestPresenceForABackingOffDestinationIsDroppedCountedAndDone(t *testing.T) 
 	})
 	// Backing off: dropped as it arrives (and done so the offset moves on).
 	f.presence(t, "a.test", st("@d:me.test", edu.Online), st("@e:me.test", edu.Online))
-	raw, _ := edu.Presence{Push: []edu.PresenceUpdate{edu.NewPresenceUpdate("@f:me.test", edu.Online, 0, true, "")}}.EDU()
-	if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: raw, Done: func() { f.done.Add(1) }}); err != nil {
-		t.Fatal(err)
-	}
+	f.presence(t, "a.test", st("@f:me.test", edu.Online))
 	if d := f.done.Load(); d != 5 {
 		t.Fatalf("%d items done, want 5", d)
 	}
@@ -252,42 +248,4 @@ func TestTenThousandPresenceUpdatesOfOneUserReachASlowDestinationAsFewEntries(t 
 		t.Fatalf("%v superseded, want %d", got, n-1)
 	}
 	t.Logf("%d updates enqueued in %v; %d entries sent in %d transactions", n, took, len(entries), len(f.txns("slow.test")))
-}
-
-func TestPresenceEDUsAreMergedWithPresenceStates(t *testing.T) {
-	f := setup(t)
-	release := f.hold(t)
-	f.presence(t, "a.test", edu.PresenceState{UserID: "@x:me.test", Presence: edu.Online, LastActiveTS: f.clk.Now().UnixMilli()})
-	f.waitInFlight(t, "a.test")
-	f.presence(t, "a.test", edu.PresenceState{UserID: "@a:me.test", Presence: edu.Online, LastActiveTS: f.clk.Now().UnixMilli()})
-	// m.presence EDU records (as the router wrote them before presence
-	// records): read back into states, so the transaction holds one EDU; one
-	// that breaks the specification is dropped, not sent beside it.
-	raw, _ := edu.Presence{Push: []edu.PresenceUpdate{edu.NewPresenceUpdate("@a:me.test", edu.Offline, 3000, false, "bye"), edu.NewPresenceUpdate("@b:me.test", edu.Online, 0, true, "")}}.EDU()
-	bad := txn.EDU{Type: edu.TypePresence, Content: json.RawMessage(`{"push":[{"user_id":"@c:me.test","presence":"asleep","last_active_ago":1}]}`)}
-	for _, e := range []txn.EDU{raw, bad} {
-		if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: e, Done: func() { f.done.Add(1) }}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.clk.advance(time.Second)
-	release()
-	testenv.Eventually(t, 5*time.Second, "all done", func() bool { return f.done.Load() == 4 })
-	txns := f.txns("a.test")
-	if len(txns) != 2 {
-		t.Fatalf("%d transactions, want 2", len(txns))
-	}
-	var got []string
-	for _, e := range txns[1].EDUs {
-		got = append(got, e.Type+" "+string(e.Content))
-	}
-	want := []string{
-		`m.presence {"push":[{"user_id":"@a:me.test","presence":"offline","last_active_ago":4000,"status_msg":"bye"},{"user_id":"@b:me.test","presence":"online","last_active_ago":1000,"currently_active":true}]}`,
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("EDUs\n%s\nwant\n%s", got, want)
-	}
-	if got := f.metric(t, "fedpipe_sender_dropped_total", "reason", "unsendable"); got != 1 {
-		t.Fatalf("%v dropped as unsendable, want 1 (the m.presence EDU with an unknown state)", got)
-	}
 }

@@ -3,10 +3,10 @@ package queue_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,22 +33,21 @@ type transport struct {
 	held     chan struct{}     // while set, sends wait until it is closed (a slow destination)
 }
 
-var (
-	errDown      = errors.New("destination down")
-	errTransient = errors.New("503, retried within the request")
-	errBad       = errors.New("400: our transaction is malformed")
-)
-
-// classify maps the stub's errors as consumers/sender maps the client's.
-func classify(err error) queue.Outcome {
-	switch {
-	case errors.Is(err, errTransient):
-		return queue.Retry
-	case errors.Is(err, errBad):
-		return queue.Fatal
-	}
-	return queue.Backoff
+// sendError is a stub failure carrying its outcome, as the federation
+// client's errors do.
+type sendError struct {
+	outcome txn.Outcome
+	msg     string
 }
+
+func (e *sendError) Error() string        { return e.msg }
+func (e *sendError) Outcome() txn.Outcome { return e.outcome }
+
+var (
+	errDown      error = &sendError{txn.Backoff, "destination down"}
+	errTransient error = &sendError{txn.Retry, "503, retried within the request"}
+	errBad       error = &sendError{txn.Fatal, "400: our transaction is malformed"}
+)
 
 func (t *transport) SendTransaction(_ context.Context, tx *txn.Transaction) (txn.Response, error) {
 	t.mu.Lock()
@@ -85,6 +84,19 @@ func (t *transport) SendTransaction(_ context.Context, tx *txn.Transaction) (txn
 		resp.PDUs[id] = txn.PDUResult{Error: reason}
 	}
 	return resp, nil
+}
+
+// attemptsTo lists the transaction ids dest was sent, accepted or not.
+func (t *transport) attemptsTo(dest string) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for key := range t.attempts {
+		if d, id, _ := strings.Cut(key, " "); d == dest {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func (t *transport) pdus(dest string) []string {
@@ -225,7 +237,7 @@ func setupWith(t *testing.T, adjust func(*queue.Config)) *fixture {
 	}
 	f.tr.delay.Store(int64(time.Millisecond))
 	cfg := queue.Config{Origin: "me.test", Now: f.clk.Now, Rand: func() float64 { return 0.5 }, CatchUpInterval: 5 * time.Millisecond,
-		RetryDelay: 5 * time.Millisecond, Classify: classify}
+		RetryDelay: 5 * time.Millisecond}
 	if adjust != nil {
 		adjust(&cfg)
 	}
@@ -240,7 +252,7 @@ func setupWith(t *testing.T, adjust func(*queue.Config)) *fixture {
 	go func() { defer wg.Done(); _ = m.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	testenv.Eventually(t, 5*time.Second, "manager running", func() bool {
-		return m.Enqueue(context.Background(), "probe.test", queue.Item{EDU: txn.EDU{Type: "m.x", Content: json.RawMessage(`{}`)}, Done: func() {}}) == nil
+		return m.EnqueueEDU(context.Background(), "probe.test", queue.EDU{EDU: txn.EDU{Type: "m.x", Content: json.RawMessage(`{}`)}}, func() {}) == nil
 	})
 	return f
 }
@@ -253,7 +265,7 @@ func (f *fixture) pdu(t *testing.T, dest, room string) string {
 	f.store.mu.Lock()
 	f.store.pdus[id] = raw
 	f.store.mu.Unlock()
-	if err := f.m.Enqueue(context.Background(), dest, queue.Item{RoomID: room, EventID: id, Position: p, PDU: raw, Done: func() { f.done.Add(1) }}); err != nil {
+	if err := f.m.EnqueuePDU(context.Background(), dest, queue.PDU{RoomID: room, EventID: id, Position: p, JSON: raw}, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 	return string(raw)
@@ -305,7 +317,7 @@ func TestBackoffCatchUpAndResume(t *testing.T) {
 	f.pdu(t, "a.test", "!r1")
 	last1 := f.pdu(t, "a.test", "!r1")
 	last2 := f.pdu(t, "a.test", "!r2")
-	if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(`{}`)}, Done: func() { f.done.Add(1) }}); err != nil {
+	if err := f.m.EnqueueEDU(context.Background(), "a.test", queue.EDU{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(`{}`)}}, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 	if f.done.Load() != 5 || len(f.tr.pdus("a.test")) != 0 {
@@ -367,7 +379,7 @@ func TestStopWaitsForInFlight(t *testing.T) {
 }
 
 func TestBackoffSchedule(t *testing.T) {
-	cfg := queue.Config{Origin: "o", Classify: func(error) queue.Outcome { return queue.Backoff }}
+	cfg := queue.Config{Origin: "o"}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

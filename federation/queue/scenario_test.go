@@ -116,7 +116,7 @@ func TestUnsendablePDUIsDroppedAndTheRestSent(t *testing.T) {
 	f.pdu(t, "a.test", "!r") // in flight while the next three queue up
 	good1 := f.pdu(t, "a.test", "!r")
 	bad := json.RawMessage(`{"room_id":"!r","n":0.5}`) // floats have no canonical form
-	if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{RoomID: "!r", EventID: "$bad", Position: 100, PDU: bad, Done: func() { f.done.Add(1) }}); err != nil {
+	if err := f.m.EnqueuePDU(context.Background(), "a.test", queue.PDU{RoomID: "!r", EventID: "$bad", Position: 100, JSON: bad}, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 	good2 := f.pdu(t, "a.test", "!r")
@@ -138,7 +138,7 @@ func TestEDUBatchesHoldAtMost100(t *testing.T) {
 	f.tr.delay.Store(int64(30 * time.Millisecond))
 	f.pdu(t, "a.test", "!r")
 	for i := 0; i < 250; i++ {
-		if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}, Done: func() { f.done.Add(1) }}); err != nil {
+		if err := f.m.EnqueueEDU(context.Background(), "a.test", queue.EDU{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}}, func() { f.done.Add(1) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -290,7 +290,7 @@ func TestPausedDestinationIsRecordedNotSentUntilResumed(t *testing.T) {
 	f.pdu(t, "a.test", "!r1")
 	last1 := f.pdu(t, "a.test", "!r1")
 	last2 := f.pdu(t, "a.test", "!r2")
-	if err := f.m.Enqueue(context.Background(), "a.test", queue.Item{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(`{}`)}, Done: func() { f.done.Add(1) }}); err != nil {
+	if err := f.m.EnqueueEDU(context.Background(), "a.test", queue.EDU{EDU: txn.EDU{Type: "m.typing", Content: json.RawMessage(`{}`)}}, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 	if f.done.Load() != 4 || len(f.txns("a.test")) != 0 {

@@ -1,0 +1,114 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// backOff records that d failed: its backoff grows (persisted), and what it
+// held (inFlight and everything pending) is shed: its PDUs recorded for
+// catch-up, its EDUs and presence dropped. New PDUs go to the store from now
+// on, until a catch-up has run.
+func (d *destination) backOff(ctx context.Context, inFlight batch, cause error) error {
+	d.mu.Lock()
+	held := inFlight.then(d.pending.drain())
+	d.setRetry(d.retry.fail(d.sched, d.cfg.Now(), d.cfg.Rand()))
+	d.behind = true
+	r := d.retry
+	d.mu.Unlock()
+	d.log.Warn("destination failing; backing off", "destination", d.name, "interval", r.Interval, "until", r.NextAttempt, "err", cause)
+	d.m.backoffs.Inc()
+	err := d.persist(ctx, "recording backoff", func(ctx context.Context) error { return d.store.SaveRetry(ctx, d.name, r) })
+	if err == nil {
+		err = d.shed(ctx, held)
+	}
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	return err
+}
+
+// shed completes b without sending it: the latest position per room of its
+// PDUs is recorded for catch-up, its EDUs are dropped and counted.
+func (d *destination) shed(ctx context.Context, b batch) error {
+	latest := map[string]CatchUp{}
+	for _, it := range b.pdus {
+		if c, ok := latest[it.RoomID]; !ok || it.Position > c.Position {
+			latest[it.RoomID] = CatchUp{RoomID: it.RoomID, Position: it.Position, EventID: it.EventID}
+		}
+	}
+	rooms := make([]CatchUp, 0, len(latest))
+	for _, c := range latest {
+		rooms = append(rooms, c)
+	}
+	if len(rooms) > 0 {
+		if err := d.persist(ctx, "recording catch-up", func(ctx context.Context) error { return d.store.RecordCatchUp(ctx, d.name, rooms) }); err != nil {
+			return err
+		}
+	}
+	d.m.pdusToCatchUp.Add(float64(len(b.pdus)))
+	for _, it := range b.edus {
+		d.m.edusDropped.WithLabelValues(eduType(it.typ)).Add(float64(it.count))
+	}
+	b.done()
+	return nil
+}
+
+// persist runs a store write d cannot go on without, retrying with doubling
+// pauses. Giving up returns an error for Run: the items involved are not
+// done, and a restart redelivers them. Stopping or shutting down gives up
+// with errStopped (the items are not done: the next owner gets them).
+func (d *destination) persist(ctx context.Context, what string, write func(context.Context) error) error {
+	delay := d.cfg.StoreRetryDelay
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = write(ctx); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return errStopped
+		}
+		d.m.storeErrors.Inc()
+		if attempt >= d.cfg.StoreAttempts {
+			break
+		}
+		d.log.Warn(what+" failed; retrying", "destination", d.name, "err", err, "in", delay)
+		if err := d.pause(ctx, delay); err != nil {
+			return err
+		}
+		delay *= 2
+	}
+	return fmt.Errorf("%s for %s: %w", what, d.name, err)
+}
+
+// succeed ends d's backoff after the destination accepted a transaction, in
+// memory and stored.
+func (d *destination) succeed(ctx context.Context) {
+	d.mu.Lock()
+	was := d.retry.Interval > 0
+	if was {
+		d.setRetry(d.retry.succeed())
+	}
+	d.mu.Unlock()
+	if !was {
+		return
+	}
+	if err := d.store.SaveRetry(ctx, d.name, RetryState{}); err != nil && ctx.Err() == nil {
+		// Harmless: the stored backoff only delays the next wake-up.
+		d.m.storeErrors.Inc()
+		d.log.Warn("clearing backoff", "destination", d.name, "err", err)
+	}
+}
+
+// recordSuccess stores d's last successful position. A failure only leaves
+// the operator's view behind; it is logged and counted.
+func (d *destination) recordSuccess(ctx context.Context, position int64) {
+	if position <= 0 {
+		return
+	}
+	if err := d.store.RecordSuccess(ctx, d.name, position); err != nil && ctx.Err() == nil {
+		d.m.storeErrors.Inc()
+		d.log.Warn("recording last successful position", "destination", d.name, "err", err)
+	}
+}

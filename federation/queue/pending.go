@@ -1,0 +1,74 @@
+package queue
+
+import "github.com/fedpipe/fedpipe/federation/txn"
+
+// queuedPDU is a PDU waiting for a transaction, and what delivering it completes.
+type queuedPDU struct {
+	PDU
+	done func()
+}
+
+// pending is what a destination holds to send live: PDUs in order, and EDUs
+// in slots, one per kind that is held in its own way.
+type pending struct {
+	pdus     []queuedPDU
+	presence presenceSlot
+	edus     eduQueue
+}
+
+// slots are the EDU slots in the order a transaction takes from them.
+// Synapse's order is presence, receipts, to-device, device lists, then the
+// other EDUs and the keyed ones: a new kind of EDU is a new slot in its place
+// here, and the send loop does not change.
+func (p *pending) slots() []eduSlot { return []eduSlot{&p.presence, &p.edus} }
+
+func (p *pending) empty() bool {
+	if len(p.pdus) > 0 {
+		return false
+	}
+	for _, s := range p.slots() {
+		if s.len() > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// batch is what one transaction (or, when it is full, the next ones) sends,
+// in order.
+type batch struct {
+	pdus []queuedPDU
+	edus []eduItem
+}
+
+func (b batch) empty() bool { return len(b.pdus) == 0 && len(b.edus) == 0 }
+
+// then is b followed by next.
+func (b batch) then(next batch) batch {
+	return batch{pdus: append(b.pdus[:len(b.pdus):len(b.pdus)], next.pdus...), edus: append(b.edus[:len(b.edus):len(b.edus)], next.edus...)}
+}
+
+// take takes a transaction's worth: up to txn.MaxPDUs PDUs and txn.MaxEDUs
+// EDUs, the EDUs slot by slot in order.
+func (p *pending) take() batch {
+	n := min(len(p.pdus), txn.MaxPDUs)
+	b := batch{pdus: append([]queuedPDU(nil), p.pdus[:n]...)}
+	p.pdus = p.pdus[n:]
+	if len(p.pdus) == 0 {
+		p.pdus = nil // lets the grown array go
+	}
+	for _, s := range p.slots() {
+		b.edus = append(b.edus, s.take(txn.MaxEDUs-len(b.edus))...)
+	}
+	return b
+}
+
+// drain takes everything (the destination backs off).
+func (p *pending) drain() batch {
+	b := batch{pdus: p.pdus}
+	p.pdus = nil
+	for _, s := range p.slots() {
+		b.edus = append(b.edus, s.drain()...)
+	}
+	return b
+}
