@@ -56,6 +56,13 @@ import (
 // Path is the route of the ingest endpoint.
 const Path = "/_fedpipe/v1/events"
 
+// Route is a method and path pattern the ingest handler serves.
+type Route struct{ Method, Pattern string }
+
+// Routes are the routes NewHandler serves; docs/openapi.yaml documents the
+// same ones (cmd/fedpipe's OpenAPI test holds them together).
+var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}}
+
 // DefaultMaxBodyBytes is the default request body limit: room for a few hundred
 // PDUs of the specification's maximum size.
 const DefaultMaxBodyBytes = 16 << 20
