@@ -1,6 +1,6 @@
 // Package usersync is the Go producer library for sync workers: it publishes
 // their presence input to <prefix>.usersync, the topic the presence stage
-// reads (DESIGN.md §5).
+// reads (docs/architecture.md, "Presence").
 //
 // A sync worker makes one Publisher with its instance id, runs Publisher.Run
 // under its supervisor, and brackets every sync request with StartSyncing and
