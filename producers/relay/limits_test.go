@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/producers/relay"
 	"github.com/fedpipe/fedpipe/schema"
@@ -93,11 +92,13 @@ func TestRoundsFitTheTopicsMaxMessageBytes(t *testing.T) {
 }
 
 // One record larger than the room topic's max.message.bytes is refused by the
-// broker (MESSAGE_TOO_LARGE). The relay must not skip it nor publish past it:
-// it publishes what comes before, then holds its position and retries, and
-// once the operator raises the topic's limit it publishes the rest in order,
-// each record once.
-func TestRecordOverMaxMessageBytesHoldsTheRelay(t *testing.T) {
+// broker (MESSAGE_TOO_LARGE). A relay without a dead-letter topic (the CLI
+// always gives it one: then the record is dead-lettered, oversize_test.go)
+// must not skip it nor publish past it: it publishes what comes before, stores
+// its position before the refused record and stops with an error naming it;
+// started again once the operator raises the topic's limit, it publishes the
+// rest in order, each record once.
+func TestRecordOverMaxMessageBytesStopsARelayWithoutDeadLetters(t *testing.T) {
 	e := setup(t, map[string]string{"max.message.bytes": "4096"})
 	ctx := context.Background()
 	var events []outbox.EventWithDeltas
@@ -109,10 +110,15 @@ func TestRecordOverMaxMessageBytesHoldsTheRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := runRelay(t, e, 3000)
-	testenv.Eventually(t, 20*time.Second, "the oversized round refused twice", func() bool {
-		return counter(reg, "fedpipe_relay_failures_total") >= 2
-	})
+	runErr := runRelayUntilError(t, e, 3000)
+	select {
+	case err := <-runErr:
+		if err == nil || !strings.Contains(err.Error(), "dead-letter") {
+			t.Fatalf("relay stopped with %v, want an error saying the record cannot be dead-lettered", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the relay neither published past the refused record nor stopped")
+	}
 	if got := positions(t, readAll(t, e.addr, e.room, 3)); fmt.Sprint(got) != fmt.Sprint(pos[:3]) {
 		t.Fatalf("published %v while the record at %d is refused, want exactly the three before it %v", got, pos[3], pos[:3])
 	}
@@ -121,8 +127,30 @@ func TestRecordOverMaxMessageBytesHoldsTheRelay(t *testing.T) {
 		t.Fatalf("stored position %d (%v), want %d: held before the refused record", stored, err, pos[2])
 	}
 	e.k.AlterTopicConfig(t, e.room, map[string]string{"max.message.bytes": "65536"})
+	runRelay(t, e, 3000)
 	msgs := readAll(t, e.addr, e.room, 7)
 	if got := positions(t, msgs); fmt.Sprint(got) != fmt.Sprint(pos) {
 		t.Fatalf("after raising the limit the room topic holds %v, want %v in order, once each", got, pos)
 	}
+}
+
+// runRelayUntilError runs a relay without a dead-letter topic and reports how
+// its Run ended.
+func runRelayUntilError(t *testing.T, e *env, maxRoundBytes int) <-chan error {
+	t.Helper()
+	w := func(topic string) *kafka.Writer {
+		return &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{},
+			BatchTimeout: time.Millisecond, BatchSize: 1 << 20, BatchBytes: 1 << 20}
+	}
+	room, state := w(e.room), w(e.state)
+	r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond, MaxRoundBytes: maxRoundBytes, RetryDelay: 50 * time.Millisecond},
+		e.pool, room, state, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan error, 1)
+	go func() { out <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); room.Close(); state.Close() })
+	return out
 }
