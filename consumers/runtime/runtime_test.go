@@ -46,6 +46,19 @@ func (o *owners) open(p int, member string) {
 	o.current[p] = member
 }
 
+// count is how many partitions member owns now.
+func (o *owners) count(member string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, m := range o.current {
+		if m == member {
+			n++
+		}
+	}
+	return n
+}
+
 func (o *owners) close(p int, member string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -258,9 +271,19 @@ func TestRebalanceNeverOverlapsOwnership(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "first records", func() bool { return total() >= 100 })
 	member(t, k, c, k.Topic("dead")) // a third member joins
 	produce(t, k.Addr, k.Topic("in"), 300)
-	_ = stopA() // and one leaves
+	// Every member owns partitions before one leaves, so the leave hands
+	// partitions over under traffic (not a member that owned nothing).
+	testenv.Eventually(t, 30*time.Second, "a, b and c each own partitions", func() bool {
+		return own.count("a") > 0 && own.count("b") > 0 && own.count("c") > 0
+	})
+	if err := stopA(); err != nil { // and one leaves
+		t.Fatalf("member a stopped with %v", err)
+	}
 	produce(t, k.Addr, k.Topic("in"), 300)
 	testenv.Eventually(t, 60*time.Second, "all 900 records", func() bool { return total() == 900 })
+	testenv.Eventually(t, 30*time.Second, "b and c own all 6 partitions", func() bool {
+		return own.count("a") == 0 && own.count("b")+own.count("c") == 6
+	})
 	own.mu.Lock()
 	defer own.mu.Unlock()
 	if len(own.overlap) > 0 {
