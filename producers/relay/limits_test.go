@@ -39,15 +39,6 @@ func runRelay(t *testing.T, e *env, maxRoundBytes int) *prometheus.Registry {
 	return reg
 }
 
-func counter(reg *prometheus.Registry, name string) float64 {
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	return 0
-}
 
 // positions decodes the room records' stream positions in topic order (one
 // room, so one partition).
@@ -84,9 +75,9 @@ func TestRoundsFitTheTopicsMaxMessageBytes(t *testing.T) {
 	reg := runRelay(t, e, limit-61) // the v2 batch header is 61 bytes
 	msgs := readAll(t, e.addr, e.room, 80)
 	if len(msgs) != 80 {
-		t.Fatalf("%d room records published (%d failed rounds), want 80", len(msgs), int(counter(reg, "fedpipe_relay_failures_total")))
+		t.Fatalf("%d room records published (%d failed rounds), want 80", len(msgs), int(counterValue(t, reg, "fedpipe_relay_failures_total")))
 	}
-	if n := counter(reg, "fedpipe_relay_failures_total"); n != 0 {
+	if n := counterValue(t, reg, "fedpipe_relay_failures_total"); n != 0 {
 		t.Fatalf("%v rounds refused: the round estimate undercounts what the broker measures", n)
 	}
 }
