@@ -25,8 +25,9 @@ func envInt(name string, def int) int {
 
 // BenchmarkEndToEnd measures (event, destination) deliveries per second and the
 // time from the ingest commit to arrival at the receiver, for 1,000 rooms, 50
-// remote servers and 100,000 events on the embedded stack (kfake, PostgreSQL,
-// loopback HTTPS), then raw kafka-go produce and consume of the same bytes
+// remote servers and 100,000 events through an in-process kfake broker (or the
+// Apache Kafka of FEDPIPE_TEST_KAFKA_BROKERS), the test PostgreSQL
+// (scripts/ensure-postgres) and loopback HTTPS, then raw kafka-go produce and consume of the same bytes
 // through the same broker. FEDPIPE_BENCH_ROOMS/SERVERS/EVENTS scale it down.
 // By default events are ingested as fast as PostgreSQL takes them, so latency
 // includes the backlog; FEDPIPE_BENCH_RATE=N paces ingest at N events/s to
@@ -36,63 +37,99 @@ func envInt(name string, def int) int {
 func BenchmarkEndToEnd(b *testing.B) {
 	rooms, servers, events := envInt("FEDPIPE_BENCH_ROOMS", 1000), envInt("FEDPIPE_BENCH_SERVERS", 50), envInt("FEDPIPE_BENCH_EVENTS", 100000)
 	for i := 0; i < b.N; i++ {
-		p := newPipeline(b, remotes(servers))
-		plan, err := loadgen.Generate(loadgen.Config{LocalServer: "local.test", RemoteServers: p.recv.Names(), Rooms: rooms, Events: events, ServersPerRoom: 4, Seed: 42, PDUPadding: 300})
-		if err != nil {
-			b.Fatal(err)
-		}
-		p.start("relay", "router", "sender")
-		b.ResetTimer()
-		start := time.Now()
-		persist := loadgen.PoolPersister(p.in.pool)
-		if rate := envInt("FEDPIPE_BENCH_RATE", 0); rate > 0 {
-			persist = paced(persist, rate)
-		}
-		committed, err := plan.Ingest(context.Background(), persist, 500, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ingested := time.Since(start)
-		last := time.Now()
-		testenv.Eventually(b, 30*time.Minute, "every delivery", func() bool {
-			if p.recv.TotalPDUs() < plan.Expected {
-				return false
-			}
-			last = time.Now()
-			return true
-		})
-		elapsed := last.Sub(start)
-		b.StopTimer()
-
-		// Latency: first arrival of each (event, destination) minus its commit time.
-		var lat []time.Duration
-		for _, dest := range p.recv.Names() {
-			pdus, at := p.recv.PDUArrivals(dest)
-			seen := map[int]bool{}
-			for j, pdu := range pdus {
-				seq, ok := plan.SeqOf(pdu)
-				if !ok || seen[seq] {
-					continue
-				}
-				seen[seq] = true
-				lat = append(lat, at[j].Sub(committed[seq]))
-			}
-		}
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
-		rate := float64(plan.Expected) / elapsed.Seconds()
-		b.ReportMetric(rate, "deliveries/s")
-		b.ReportMetric(float64(pct(0.50).Milliseconds()), "p50-ms")
-		b.ReportMetric(float64(pct(0.99).Milliseconds()), "p99-ms")
-		b.Logf("%d events, %d deliveries to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p99 %s",
-			len(plan.Events), plan.Expected, servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), rate, pct(0.5), pct(0.99))
-
-		// Raw kafka-go: the same PDU bytes, one record per delivery, through the same broker.
-		raw := rawKafka(b, p.cfg.Kafka.Brokers, plan)
+		r := endToEnd(b, rooms, servers, events, envInt("FEDPIPE_BENCH_RATE", 0))
+		b.ReportMetric(r.rate, "deliveries/s")
+		b.ReportMetric(float64(r.p50.Milliseconds()), "p50-ms")
+		b.ReportMetric(float64(r.p99.Milliseconds()), "p99-ms")
+		raw := rawKafka(b, r.brokers, r.plan)
 		b.ReportMetric(raw, "raw-records/s")
-		b.ReportMetric(rate/raw, "fedpipe/raw")
-		b.Logf("raw kafka-go produce+consume of the same %d records: %.0f records/s; fedpipe reaches %.1f%% of it", plan.Expected, raw, 100*rate/raw)
+		b.ReportMetric(r.rate/raw, "fedpipe/raw")
+		b.Logf("raw kafka-go produce+consume of the same %d records: %.0f records/s; fedpipe reaches %.1f%% of it", r.plan.Expected, raw, 100*r.rate/raw)
 	}
+}
+
+// The end-to-end benchmark's run and checks, at a small size, in every test
+// run: a benchmark whose correctness checks never run checks nothing.
+func TestEndToEndBenchmarkChecksAtSmallSize(t *testing.T) {
+	r := endToEnd(t, 20, 5, 2000, 0)
+	if r.rate <= 0 || r.p99 <= 0 {
+		t.Fatalf("no figures: %+v", r)
+	}
+}
+
+type endToEndResult struct {
+	plan     *loadgen.Plan
+	brokers  []string
+	rate     float64
+	p50, p99 time.Duration
+}
+
+// endToEnd ingests a generated load into a fresh pipeline, waits until every
+// (event, server) delivery has arrived exactly as planned (distinct deliveries;
+// a missing, unexpected, out-of-order or unknown one fails), and measures
+// deliveries per second and the latency from commit to first arrival.
+func endToEnd(tb testing.TB, rooms, servers, events, rate int) endToEndResult {
+	tb.Helper()
+	b, isBench := tb.(*testing.B)
+	p := newPipeline(tb, remotes(servers))
+	plan, err := loadgen.Generate(loadgen.Config{LocalServer: "local.test", RemoteServers: p.recv.Names(), Rooms: rooms, Events: events, ServersPerRoom: 4, Seed: 42, PDUPadding: 300})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p.start("relay", "router", "sender")
+	if isBench {
+		b.ResetTimer()
+	}
+	start := time.Now()
+	persist := loadgen.PoolPersister(p.in.pool)
+	if rate > 0 {
+		persist = paced(persist, rate)
+	}
+	committed, err := plan.Ingest(context.Background(), persist, 500, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ingested := time.Since(start)
+	last := time.Now()
+	var report loadgen.Report
+	testenv.Eventually(tb, 30*time.Minute, "every delivery", func() bool {
+		if p.recv.TotalPDUs() < plan.Expected {
+			return false
+		}
+		if report = plan.Check(p.recv.PDUs, -1); report.Totals().Delivered < plan.Expected {
+			return false
+		}
+		last = time.Now()
+		return true
+	})
+	elapsed := last.Sub(start)
+	if isBench {
+		b.StopTimer()
+	}
+	if !report.OK() {
+		report.Print(testWriter{tb})
+		tb.Fatal("deliveries differ from the plan")
+	}
+	// Latency: first arrival of each (event, destination) minus its commit time.
+	var lat []time.Duration
+	for _, dest := range p.recv.Names() {
+		pdus, at := p.recv.PDUArrivals(dest)
+		seen := map[int]bool{}
+		for j, pdu := range pdus {
+			seq, ok := plan.SeqOf(pdu)
+			if !ok || seen[seq] {
+				continue
+			}
+			seen[seq] = true
+			lat = append(lat, at[j].Sub(committed[seq]))
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	r := endToEndResult{plan: plan, brokers: p.cfg.Kafka.Brokers, rate: float64(plan.Expected) / elapsed.Seconds(), p50: pct(0.5), p99: pct(0.99)}
+	tb.Logf("%d events, %d distinct deliveries (%d duplicates) to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p99 %s",
+		len(plan.Events), plan.Expected, report.Totals().Duplicates, servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), r.rate, r.p50, r.p99)
+	return r
 }
 
 // paced wraps a persister so that batches are persisted at rate events/s.
