@@ -19,6 +19,7 @@ import (
 	"github.com/fedpipe/fedpipe/internal/config"
 	"github.com/fedpipe/fedpipe/internal/loadgen"
 	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // pipeline is a test deployment: a Kafka broker over TCP (kfake, or the Apache
@@ -162,10 +163,16 @@ func TestEndToEndEveryJoinedServerGetsItsRoomsEvents(t *testing.T) {
 	if _, err := plan.Ingest(context.Background(), persist, 100, nil); err != nil {
 		t.Fatal(err)
 	}
-	rep := p.waitDelivered(plan, 60*time.Second)
-	// Let stragglers arrive, then judge: nothing unexpected, nothing twice, in room order.
-	time.Sleep(300 * time.Millisecond)
-	rep = plan.Check(p.recv.PDUs, -1)
+	p.waitDelivered(plan, 60*time.Second)
+	// Judge once the router and the sender have committed everything (a sent
+	// transaction is committed after its answer): no straggler is still on
+	// its way, then nothing unexpected, nothing twice, in room order.
+	prefix, broker := p.cfg.Kafka.TopicPrefix, p.cfg.Kafka.Brokers[0]
+	testenv.Eventually(t, 60*time.Second, "router and sender caught up", func() bool {
+		return groupCaughtUp(t, broker, groupID(prefix, routerGroup), schema.Topic(prefix, "room")) &&
+			groupCaughtUp(t, broker, groupID(prefix, senderGroup), schema.Topic(prefix, "outbound"))
+	})
+	rep := plan.Check(p.recv.PDUs, -1)
 	tot := rep.Totals()
 	if !rep.OK() || tot.Duplicates != 0 {
 		rep.Print(testWriter{t})

@@ -171,12 +171,45 @@ func TestHandlesAndCommits(t *testing.T) {
 	r2 := newRecorder("b")
 	stop2 := member(t, k, r2, k.Topic("dead"))
 	produce(t, k.Addr, k.Topic("in"), 10)
-	testenv.Eventually(t, 20*time.Second, "10 new records", func() bool { return r2.count() >= 10 })
-	time.Sleep(200 * time.Millisecond)
+	testenv.Eventually(t, 20*time.Second, "10 new records handled and committed", func() bool {
+		return r2.count() >= 10 && committedToEnd(t, k, k.Group("g"), k.Topic("in"), 3)
+	})
 	if n := r2.count(); n != 10 {
 		t.Fatalf("after restart %d records handled, want only the 10 new ones", n)
 	}
-	_ = stop2()
+	if err := stop2(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committedToEnd reports whether group has committed every partition of topic
+// up to its end: everything handled, nothing more on its way.
+func committedToEnd(t *testing.T, k *testenv.Kafka, group, topic string, partitions int) bool {
+	t.Helper()
+	client := &kafka.Client{Addr: kafka.TCP(k.Addr), Timeout: 5 * time.Second}
+	var reqs []kafka.OffsetRequest
+	var ids []int
+	for p := range partitions {
+		reqs, ids = append(reqs, kafka.LastOffsetOf(p)), append(ids, p)
+	}
+	ends, err := client.ListOffsets(context.Background(), &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		t.Fatalf("listing offsets: %v", err)
+	}
+	got, err := client.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ids}})
+	if err != nil {
+		t.Fatalf("fetching offsets: %v", err)
+	}
+	committed := map[int]int64{}
+	for _, p := range got.Topics[topic] {
+		committed[p.Partition] = p.CommittedOffset
+	}
+	for _, p := range ends.Topics[topic] {
+		if p.LastOffset > 0 && committed[p.Partition] != p.LastOffset {
+			return false
+		}
+	}
+	return true
 }
 
 func TestWatermarkHoldsBackCommitUntilDone(t *testing.T) {
