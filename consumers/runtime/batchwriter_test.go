@@ -130,7 +130,7 @@ func TestBatchWriterDeadLettersRecordsThatCanNeverBeWritten(t *testing.T) {
 	if header(dead[0], "kind") != "presence" || header(dead[0], "deadletter_value_bytes") != fmt.Sprint(len(huge)) {
 		t.Errorf("the cut dead letter lost its headers or size: %v", dead[0].Headers)
 	}
-	if n := counter(t, reg, "fedpipe_batchwriter_records_deadlettered_total"); n != 2 {
+	if n := testenv.Value(t, reg, "fedpipe_batchwriter_records_deadlettered_total"); n != 2 {
 		t.Errorf("fedpipe_batchwriter_records_deadlettered_total = %v, want 2", n)
 	}
 }
@@ -152,20 +152,4 @@ func TestBatchWriterWithoutDeadLettersStops(t *testing.T) {
 	if !errors.Is(err, kafkaio.ErrNoDeadLetters) || !errors.Is(err, kafka.MessageSizeTooLarge) {
 		t.Fatalf("Run returned %v, want the refusal", err)
 	}
-}
-
-// counter is the value of a counter without labels; a missing one fails.
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
 }

@@ -16,22 +16,6 @@ import (
 	"github.com/fedpipe/fedpipe/schema"
 )
 
-// counterValue reads a counter from reg, failing the test when it is missing.
-func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
-}
-
 // While a long transaction holds an unpublished position the relay waits for
 // it, asking PostgreSQL quickly at first and then at most once per poll
 // interval, not every 2 ms.
@@ -84,12 +68,12 @@ func TestLongTransactionIsWaitedForWithBackoff(t *testing.T) {
 	}()
 
 	testenv.Eventually(t, 10*time.Second, "the relay waiting on the long transaction", func() bool {
-		return counterValue(t, reg, "fedpipe_relay_visibility_checks_total") > 0
+		return testenv.Value(t, reg, "fedpipe_relay_visibility_checks_total") > 0
 	})
-	before := counterValue(t, reg, "fedpipe_relay_visibility_checks_total")
+	before := testenv.Value(t, reg, "fedpipe_relay_visibility_checks_total")
 	const held = time.Second
 	time.Sleep(held) // the transaction stays open this long: the window being measured
-	checks := counterValue(t, reg, "fedpipe_relay_visibility_checks_total") - before
+	checks := testenv.Value(t, reg, "fedpipe_relay_visibility_checks_total") - before
 	// Backing off to the poll interval: about held/poll checks (20), and a few
 	// more for the quick start; polling every 2 ms would be about 500.
 	if limit := float64(held/poll) + 10; checks > limit {
