@@ -2,7 +2,7 @@
 GO ?= go
 TEST_TIMEOUT ?= 40m
 
-.PHONY: run test build vet bench
+.PHONY: run test build bench
 
 run:
 	@./scripts/install-postgres >/dev/null || echo 'make run: no PostgreSQL server binaries; fedpipe needs database.url' >&2
@@ -18,4 +18,4 @@ test:
 	FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
