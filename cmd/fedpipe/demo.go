@@ -20,7 +20,8 @@ import (
 // load generator, prints progress and a per-server report, and fails when any
 // expected (event, server) delivery is missing.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, path := newFlagSet("demo", stderr)
+	fs := newFlagSet("demo", "", "Run every stage plus simulated remote homeservers on loopback and a load generator, then report deliveries.", stderr)
+	path := configFlags(fs)
 	rooms := fs.Int("rooms", 20, "rooms to create")
 	servers := fs.Int("servers", 5, "simulated remote homeservers")
 	events := fs.Int("events", 2000, "events after the initial joins")

@@ -1,6 +1,6 @@
 // Package loadgen generates a federation workload for demos, end-to-end tests and
 // benchmarks: rooms with members on several remote servers that join, leave, get
-// kicked and talk, as a homeserver would persist them, together with the deliveries
+// invited, kicked and banned and talk, as a homeserver would persist them, together with the deliveries
 // a correct federation sender must make. The expectations come from a membership
 // model written here, independently of the router, so a routing bug shows up as a
 // missing or unexpected delivery.
@@ -24,7 +24,7 @@ type Config struct {
 	RemoteServers []string
 	// Rooms is the number of rooms.
 	Rooms int
-	// Events is the number of events after the initial joins (messages, joins, leaves, kicks).
+	// Events is the number of events after the initial joins (messages, joins, leaves, invites, kicks, bans).
 	Events int
 	// ServersPerRoom is how many remote servers start joined to each room.
 	ServersPerRoom int
@@ -102,7 +102,7 @@ func Generate(cfg Config) (*Plan, error) {
 		case x < 6: // a remote user joins (arrives over federation: remote origin)
 			s := cfg.RemoteServers[rng.IntN(len(cfg.RemoteServers))]
 			u := remote(s, rng.IntN(3))
-			if r.members[u] == "join" {
+			if r.members[u] == "join" || r.members[u] == "ban" {
 				p.message(r, rng, cfg)
 				continue
 			}
@@ -119,7 +119,21 @@ func Generate(cfg Config) (*Plan, error) {
 				continue
 			}
 			p.message(r, rng, cfg)
-		case x < 14: // a remote server talks (not ours to send)
+		case x < 13: // a local user invites a remote user, whose server may have no one in the room
+			u := remote(cfg.RemoteServers[rng.IntN(len(cfg.RemoteServers))], rng.IntN(3))
+			if m := r.members[u]; m == "join" || m == "ban" {
+				p.message(r, rng, cfg)
+				continue
+			}
+			p.add(r, local(0), "m.room.member", ptr(u), map[string]any{"membership": "invite"}, "invite")
+		case x < 14: // a local user bans a remote user: joined (its server gets the ban) or not (pre-emptive)
+			u := remote(cfg.RemoteServers[rng.IntN(len(cfg.RemoteServers))], rng.IntN(3))
+			if r.members[u] == "ban" {
+				p.message(r, rng, cfg)
+				continue
+			}
+			p.add(r, local(0), "m.room.member", ptr(u), map[string]any{"membership": "ban"}, "ban")
+		case x < 17: // a remote server talks (not ours to send)
 			if u := anyJoined(rng, r, cfg.LocalServer, false); u != "" {
 				p.add(r, u, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "hi from afar"}, "")
 				continue
@@ -138,8 +152,10 @@ func (p *Plan) message(r *room, rng *rand.Rand, cfg Config) {
 		map[string]any{"msgtype": "m.text", "body": body}, "")
 }
 
-// add appends an event, computes its destinations from the membership before it,
-// then applies its state change.
+// add appends an event, computes its destinations from the membership before it
+// (the servers joined then, whatever the event: a banned server's last user
+// gets its ban, an invited or pre-emptively banned user's server with no one
+// joined gets nothing), then applies its state change.
 func (p *Plan) add(r *room, sender, typ string, stateKey *string, content map[string]any, membership string) {
 	origin := serverOf(sender)
 	r.depth++
@@ -167,9 +183,6 @@ func (p *Plan) add(r *room, sender, typ string, stateKey *string, content map[st
 			if m == "join" {
 				dests[serverOf(u)] = true
 			}
-		}
-		if typ == "m.room.member" && stateKey != nil {
-			dests[serverOf(*stateKey)] = true
 		}
 		delete(dests, p.Config.LocalServer)
 		for d := range dests {
