@@ -25,8 +25,8 @@ type command struct {
 
 func commands() map[string]command {
 	cmds := map[string]command{
-		"keygen": {"write a new ed25519 signing key in Synapse's format (keygen --out FILE)", cmdKeygen},
-		"config": {"config example: print a commented configuration file; config check: validate one", cmdConfig},
+		"keygen":  {"write a new ed25519 signing key in Synapse's format (keygen --out FILE)", cmdKeygen},
+		"config":  {"config example: print a commented configuration file; config check: validate one", cmdConfig},
 		"offsets": {"a consumer group's offsets, shown and moved to replay or skip (offsets show|reset --group G)", cmdOffsets},
 	}
 	addPipelineCommands(cmds)
