@@ -32,6 +32,10 @@ type Config struct {
 	Seed uint64
 	// PDUPadding adds this many bytes of message body, to size PDUs realistically.
 	PDUPadding int
+	// RunID, when set, is part of every room id and local user id, so two runs
+	// against one database (the demo run twice in one directory) have rooms,
+	// users and event ids of their own. Empty keeps workloads reproducible.
+	RunID string
 }
 
 // Delta is a state change caused by an event.
@@ -62,6 +66,7 @@ type Plan struct {
 	// Expected counts the (event, destination) deliveries the plan requires.
 	Expected int
 	byPDU    map[string]int // PDU bytes → Seq
+	rooms    []*room        // as they stand after the last event
 }
 
 type room struct {
@@ -84,10 +89,17 @@ func Generate(cfg Config) (*Plan, error) {
 	p := &Plan{Config: cfg, byPDU: map[string]int{}}
 	rooms := make([]*room, cfg.Rooms)
 	local := func(i int) string { return fmt.Sprintf("@local%d:%s", i, cfg.LocalServer) }
+	if cfg.RunID != "" {
+		local = func(i int) string { return fmt.Sprintf("@local%d-%s:%s", i, cfg.RunID, cfg.LocalServer) }
+	}
 	remote := func(server string, i int) string { return fmt.Sprintf("@user%d:%s", i, server) }
 
 	for i := range rooms {
-		r := &room{id: fmt.Sprintf("!room%d:%s", i, cfg.LocalServer), members: map[string]string{}, state: map[string]string{}}
+		id := fmt.Sprintf("!room%d:%s", i, cfg.LocalServer)
+		if cfg.RunID != "" {
+			id = fmt.Sprintf("!room%d-%s:%s", i, cfg.RunID, cfg.LocalServer)
+		}
+		r := &room{id: id, members: map[string]string{}, state: map[string]string{}}
 		rooms[i] = r
 		p.add(r, local(i%7), "m.room.create", ptr(""), map[string]any{"creator": local(i % 7), "room_version": "10"}, "")
 		p.add(r, local(i%7), "m.room.member", ptr(local(i%7)), map[string]any{"membership": "join"}, "join")
@@ -143,7 +155,46 @@ func Generate(cfg Config) (*Plan, error) {
 			p.message(r, rng, cfg)
 		}
 	}
+	p.rooms = rooms
 	return p, nil
+}
+
+// LocalUsers are the workload's local users that end joined to some room.
+func (p *Plan) LocalUsers() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range p.rooms {
+		for u, m := range r.members {
+			if m == "join" && serverOf(u) == p.Config.LocalServer && !seen[u] {
+				seen[u] = true
+				out = append(out, u)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// SharingServers are the remote servers sharing a room with user after the
+// last event: where the user's presence goes.
+func (p *Plan) SharingServers(user string) []string {
+	servers := map[string]bool{}
+	for _, r := range p.rooms {
+		if r.members[user] != "join" {
+			continue
+		}
+		for u, m := range r.members {
+			if s := serverOf(u); m == "join" && s != p.Config.LocalServer {
+				servers[s] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(servers))
+	for s := range servers {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (p *Plan) message(r *room, rng *rand.Rand, cfg Config) {
