@@ -121,6 +121,12 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 	if err != nil {
 		return runtime.Poison(err)
 	}
+	if string(m.Key) != rec.Destination {
+		// The key placed the record in this partition, so it decides which
+		// member owns the destination (and holds its fence): a record naming
+		// another destination would be sent by a member that does not own it.
+		return runtime.Poison(fmt.Errorf("outbound record for %q keyed %q: the key must be the destination", rec.Destination, m.Key))
+	}
 	p.mu.Lock()
 	p.dests[rec.Destination] = true
 	p.mu.Unlock()
