@@ -25,7 +25,7 @@ func (e *env) publishEDU(t *testing.T, dest, eduType, key string, content json.R
 	if err := schema.ValidateRecord("outbound", rec); err != nil {
 		t.Fatalf("the test wrote an invalid record: %v", err)
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: "out", RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	w := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.k.Topic("out"), RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
 	defer w.Close()
 	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte(dest), Value: rec}); err != nil {
 		t.Fatal(err)
