@@ -30,6 +30,13 @@ type Config struct {
 	// assigned here), so destinations due for catch-up after a restart are woken
 	// by their owner only. Nil: only destinations with a queue are woken.
 	Owns func(dest string) bool
+	// Fence, when set, is held by a destination's worker while it sends: a
+	// worker that cannot take it (another member holds it, or the fence's
+	// store is down) waits, sending nothing, and tries again every
+	// FenceRetryDelay. Nil: no fence (a single member, tests).
+	Fence Fence
+	// FenceRetryDelay is the pause between tries to take a held fence (default 200 ms).
+	FenceRetryDelay time.Duration
 	// RetryAttempts is how many more times a transaction failing with
 	// txn.Retry is sent, with the same transaction id, before the destination
 	// backs off (default 2; -1 for none): the transport's in-request retries
@@ -65,6 +72,7 @@ func (c *Config) Validate() error {
 	def(&c.CatchUpInterval, time.Second)
 	def(&c.RetryDelay, 5*time.Second)
 	def(&c.StoreRetryDelay, 200*time.Millisecond)
+	def(&c.FenceRetryDelay, 200*time.Millisecond)
 	if c.RetryAttempts == 0 {
 		c.RetryAttempts = 2
 	}
@@ -86,7 +94,7 @@ func (c *Config) Validate() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 {
+	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 || c.FenceRetryDelay < 0 {
 		return errors.New("queue: retry settings must not be negative")
 	}
 	if c.BackoffMultiplier < 1 || c.JitterMin <= 0 || c.JitterMax < c.JitterMin || c.BackoffMax < c.BackoffInitial {

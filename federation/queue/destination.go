@@ -45,6 +45,9 @@ type worker struct {
 	running bool
 	idle    chan struct{}      // closed when the worker exits
 	cancel  context.CancelFunc // cancels it (Stop past its deadline)
+	// send is the context its sends run in (set once it holds the fence):
+	// it also ends when the fence is lost.
+	send context.Context
 }
 
 func newDestination(name string, e *env) *destination {
@@ -215,7 +218,7 @@ func (d *destination) launch(idle chan struct{}) error {
 	}
 	err := d.sup.start(keep, func(ctx context.Context) error {
 		defer d.exited(idle)
-		return d.run(ctx)
+		return d.run(ctx, idle)
 	})
 	if err != nil {
 		d.exited(idle)

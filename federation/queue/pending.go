@@ -11,6 +11,9 @@ type queuedPDU struct {
 // pending is what a destination holds to send live: PDUs in order, and EDUs
 // in slots, one per kind that is held in its own way.
 type pending struct {
+	// retry is a batch taken whose send was cut because the worker lost its
+	// fence: it goes first, once the fence is held again.
+	retry    batch
 	pdus     []queuedPDU
 	presence presenceSlot
 	edus     eduQueue
@@ -23,7 +26,7 @@ type pending struct {
 func (p *pending) slots() []eduSlot { return []eduSlot{&p.presence, &p.edus} }
 
 func (p *pending) empty() bool {
-	if len(p.pdus) > 0 {
+	if len(p.pdus) > 0 || !p.retry.empty() {
 		return false
 	}
 	for _, s := range p.slots() {
@@ -51,6 +54,11 @@ func (b batch) then(next batch) batch {
 // take takes a transaction's worth: up to txn.MaxPDUs PDUs and txn.MaxEDUs
 // EDUs, the EDUs slot by slot in order.
 func (p *pending) take() batch {
+	if !p.retry.empty() {
+		b := p.retry
+		p.retry = batch{}
+		return b
+	}
 	n := min(len(p.pdus), txn.MaxPDUs)
 	b := batch{pdus: append([]queuedPDU(nil), p.pdus[:n]...)}
 	p.pdus = p.pdus[n:]
@@ -70,5 +78,7 @@ func (p *pending) drain() batch {
 	for _, s := range p.slots() {
 		b.edus = append(b.edus, s.drain()...)
 	}
+	b = p.retry.then(b)
+	p.retry = batch{}
 	return b
 }
