@@ -37,6 +37,16 @@ type Config struct {
 	Fence Fence
 	// FenceRetryDelay is the pause between tries to take a held fence (default 200 ms).
 	FenceRetryDelay time.Duration
+	// MaxPending and MaxPendingAge bound what a destination holds to send
+	// live: when it holds more than MaxPending PDUs and EDUs (default 1000),
+	// or a PDU queued longer than MaxPendingAge ago (default 1 min), it goes
+	// to catch-up mode as a failing destination does, without backing off:
+	// its PDUs are recorded for catch-up (the latest per room) and its EDUs
+	// dropped, all done. A slow destination then holds neither memory nor its
+	// partition's records, and the other destinations of the partition keep
+	// flowing.
+	MaxPending    int
+	MaxPendingAge time.Duration
 	// RetryAttempts is how many more times a transaction failing with
 	// txn.Retry is sent, with the same transaction id, before the destination
 	// backs off (default 2; -1 for none): the transport's in-request retries
@@ -73,6 +83,10 @@ func (c *Config) Validate() error {
 	def(&c.RetryDelay, 5*time.Second)
 	def(&c.StoreRetryDelay, 200*time.Millisecond)
 	def(&c.FenceRetryDelay, 200*time.Millisecond)
+	def(&c.MaxPendingAge, time.Minute)
+	if c.MaxPending == 0 {
+		c.MaxPending = 1000
+	}
 	if c.RetryAttempts == 0 {
 		c.RetryAttempts = 2
 	}
@@ -94,7 +108,7 @@ func (c *Config) Validate() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 || c.FenceRetryDelay < 0 {
+	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 || c.FenceRetryDelay < 0 || c.MaxPending < 0 || c.MaxPendingAge < 0 {
 		return errors.New("queue: retry settings must not be negative")
 	}
 	if c.BackoffMultiplier < 1 || c.JitterMin <= 0 || c.JitterMax < c.JitterMin || c.BackoffMax < c.BackoffInitial {

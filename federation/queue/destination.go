@@ -67,7 +67,11 @@ func (d *destination) enqueuePDU(ctx context.Context, p PDU, done func()) error 
 		d.mu.Unlock()
 		return d.recordMissed(ctx, p, done)
 	}
-	d.pending.pdus = append(d.pending.pdus, queuedPDU{PDU: p, done: done})
+	now := d.cfg.Now()
+	d.pending.pdus = append(d.pending.pdus, queuedPDU{PDU: p, done: done, at: now})
+	if d.pending.over(d.cfg.MaxPending, d.cfg.MaxPendingAge, now) {
+		return d.overflow(ctx) // unlocks d.mu
+	}
 	idle := d.wake(false)
 	d.mu.Unlock()
 	return d.launch(idle)
@@ -101,6 +105,9 @@ func (d *destination) enqueueEDU(ctx context.Context, e EDU, done func()) error 
 		return nil
 	}
 	d.pending.edus.add(e, done)
+	if d.pending.over(d.cfg.MaxPending, d.cfg.MaxPendingAge, d.cfg.Now()) {
+		return d.overflow(ctx) // unlocks d.mu
+	}
 	idle := d.wake(false)
 	d.mu.Unlock()
 	return d.launch(idle)

@@ -1,11 +1,16 @@
 package queue
 
-import "github.com/fedpipe/fedpipe/federation/txn"
+import (
+	"time"
+
+	"github.com/fedpipe/fedpipe/federation/txn"
+)
 
 // queuedPDU is a PDU waiting for a transaction, and what delivering it completes.
 type queuedPDU struct {
 	PDU
 	done func()
+	at   time.Time // when it was queued
 }
 
 // pending is what a destination holds to send live: PDUs in order, and EDUs
@@ -81,4 +86,21 @@ func (p *pending) drain() batch {
 	b = p.retry.then(b)
 	p.retry = batch{}
 	return b
+}
+
+// over reports whether p holds more than max PDUs and EDUs, or a PDU queued
+// longer than maxAge ago.
+func (p *pending) over(max int, maxAge time.Duration, now time.Time) bool {
+	n := len(p.pdus) + len(p.retry.pdus) + len(p.retry.edus)
+	for _, s := range p.slots() {
+		n += s.len()
+	}
+	if n > max {
+		return true
+	}
+	oldest := p.pdus
+	if len(p.retry.pdus) > 0 {
+		oldest = p.retry.pdus
+	}
+	return len(oldest) > 0 && now.Sub(oldest[0].at) > maxAge
 }
