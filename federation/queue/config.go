@@ -38,8 +38,10 @@ type Config struct {
 	// FenceRetryDelay is the pause between tries to take a held fence (default 200 ms).
 	FenceRetryDelay time.Duration
 	// MaxPending and MaxPendingAge bound what a destination holds to send
-	// live: when it holds more than MaxPending PDUs and EDUs (default 1000),
-	// or a PDU queued longer than MaxPendingAge ago (default 1 min), it goes
+	// live: when it holds more than MaxPending PDUs and EDUs (default 10,000,
+	// the runtime's in-flight window: a backlog replayed to a healthy
+	// destination must not be cut to the latest event per room), or a PDU
+	// queued longer than MaxPendingAge ago (default 2 min), it goes
 	// to catch-up mode as a failing destination does, without backing off:
 	// its PDUs are recorded for catch-up (the latest per room) and its EDUs
 	// dropped, all done. A slow destination then holds neither memory nor its
@@ -83,9 +85,9 @@ func (c *Config) Validate() error {
 	def(&c.RetryDelay, 5*time.Second)
 	def(&c.StoreRetryDelay, 200*time.Millisecond)
 	def(&c.FenceRetryDelay, 200*time.Millisecond)
-	def(&c.MaxPendingAge, time.Minute)
+	def(&c.MaxPendingAge, 2*time.Minute)
 	if c.MaxPending == 0 {
-		c.MaxPending = 1000
+		c.MaxPending = 10000
 	}
 	if c.RetryAttempts == 0 {
 		c.RetryAttempts = 2
