@@ -102,7 +102,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 	deadLetters := schema.Topic(prefix, "deadletter")
 	groupConfig := func(id string, topics ...string) runtime.Config {
 		return runtime.Config{Brokers: in.brokers, GroupID: groupID(prefix, id), Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance,
-			StallAfter: cfg.Kafka.StallAfter}
+			StallAfter: cfg.Kafka.StallAfter, RebalanceTimeout: cfg.Kafka.RebalanceTimeout, DrainTimeout: cfg.Kafka.DrainTimeout}
 	}
 	for _, s := range stages {
 		switch s {

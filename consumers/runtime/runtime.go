@@ -64,7 +64,14 @@ type Config struct {
 	// first bytes, so a small value stalls a reader whose broker is slow to
 	// answer (a loaded in-process broker: every fetch times out and is retried).
 	MaxWait time.Duration
-	// DrainTimeout bounds a PartitionHandler's Close.
+	// DrainTimeout bounds a PartitionHandler's Close: past it, the handler
+	// cancels its work (the sender cancels its in-flight transactions). It
+	// must be at most half of RebalanceTimeout (its default): a member
+	// rejoins only once every revoked partition has drained, and a member
+	// that rejoins after the rebalance timeout is expired while its handlers
+	// may still be at work, and its partitions go to another member. The
+	// other half covers noticing the rebalance (a heartbeat), the cancelled
+	// work returning, the last commit and the join.
 	DrainTimeout time.Duration
 	// MaxInFlight bounds the records fetched but not done, per partition.
 	MaxInFlight int
@@ -103,7 +110,7 @@ func (c *Config) Validate() error {
 	def(&c.RebalanceTimeout, 10*time.Second)
 	def(&c.HeartbeatInterval, time.Second)
 	def(&c.MaxWait, 500*time.Millisecond)
-	def(&c.DrainTimeout, 30*time.Second)
+	def(&c.DrainTimeout, c.RebalanceTimeout/2)
 	def(&c.StallAfter, time.Minute)
 	def(&c.StallCheckInterval, 10*time.Second)
 	if c.StartOffset == 0 {
@@ -114,6 +121,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Instance == "" {
 		c.Instance = "fedpipe"
+	}
+	if c.DrainTimeout <= 0 || 2*c.DrainTimeout > c.RebalanceTimeout {
+		errs = append(errs, fmt.Errorf("drain timeout %s must be positive and at most half the rebalance timeout %s, or a member still draining is expired and its partitions handled twice at once", c.DrainTimeout, c.RebalanceTimeout))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("consumer group %s: %w", c.GroupID, err)

@@ -33,7 +33,7 @@ func (e *env) publishEDU(t *testing.T, dest, eduType, key string, content json.R
 }
 
 // counter sums a counter of the stage's registry over the series whose
-// label has value.
+// label has value (every series when label is "").
 func (e *env) counter(t *testing.T, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := e.reg.Gather()
@@ -46,6 +46,9 @@ func (e *env) counter(t *testing.T, name, label, value string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" {
+				sum += m.GetCounter().GetValue()
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == label && l.GetValue() == value {
 					sum += m.GetCounter().GetValue()

@@ -22,13 +22,21 @@ import (
 // partitions drain) and returns once its Run has ended.
 func (e *env) member(t *testing.T, backoff time.Duration) (stop func()) {
 	t.Helper()
+	return e.memberOf(t, "sender", backoff)
+}
+
+// memberOf starts a member of the group named group: members of two groups
+// both own every outbound partition, as a member the group has expired while
+// it still sends and the member that took over would.
+func (e *env) memberOf(t *testing.T, group string, backoff time.Duration) (stop func()) {
+	t.Helper()
 	s, err := sender.New(sender.Config{OutboundPartitions: 4, Queue: queue.Config{Origin: "me.test",
 		BackoffInitial: backoff, BackoffMax: 10 * backoff, CatchUpInterval: 20 * time.Millisecond, RetryDelay: 20 * time.Millisecond}},
 		e.pool, e.cl, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: e.k.Group("sender"), Topics: []string{e.k.Topic("out")}, DeadLetterTopic: e.k.Topic("dead"),
+	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: e.k.Group(group), Topics: []string{e.k.Topic("out")}, DeadLetterTopic: e.k.Topic("dead"),
 		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second,
 		HeartbeatInterval: 200 * time.Millisecond}, s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
@@ -238,4 +246,82 @@ func TestRebalanceStopsCatchUpsWokenWithoutRecords(t *testing.T) {
 	if n := e.recv.ConcurrentRejections(); n != 0 {
 		t.Fatalf("%d transactions overlapped at one destination", n)
 	}
+}
+
+// A member waiting on a slow destination when its partition is revoked must
+// let go of it before the group's rebalance timeout: otherwise the group
+// expires it, the new owner sends, and the destination gets two transactions
+// at once (issue 11: a 2 s rebalance timeout and a 5 s remote).
+func TestRevokedPartitionsSlowSendsAreCutBeforeTheRebalanceTimeout(t *testing.T) {
+	dests := []string{"a.test", "b.test", "c.test", "d.test", "e.test", "f.test"}
+	e := setup(t, dests...)
+	for _, d := range dests {
+		e.recv.SetFault(d, testreceiver.Fault{Delay: 5 * time.Second})
+	}
+	want := 0
+	for i := 0; i < 24; i++ {
+		e.publish(t, dests[i%len(dests)], fmt.Sprintf("!r%d:me.test", i%3), i)
+		want++
+	}
+	e.member(t, time.Hour)
+	testenv.Eventually(t, 30*time.Second, "a transaction in flight to every destination", func() bool {
+		for _, d := range dests {
+			if e.recv.Requests(d) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	e.member(t, time.Hour) // B joins while A waits on every destination
+	// A destination that answered an overlap with 429 backs off for an hour,
+	// so an overlap ends the wait as well.
+	testenv.Eventually(t, 90*time.Second, "all delivered", func() bool { return e.recv.TotalPDUs() >= want || e.recv.ConcurrentRejections() > 0 })
+	if n := e.recv.ConcurrentRejections(); n != 0 {
+		t.Fatalf("%d transactions overlapped at one destination", n)
+	}
+}
+
+// Two members that both believe they own every destination (two groups on
+// one topic: what a member the group expired while it still sends and the
+// member that took over amount to) never send to one destination at once:
+// the fence lets one at a time.
+func TestTwoOwnersOfOneDestinationAreFenced(t *testing.T) {
+	dests := []string{"a.test", "b.test", "c.test"}
+	e := setup(t, dests...)
+	for _, d := range dests {
+		e.recv.SetFault(d, testreceiver.Fault{Delay: 150 * time.Millisecond})
+	}
+	e.memberOf(t, "one", time.Hour)
+	e.memberOf(t, "two", time.Hour)
+	for i := 0; i < 60; i++ {
+		e.publish(t, dests[i%len(dests)], fmt.Sprintf("!r%d:me.test", i%3), i)
+	}
+	// Each member delivers every record once: 120 PDUs, 60 of them twice.
+	testenv.Eventually(t, 60*time.Second, "both members delivered everything", func() bool { return e.recv.TotalPDUs() >= 120 })
+	if n := e.recv.ConcurrentRejections(); n != 0 {
+		t.Fatalf("%d transactions overlapped at one destination", n)
+	}
+}
+
+// When the connection holding the fences breaks, the fences are gone (another
+// member could take them), so a send under way is cancelled, and sent again
+// once the fence is held anew: delivered, never left undone.
+func TestALostFenceCancelsTheSendAndItIsSentAgain(t *testing.T) {
+	e := setup(t, "a.test")
+	e.recv.SetFault("a.test", testreceiver.Fault{Delay: 10 * time.Second, Times: 1})
+	e.run(t, time.Hour)
+	want := e.publish(t, "a.test", "!r:me.test", 1)
+	testenv.Eventually(t, 20*time.Second, "the transaction in flight", func() bool { return e.recv.Requests("a.test") == 1 })
+	var killed int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted`).Scan(&killed); err != nil || killed != 1 {
+		t.Fatalf("terminated %d fence connections (%v), want 1", killed, err)
+	}
+	testenv.Eventually(t, 8*time.Second, "sent again under a new fence", func() bool { return len(e.recv.PDUs("a.test")) == 1 })
+	if got := string(e.recv.PDUs("a.test")[0]); got != want {
+		t.Fatalf("delivered %s, want %s", got, want)
+	}
+	if n := e.counter(t, "fedpipe_sender_fence_lost_total", "", ""); n != 1 {
+		t.Fatalf("fence lost %v times, want 1", n)
+	}
+	testenv.Eventually(t, 10*time.Second, "committed", func() bool { return e.committed(t) == 1 })
 }

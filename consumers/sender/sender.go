@@ -5,7 +5,11 @@
 // off), and its presence states delivered, dropped, or replaced by a later
 // record's state of the same user. When a partition is revoked, the queues of its
 // destinations are stopped and their in-flight transactions finish before the
-// next owner starts, so two members never send to one destination at once.
+// next owner starts (cancelled at the drain deadline, which is well before the
+// group's rebalance timeout), and each destination's worker holds the
+// destination's fence (a PostgreSQL advisory lock, see Fence) while it sends:
+// two members never send to one destination at once, even when the group
+// expired a member that is still sending.
 package sender
 
 import (
@@ -19,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/edu"
@@ -51,6 +56,7 @@ func (c *Config) Validate() error {
 // Sender is the stage.
 type Sender struct {
 	m     *queue.Manager
+	fence *Fence
 	log   *slog.Logger
 	now   func() time.Time
 	parts []int
@@ -69,6 +75,8 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 		s.parts = append(s.parts, i)
 	}
 	cfg.Queue.Owns = s.owns
+	s.fence = NewFence(pool.Config().ConnConfig, logger)
+	cfg.Queue.Fence = s.fence
 	m, err := queue.NewManager(cfg.Queue, transport, NewStore(pool), logger, reg)
 	if err != nil {
 		return nil, err
@@ -91,8 +99,14 @@ func (s *Sender) owns(dest string) bool {
 	return s.owned[p] > 0
 }
 
-// Run runs the destination queues until ctx ends.
-func (s *Sender) Run(ctx context.Context) error { return s.m.Run(ctx) }
+// Run runs the destination queues and watches their fences' connection
+// until ctx ends.
+func (s *Sender) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.m.Run(gctx) })
+	g.Go(func() error { return s.fence.Run(gctx) })
+	return g.Wait()
+}
 
 // Open implements runtime.Stage.
 func (s *Sender) Open(_ context.Context, _ string, id int) (runtime.PartitionHandler, error) {
@@ -120,6 +134,12 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 	rec, err := schema.DecodeOutboundRecord(m.Value)
 	if err != nil {
 		return runtime.Poison(err)
+	}
+	if string(m.Key) != rec.Destination {
+		// The key placed the record in this partition, so it decides which
+		// member owns the destination (and holds its fence): a record naming
+		// another destination would be sent by a member that does not own it.
+		return runtime.Poison(fmt.Errorf("outbound record for %q keyed %q: the key must be the destination", rec.Destination, m.Key))
 	}
 	p.mu.Lock()
 	p.dests[rec.Destination] = true

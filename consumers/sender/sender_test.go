@@ -1,6 +1,7 @@
 package sender_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -73,7 +74,7 @@ func (e *env) run(t *testing.T, backoff time.Duration) {
 		t.Fatal(err)
 	}
 	g, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: e.k.Group("sender"), Topics: []string{e.k.Topic("out")}, DeadLetterTopic: e.k.Topic("dead"), CommitInterval: 20 * time.Millisecond},
-		s, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		s, slog.New(slog.DiscardHandler), e.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,5 +167,39 @@ func TestForbiddenDestinationBacksOffAndCatchesUp(t *testing.T) {
 	testenv.Eventually(t, 20*time.Second, "live again", func() bool {
 		p := e.recv.PDUs("a.test")
 		return len(p) == 3 && string(p[2]) == last
+	})
+}
+
+func TestRecordWhoseKeyIsNotItsDestinationIsDeadLettered(t *testing.T) {
+	e := setup(t, "a.test", "b.test")
+	pdu := json.RawMessage(`{"room_id":"!r:me.test","sender":"@a:me.test","type":"m.room.message","content":{}}`)
+	rec, _ := schema.OutboundRecord{V: 1, Kind: schema.KindPDU, Destination: "b.test", RoomID: "!r:me.test", EventID: "$mismatch", Position: 1, RoomVersion: "10", PDU: pdu}.Marshal()
+	w := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.k.Topic("out"), RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte("a.test"), Value: rec}); err != nil {
+		t.Fatal(err)
+	}
+	want := e.publish(t, "a.test", "!r:me.test", 2) // behind it, in the same partition
+	e.run(t, time.Minute)
+	testenv.Eventually(t, 30*time.Second, "the record behind it delivered", func() bool { return len(e.recv.PDUs("a.test")) == 1 })
+	if got := string(e.recv.PDUs("a.test")[0]); got != want {
+		t.Fatalf("delivered %s to a.test, want only the well-keyed record", got)
+	}
+	if n := len(e.recv.PDUs("b.test")); n != 0 {
+		t.Fatalf("sent %d PDUs to the destination named by a record keyed for another", n)
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.addr}, Topic: e.k.Topic("dead"), Partition: (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte("a.test")}, 0, 1, 2, 3)})
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := r.ReadMessage(ctx)
+	if err != nil {
+		t.Fatalf("no dead letter: %v", err)
+	}
+	if !bytes.Equal(m.Value, rec) {
+		t.Fatalf("dead letter %s, want the mis-keyed record", m.Value)
+	}
+	testenv.Eventually(t, 10*time.Second, "dead letter counted", func() bool {
+		return e.counter(t, "fedpipe_consumer_records_deadlettered_total", "group", e.k.Group("sender")) == 1
 	})
 }

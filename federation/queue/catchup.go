@@ -91,8 +91,8 @@ func (d *destination) catchUpRoom(ctx context.Context, c CatchUp) (ended bool, e
 		d.log.Error("dropping a catch-up PDU that can never be sent", "destination", d.name, "event_id", c.EventID, "err", aerr)
 	} else if _, serr := d.transmit(ctx, t); serr != nil {
 		switch {
-		case errors.Is(serr, errStopped) || ctx.Err() != nil:
-			return true, nil
+		case errors.Is(serr, errStopped) || errors.Is(serr, errFenceLost) || ctx.Err() != nil:
+			return true, nil // the room stays recorded
 		case txn.OutcomeOf(serr) == txn.Fatal:
 			d.m.dropped.WithLabelValues("pdu", "fatal").Inc()
 			d.log.Error("destination refused a catch-up transaction as malformed; skipping the room", "destination", d.name, "room", c.RoomID, "event_id", c.EventID, "err", serr)

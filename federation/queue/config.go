@@ -30,6 +30,25 @@ type Config struct {
 	// assigned here), so destinations due for catch-up after a restart are woken
 	// by their owner only. Nil: only destinations with a queue are woken.
 	Owns func(dest string) bool
+	// Fence, when set, is held by a destination's worker while it sends: a
+	// worker that cannot take it (another member holds it, or the fence's
+	// store is down) waits, sending nothing, and tries again every
+	// FenceRetryDelay. Nil: no fence (a single member, tests).
+	Fence Fence
+	// FenceRetryDelay is the pause between tries to take a held fence (default 200 ms).
+	FenceRetryDelay time.Duration
+	// MaxPending and MaxPendingAge bound what a destination holds to send
+	// live: when it holds more than MaxPending PDUs and EDUs (default 10,000,
+	// the runtime's in-flight window: a backlog replayed to a healthy
+	// destination must not be cut to the latest event per room), or a PDU
+	// queued longer than MaxPendingAge ago (default 2 min), it goes
+	// to catch-up mode as a failing destination does, without backing off:
+	// its PDUs are recorded for catch-up (the latest per room) and its EDUs
+	// dropped, all done. A slow destination then holds neither memory nor its
+	// partition's records, and the other destinations of the partition keep
+	// flowing.
+	MaxPending    int
+	MaxPendingAge time.Duration
 	// RetryAttempts is how many more times a transaction failing with
 	// txn.Retry is sent, with the same transaction id, before the destination
 	// backs off (default 2; -1 for none): the transport's in-request retries
@@ -65,6 +84,11 @@ func (c *Config) Validate() error {
 	def(&c.CatchUpInterval, time.Second)
 	def(&c.RetryDelay, 5*time.Second)
 	def(&c.StoreRetryDelay, 200*time.Millisecond)
+	def(&c.FenceRetryDelay, 200*time.Millisecond)
+	def(&c.MaxPendingAge, 2*time.Minute)
+	if c.MaxPending == 0 {
+		c.MaxPending = 10000
+	}
 	if c.RetryAttempts == 0 {
 		c.RetryAttempts = 2
 	}
@@ -86,7 +110,7 @@ func (c *Config) Validate() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 {
+	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 || c.FenceRetryDelay < 0 || c.MaxPending < 0 || c.MaxPendingAge < 0 {
 		return errors.New("queue: retry settings must not be negative")
 	}
 	if c.BackoffMultiplier < 1 || c.JitterMin <= 0 || c.JitterMax < c.JitterMin || c.BackoffMax < c.BackoffInitial {

@@ -45,6 +45,9 @@ type worker struct {
 	running bool
 	idle    chan struct{}      // closed when the worker exits
 	cancel  context.CancelFunc // cancels it (Stop past its deadline)
+	// send is the context its sends run in (set once it holds the fence):
+	// it also ends when the fence is lost.
+	send context.Context
 }
 
 func newDestination(name string, e *env) *destination {
@@ -64,7 +67,11 @@ func (d *destination) enqueuePDU(ctx context.Context, p PDU, done func()) error 
 		d.mu.Unlock()
 		return d.recordMissed(ctx, p, done)
 	}
-	d.pending.pdus = append(d.pending.pdus, queuedPDU{PDU: p, done: done})
+	now := d.cfg.Now()
+	d.pending.pdus = append(d.pending.pdus, queuedPDU{PDU: p, done: done, at: now})
+	if d.pending.over(d.cfg.MaxPending, d.cfg.MaxPendingAge, now) {
+		return d.overflow(ctx) // unlocks d.mu
+	}
 	idle := d.wake(false)
 	d.mu.Unlock()
 	return d.launch(idle)
@@ -98,6 +105,9 @@ func (d *destination) enqueueEDU(ctx context.Context, e EDU, done func()) error 
 		return nil
 	}
 	d.pending.edus.add(e, done)
+	if d.pending.over(d.cfg.MaxPending, d.cfg.MaxPendingAge, d.cfg.Now()) {
+		return d.overflow(ctx) // unlocks d.mu
+	}
 	idle := d.wake(false)
 	d.mu.Unlock()
 	return d.launch(idle)
@@ -215,7 +225,7 @@ func (d *destination) launch(idle chan struct{}) error {
 	}
 	err := d.sup.start(keep, func(ctx context.Context) error {
 		defer d.exited(idle)
-		return d.run(ctx)
+		return d.run(ctx, idle)
 	})
 	if err != nil {
 		d.exited(idle)

@@ -29,9 +29,55 @@ func (d *destination) backOff(ctx context.Context, inFlight batch, cause error) 
 	return err
 }
 
-// shed completes b without sending it: the latest position per room of its
-// PDUs is recorded for catch-up, its EDUs are dropped and counted.
-func (d *destination) shed(ctx context.Context, b batch) error {
+// overflow switches d to catch-up mode because its queue passed its bound:
+// what is pending is shed (PDUs recorded for catch-up, EDUs dropped) and d is
+// behind, so new PDUs go to the store and the next worker catches up. d.mu is
+// held and is unlocked. When the record fails, what was pending is queued
+// again (first) and the error returned.
+func (d *destination) overflow(ctx context.Context) error {
+	held := d.pending.drain()
+	d.behind = true
+	d.recording++
+	d.mu.Unlock()
+	d.m.overflows.Inc()
+	d.log.Warn("destination's queue passed its bound; it catches up instead", "destination", d.name, "pdus", len(held.pdus), "edus", len(held.edus))
+	err := d.shedOnce(ctx, held)
+	d.mu.Lock()
+	d.recording--
+	d.recorded++
+	var idle chan struct{}
+	if err != nil {
+		d.pending.retry = held.then(d.pending.retry)
+		idle = d.wake(false)
+	}
+	d.mu.Unlock()
+	if err != nil {
+		if lerr := d.launch(idle); lerr != nil {
+			return lerr
+		}
+		return fmt.Errorf("recording the overflowing queue of %s for catch-up: %w", d.name, err)
+	}
+	return nil
+}
+
+// shedOnce is shed with one try at the store.
+func (d *destination) shedOnce(ctx context.Context, b batch) error {
+	if rooms := latestPerRoom(b); len(rooms) > 0 {
+		if err := d.store.RecordCatchUp(ctx, d.name, rooms); err != nil {
+			d.m.storeErrors.Inc()
+			return err
+		}
+	}
+	d.m.pdusToCatchUp.Add(float64(len(b.pdus)))
+	for _, it := range b.edus {
+		d.m.edusDropped.WithLabelValues(eduType(it.typ)).Add(float64(it.count))
+	}
+	b.done()
+	return nil
+}
+
+// latestPerRoom is the latest position per room of b's PDUs.
+func latestPerRoom(b batch) []CatchUp {
 	latest := map[string]CatchUp{}
 	for _, it := range b.pdus {
 		if c, ok := latest[it.RoomID]; !ok || it.Position > c.Position {
@@ -42,7 +88,13 @@ func (d *destination) shed(ctx context.Context, b batch) error {
 	for _, c := range latest {
 		rooms = append(rooms, c)
 	}
-	if len(rooms) > 0 {
+	return rooms
+}
+
+// shed completes b without sending it: the latest position per room of its
+// PDUs is recorded for catch-up, its EDUs are dropped and counted.
+func (d *destination) shed(ctx context.Context, b batch) error {
+	if rooms := latestPerRoom(b); len(rooms) > 0 {
 		if err := d.persist(ctx, "recording catch-up", func(ctx context.Context) error { return d.store.RecordCatchUp(ctx, d.name, rooms) }); err != nil {
 			return err
 		}

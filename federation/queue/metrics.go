@@ -13,6 +13,7 @@ type metrics struct {
 	sendSeconds                       prometheus.Histogram
 	dropped                           *prometheus.CounterVec
 	retries, storeErrors, catchUpSent prometheus.Counter
+	fenceWaits, fenceLost, overflows  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,7 +40,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.retries = c("fedpipe_sender_transaction_retries_total", "Transactions sent again with the same id after a transient failure.")
 	m.catchUpSent = c("fedpipe_sender_catchup_pdus_sent_total", "Catch-up PDUs (the latest missed event of a room) accepted by their destination.")
 	m.storeErrors = c("fedpipe_sender_store_errors_total", "Failed store writes of backoff or catch-up state (retried).")
-	for _, col := range []prometheus.Collector{m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.presenceSuperseded, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
+	m.fenceWaits = c("fedpipe_sender_fence_waits_total", "Times a destination's worker could not take the destination's fence (another member held it, or the store was down) and waited.")
+	m.fenceLost = c("fedpipe_sender_fence_lost_total", "Times a destination's worker lost its fence while it held it (the connection holding it broke); its send was cancelled.")
+	m.overflows = c("fedpipe_sender_queue_overflows_total", "Times a destination's queue passed its bound (Config.MaxPending items, or a PDU older than Config.MaxPendingAge) and the destination went to catch-up instead.")
+	for _, col := range []prometheus.Collector{m.overflows, m.fenceWaits, m.fenceLost, m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.presenceSuperseded, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}

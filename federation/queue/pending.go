@@ -1,16 +1,24 @@
 package queue
 
-import "github.com/fedpipe/fedpipe/federation/txn"
+import (
+	"time"
+
+	"github.com/fedpipe/fedpipe/federation/txn"
+)
 
 // queuedPDU is a PDU waiting for a transaction, and what delivering it completes.
 type queuedPDU struct {
 	PDU
 	done func()
+	at   time.Time // when it was queued
 }
 
 // pending is what a destination holds to send live: PDUs in order, and EDUs
 // in slots, one per kind that is held in its own way.
 type pending struct {
+	// retry is a batch taken whose send was cut because the worker lost its
+	// fence: it goes first, once the fence is held again.
+	retry    batch
 	pdus     []queuedPDU
 	presence presenceSlot
 	edus     eduQueue
@@ -23,7 +31,7 @@ type pending struct {
 func (p *pending) slots() []eduSlot { return []eduSlot{&p.presence, &p.edus} }
 
 func (p *pending) empty() bool {
-	if len(p.pdus) > 0 {
+	if len(p.pdus) > 0 || !p.retry.empty() {
 		return false
 	}
 	for _, s := range p.slots() {
@@ -51,6 +59,11 @@ func (b batch) then(next batch) batch {
 // take takes a transaction's worth: up to txn.MaxPDUs PDUs and txn.MaxEDUs
 // EDUs, the EDUs slot by slot in order.
 func (p *pending) take() batch {
+	if !p.retry.empty() {
+		b := p.retry
+		p.retry = batch{}
+		return b
+	}
 	n := min(len(p.pdus), txn.MaxPDUs)
 	b := batch{pdus: append([]queuedPDU(nil), p.pdus[:n]...)}
 	p.pdus = p.pdus[n:]
@@ -70,5 +83,24 @@ func (p *pending) drain() batch {
 	for _, s := range p.slots() {
 		b.edus = append(b.edus, s.drain()...)
 	}
+	b = p.retry.then(b)
+	p.retry = batch{}
 	return b
+}
+
+// over reports whether p holds more than max PDUs and EDUs, or a PDU queued
+// longer than maxAge ago.
+func (p *pending) over(max int, maxAge time.Duration, now time.Time) bool {
+	n := len(p.pdus) + len(p.retry.pdus) + len(p.retry.edus)
+	for _, s := range p.slots() {
+		n += s.len()
+	}
+	if n > max {
+		return true
+	}
+	oldest := p.pdus
+	if len(p.retry.pdus) > 0 {
+		oldest = p.retry.pdus
+	}
+	return len(oldest) > 0 && now.Sub(oldest[0].at) > maxAge
 }

@@ -26,6 +26,21 @@ type Transport interface {
 	SendTransaction(ctx context.Context, t *txn.Transaction) (txn.Response, error)
 }
 
+// Fence keeps two sender members from sending to one destination at once. A
+// partition moves between members at a rebalance; a member the group expired
+// (frozen, cut off from the broker, or slower to drain than the rebalance
+// timeout) may still be sending when the next owner starts. A destination's
+// worker holds its fence while it runs, and sends only while it holds it.
+type Fence interface {
+	// Acquire takes dest's fence for this member. It returns nil (and no
+	// error) when another member holds it. The returned context ends when the
+	// fence is lost (the connection holding it broke): whoever holds it must
+	// stop sending at once.
+	Acquire(ctx context.Context, dest string) (context.Context, error)
+	// Release gives dest's fence back.
+	Release(dest string)
+}
+
 // CatchUp is a room a destination missed while backing off: its latest event.
 type CatchUp struct {
 	RoomID   string

@@ -14,11 +14,9 @@ import (
 // owner.
 var errStopped = errors.New("destination stopped")
 
-// run is d's worker: it catches up first when it was woken for that, then
-// sends what is queued until nothing is, d stops, or d fails. It returns an
-// error only when a store write d cannot go on without was given up on (Run
-// then fails).
-func (d *destination) run(ctx context.Context) error {
+// work catches d up first when its worker was woken for that, then sends
+// what is queued until nothing is, d stops, or d fails.
+func (d *destination) work(ctx context.Context) error {
 	d.mu.Lock()
 	catchUp := d.catchingUp
 	d.mu.Unlock()
@@ -69,6 +67,11 @@ func (d *destination) deliver(ctx context.Context, b batch) (failed bool, err er
 			continue
 		case errors.Is(err, errStopped) || ctx.Err() != nil:
 			return true, nil // not done: redelivered to the next owner
+		case errors.Is(err, errFenceLost):
+			d.mu.Lock()
+			d.pending.retry = in.then(b) // sent first once the fence is held again
+			d.mu.Unlock()
+			return true, nil
 		case txn.OutcomeOf(err) != txn.Fatal:
 			return true, d.backOff(ctx, in.then(b), err)
 		}
@@ -192,7 +195,8 @@ func (d *destination) transmit(ctx context.Context, t *txn.Transaction) (txn.Res
 	delay := d.cfg.RetryDelay
 	for attempt := 0; ; attempt++ {
 		start := d.cfg.Now()
-		resp, err := d.t.SendTransaction(ctx, t)
+		sctx := d.sendContext(ctx)
+		resp, err := d.t.SendTransaction(sctx, t)
 		d.m.sendSeconds.Observe(d.cfg.Now().Sub(start).Seconds())
 		if err == nil {
 			d.m.txns.WithLabelValues("ok").Inc()
@@ -200,6 +204,9 @@ func (d *destination) transmit(ctx context.Context, t *txn.Transaction) (txn.Res
 		}
 		if ctx.Err() != nil {
 			return resp, err
+		}
+		if sctx.Err() != nil {
+			return resp, errFenceLost
 		}
 		outcome := txn.OutcomeOf(err)
 		if outcome == txn.Fatal {

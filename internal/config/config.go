@@ -46,6 +46,8 @@ type Kafka struct {
 	Partitions         int           `yaml:"partitions" doc:"Partitions of each stream topic; the most members a stage's group can use."`
 	OutboundPartitions int           `yaml:"outbound_partitions" doc:"Partitions of <prefix>.outbound when it is created; the most sender members. The sender counts the topic's real partitions."`
 	ReplicationFactor  int           `yaml:"replication_factor" doc:"Replication factor for created topics (3 on a production cluster)."`
+	RebalanceTimeout   time.Duration `yaml:"rebalance_timeout" doc:"How long a stage's group waits for its members to rejoin at a rebalance; a member later than this is expired and its partitions go to others."`
+	DrainTimeout       time.Duration `yaml:"drain_timeout" doc:"How long a revoked partition's work may take to finish before it is cancelled (the sender's in-flight transactions). At most half of rebalance_timeout, so a member never rejoins late while it still sends; federation.request_timeout may be longer: a revoked destination's send is cancelled, not waited for."`
 	StallAfter         time.Duration `yaml:"stall_after" doc:"A partition of a stage's group with records waiting and no committed progress for this long is stalled: fedpipe_consumer_stalled_partitions and a warning naming its owner. Negative turns the watch off."`
 }
 
@@ -120,6 +122,8 @@ func Default() Config {
 			Partitions:         16,
 			OutboundPartitions: 32,
 			ReplicationFactor:  1,
+			RebalanceTimeout:   10 * time.Second,
+			DrainTimeout:       5 * time.Second,
 			StallAfter:         time.Minute,
 		},
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
@@ -209,6 +213,11 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			bad(key, "must be a positive duration, got %s", d)
 		}
+	}
+	posDur("kafka.rebalance_timeout", c.Kafka.RebalanceTimeout)
+	posDur("kafka.drain_timeout", c.Kafka.DrainTimeout)
+	if 2*c.Kafka.DrainTimeout > c.Kafka.RebalanceTimeout {
+		bad("kafka.drain_timeout", "%s is more than half of kafka.rebalance_timeout (%s): a member still draining would be expired, and another would send to its destinations at the same time", c.Kafka.DrainTimeout, c.Kafka.RebalanceTimeout)
 	}
 	posDur("relay.poll_interval", c.Relay.PollInterval)
 	posDur("router.prune_interval", c.Router.PruneInterval)

@@ -79,6 +79,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"bad cidr", "federation:\n  allowed_networks: [10.0.0.0]\n", nil, "federation.allowed_networks[0]"},
 		{"backoff max below initial", "federation:\n  backoff_initial: 1h\n  backoff_max: 1m\n", nil, "federation.backoff_max"},
 		{"log level", "log_level: loud\n", nil, "log_level"},
+		{"drain longer than half the rebalance timeout", "kafka:\n  rebalance_timeout: 10s\n  drain_timeout: 30s\n", nil, "kafka.drain_timeout"},
+		{"default drain with a short rebalance timeout", "kafka:\n  rebalance_timeout: 8s\n", nil, "kafka.drain_timeout"},
 		{"federation cert without key", "federation:\n  listen: 127.0.0.1:8448\n  tls_cert: /c.pem\n", nil, "federation.tls_cert"},
 		{"federation listen not host:port", "federation:\n  listen: \"8448\"\n", nil, "federation.listen"},
 	} {
