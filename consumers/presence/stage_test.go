@@ -204,7 +204,7 @@ func TestClearAndVanishedInstance(t *testing.T) {
 	e.waitStates(t, map[string]string{"@d:hs.test": "offline", "@both:hs.test": "online", "@c:hs.test": "online"})
 }
 
-func TestRemoteUsersAndBadRecordsAreDeadLettered(t *testing.T) {
+func TestRemoteUsersSyncsAreDeadLettered(t *testing.T) {
 	e := newEnv(t, presence.Config{})
 	on := true
 	e.send(t, schema.UserSyncRecord{Kind: schema.KindUserSync, Instance: "w1", UserID: "@x:elsewhere.test", Syncing: &on},

@@ -104,7 +104,7 @@ func (e *env) publish(t *testing.T, dest, room string, n int) string {
 	return string(pdu)
 }
 
-func TestDeliversInOrderInFullTransactions(t *testing.T) {
+func TestDeliversInOrderInTransactionsOfAtMost50PDUs(t *testing.T) {
 	e := setup(t, "a.test", "b.test")
 	var want []string
 	for i := 0; i < 120; i++ {

@@ -378,7 +378,7 @@ func TestStopWaitsForInFlight(t *testing.T) {
 	}
 }
 
-func TestBackoffSchedule(t *testing.T) {
+func TestBackoffDefaultsAreSynapses(t *testing.T) {
 	cfg := queue.Config{Origin: "o"}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
