@@ -28,6 +28,7 @@ func commands() map[string]command {
 		"keygen":  {"keygen --out FILE: write a new ed25519 signing key in Synapse's format", cmdKeygen},
 		"config":  {"config example: print a commented configuration file; config check: validate one", cmdConfig},
 		"offsets": {"offsets show|reset --group G: a consumer group's offsets, and moving them (replay)", cmdOffsets},
+		"status":  {"status [--url http://host:port]: a running fedpipe's status page as tables (asks admin.listen)", cmdStatus},
 	}
 	addPipelineCommands(cmds)
 	return cmds
