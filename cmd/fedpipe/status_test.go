@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
@@ -128,6 +131,7 @@ func TestStatusCommandAndPageInABrowser(t *testing.T) {
 		t.Errorf("fedpipe status with a wrong token: %v\n%s", err, out)
 	}
 	t.Run("browser", func(t *testing.T) { statusPageInABrowser(t, p) })
+	t.Run("metrics", func(t *testing.T) { dashboardMetrics(t, p) })
 }
 
 func statusPageInABrowser(t *testing.T, p *pipeline) {
@@ -218,4 +222,49 @@ func statusPageInABrowser(t *testing.T, p *pipeline) {
 	})
 	t.Logf("the page as a person sees it:\n%s", text)
 
+}
+
+// exports reports whether a member of p registered the metric name. A
+// vector with no series yet is missing from a scrape, so the registries are
+// asked: registering another collector under a name in use is refused.
+func exports(p *pipeline, name string) bool {
+	for _, reg := range p.regs {
+		probe := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: "probe"})
+		if err := reg.Register(probe); err != nil {
+			return true
+		}
+		reg.Unregister(probe)
+	}
+	return false
+}
+
+// The Grafana dashboard and the alert rules name only metrics fedpipe
+// exports: a renamed metric fails here instead of leaving an empty panel or
+// an alert that can never fire.
+func dashboardMetrics(t *testing.T, p *pipeline) {
+	if exports(p, "fedpipe_no_such_metric") {
+		t.Fatal("the probe finds a metric nobody registered")
+	}
+	ref := regexp.MustCompile(`fedpipe_[a-z0-9_]+`)
+	for _, file := range []string{"../../deploy/grafana/fedpipe.json", "../../deploy/prometheus/alerts.yml"} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := ref.FindAllString(string(raw), -1)
+		for _, m := range names {
+			ok := exports(p, m)
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if n, cut := strings.CutSuffix(m, suffix); cut && !ok {
+					ok = exports(p, n)
+				}
+			}
+			if !ok {
+				t.Errorf("%s names %s, which fedpipe does not export", file, m)
+			}
+		}
+		if len(names) < 5 {
+			t.Errorf("%s names only %d metrics", file, len(names))
+		}
+	}
 }
