@@ -426,10 +426,16 @@ func TestWaitForPosition(t *testing.T) {
 	}
 }
 
+// stamp gives each dead letter written its own second, newest last, so
+// "latest" has one right order whichever partitions they land on.
+var stamp = time.Now().Add(-time.Hour).Truncate(time.Second)
+
+func nextStamp() time.Time { stamp = stamp.Add(time.Second); return stamp }
+
 // deadLetter writes a record to the dead-letter topic as the runtime does.
 func deadLetter(t *testing.T, w *kafka.Writer, source, key, value, reason string) {
 	t.Helper()
-	err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte(key), Value: []byte(value), Headers: []kafka.Header{
+	err := w.WriteMessages(context.Background(), kafka.Message{Time: nextStamp(), Key: []byte(key), Value: []byte(value), Headers: []kafka.Header{
 		{Key: "kind", Value: []byte("event")},
 		{Key: "deadletter_reason", Value: []byte(reason)}, {Key: "source_topic", Value: []byte(source)},
 		{Key: "source_partition", Value: []byte("1")}, {Key: "source_offset", Value: []byte("7")},
@@ -452,19 +458,25 @@ func TestDeadLettersCountLatestAndRedrive(t *testing.T) {
 	deadLetter(t, w, "fp.room", "!b:x", `{"bad":2}`, "decoding: bad 2")
 	deadLetter(t, w, "fp.usersync", "worker1", `{"bad":3}`, "decoding: bad 3")
 	deadLetter(t, w, "elsewhere.topic", "k", `{"bad":4}`, "decoding: bad 4")
+	// Cut to its first 64 KiB by the writer that could not write it.
+	if err := w.WriteMessages(context.Background(), kafka.Message{Time: nextStamp(), Key: []byte("big"), Value: []byte(`{"cut`), Headers: []kafka.Header{
+		{Key: "deadletter_reason", Value: []byte("message too large")}, {Key: "source_topic", Value: []byte("fp.room")},
+		{Key: "deadletter_writer", Value: []byte("relay")}, {Key: "deadletter_value_bytes", Value: []byte("2000000")}}}); err != nil {
+		t.Fatal(err)
+	}
 	code, out := e.call("GET", dl+"?limit=2", "")
-	if code != 200 || out["total"] != 4.0 || out["scanned"] != 4.0 {
+	if code != 200 || out["total"] != 5.0 || out["scanned"] != 5.0 {
 		t.Fatalf("count: %d %v", code, out)
 	}
 	by := out["by_source_topic"].(map[string]any)
-	if by["fp.room"] != 2.0 || by["fp.usersync"] != 1.0 || by["elsewhere.topic"] != 1.0 {
+	if by["fp.room"] != 3.0 || by["fp.usersync"] != 1.0 || by["elsewhere.topic"] != 1.0 {
 		t.Errorf("by source topic %v", by)
 	}
 	latest := out["latest"].([]any)
-	if len(latest) != 2 || latest[0].(map[string]any)["reason"] != "decoding: bad 4" || latest[1].(map[string]any)["reason"] != "decoding: bad 3" {
+	if len(latest) != 2 || latest[0].(map[string]any)["reason"] != "message too large" || latest[1].(map[string]any)["reason"] != "decoding: bad 4" {
 		t.Errorf("latest %v", latest)
 	}
-	if hs := latest[0].(map[string]any)["headers"].([]any); len(hs) != 7 {
+	if hs := latest[1].(map[string]any)["headers"].([]any); len(hs) != 7 {
 		t.Errorf("headers %v", hs)
 	}
 	for _, q := range []string{"?limit=x", "?limit=-1", "?limit=5000"} {
@@ -488,6 +500,7 @@ func TestDeadLettersCountLatestAndRedrive(t *testing.T) {
 	e.wantError("POST", rd, `{"records":[{"partition":0}]}`, http.StatusBadRequest, "M_INVALID_PARAM")
 	e.wantError("POST", rd, `{"records":[{"partition":0,"offset":99}]}`, http.StatusNotFound, "M_NOT_FOUND")
 	e.wantError("POST", rd, `{"records":[{"partition":7,"offset":0}]}`, http.StatusNotFound, "M_NOT_FOUND")
+	e.wantError("POST", rd, `{"records":[`+ref("big")+`]}`, http.StatusBadRequest, "M_INVALID_PARAM")
 	// One bad record among good ones: nothing is written.
 	e.wantError("POST", rd, `{"records":[`+ref("!a:x")+`,`+ref("k")+`]}`, http.StatusBadRequest, "M_INVALID_PARAM")
 

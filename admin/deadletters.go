@@ -14,9 +14,11 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// Headers the runtime adds when it dead-letters a record (consumers/runtime);
-// a re-driven record is written back without them.
-var deadLetterHeaders = []string{"deadletter_reason", "source_topic", "source_partition", "source_offset", "deadletter_group", "deadletter_instance"}
+// Headers added when a record is dead-lettered (consumers/runtime for
+// records consumed, its batch writer and the relay for records that could not
+// be written); a re-driven record is written back without them.
+var deadLetterHeaders = []string{"deadletter_reason", "source_topic", "source_partition", "source_offset", "deadletter_group",
+	"deadletter_instance", "deadletter_writer", "deadletter_value_bytes"}
 
 // scanLimit bounds how many of the newest dead letters a count reads to split
 // them by source topic (the total comes from the partitions' ends).
@@ -262,6 +264,10 @@ func (s *Server) redrive(w http.ResponseWriter, r *http.Request) error {
 		if !slices.Contains(s.cfg.RedriveTopics, d.SourceTopic) {
 			return &apiError{http.StatusBadRequest, "M_INVALID_PARAM",
 				fmt.Sprintf("dead letter %d/%d: source_topic %q is not one of fedpipe's topics %v", p, off, d.SourceTopic, s.cfg.RedriveTopics)}
+		}
+		if d.header("deadletter_value_bytes") != "" {
+			return &apiError{http.StatusBadRequest, "M_INVALID_PARAM",
+				fmt.Sprintf("dead letter %d/%d holds only the first part of its value (%s bytes): it cannot be re-driven", p, off, d.header("deadletter_value_bytes"))}
 		}
 		m := kafka.Message{Topic: d.SourceTopic, Value: []byte(d.Value)}
 		if d.Key != "" {
