@@ -4,7 +4,7 @@ TEST_TIMEOUT ?= 40m
 # The packages whose tests also run on Apache Kafka (scripts/kafka) in `make test`.
 KAFKA_TIER ?= ./consumers/runtime ./consumers/offsets ./consumers/sender ./producers/relay ./internal/kafkaio ./cmd/fedpipe
 
-.PHONY: run test test-kafka test-synapse build vet bench
+.PHONY: run test test-kafka test-synapse build bench
 
 run:
 	@./scripts/install-postgres >/dev/null || echo 'make run: no PostgreSQL server binaries; fedpipe needs database.url' >&2
@@ -42,4 +42,4 @@ test-kafka:
 		./scripts/kafka stop; echo "Apache Kafka tier: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,5 +120,44 @@ func TestDemoPassesWithSmallLoad(t *testing.T) {
 	}
 	if !strings.Contains(out, "all ") || !strings.Contains(out, "remote0.demo") {
 		t.Fatalf("demo output lacks its report:\n%s", out)
+	}
+}
+
+// The demo runs on its own directory and ports: twice in one directory (its
+// load's rooms and events are new each run), beside a `fedpipe run` holding the
+// default ports, and without --data_dir it leaves nothing behind, all on its
+// embedded broker and PostgreSQL.
+func TestDemoTwiceInOneDirectoryBesideRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts embedded PostgreSQL clusters")
+	}
+	for _, port := range []string{"9092", "5433", "8008", "9100"} { // what `fedpipe run` holds
+		if ln, err := net.Listen("tcp", "127.0.0.1:"+port); err == nil {
+			t.Cleanup(func() { ln.Close() })
+		}
+	}
+	dir, err := os.MkdirTemp("", "fedpipe-demo-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil { // the embedded cluster runs as postgres when we are root
+		t.Fatal(err)
+	}
+	args := []string{"demo", "--rooms=3", "--servers=2", "--events=60", "--timeout=90s", "--server_name=demo.local", "--log_level=warn"}
+	for i := range 2 {
+		out, err := run(t, append(args, "--data_dir="+dir)...)
+		if err != nil || !strings.Contains(out, "all ") || !strings.Contains(out, "set ") {
+			t.Fatalf("demo run %d in %s: %v\n%s", i+1, dir, err, out)
+		}
+	}
+	wd, _ := os.Getwd()
+	before, _ := os.ReadDir(wd)
+	out, err := run(t, args...)
+	if err != nil || !strings.Contains(out, "removed at the end") {
+		t.Fatalf("demo without --data_dir: %v\n%s", err, out)
+	}
+	if after, _ := os.ReadDir(wd); len(after) != len(before) {
+		t.Fatalf("the demo left files in %s: %d entries before, %d after", wd, len(before), len(after))
 	}
 }

@@ -17,7 +17,7 @@ import (
 	"syscall"
 )
 
-// command is one subcommand: its summary and what it runs.
+// command is one command or subcommand: its summary and what it runs.
 type command struct {
 	summary string
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
@@ -25,10 +25,10 @@ type command struct {
 
 func commands() map[string]command {
 	cmds := map[string]command{
-		"keygen":  {"keygen --out FILE: write a new ed25519 signing key in Synapse's format", cmdKeygen},
+		"keygen":  {"write a new ed25519 signing key in Synapse's format (keygen --out FILE)", cmdKeygen},
 		"config":  {"config example: print a commented configuration file; config check: validate one", cmdConfig},
-		"offsets": {"offsets show|reset --group G: a consumer group's offsets, and moving them (replay)", cmdOffsets},
-		"status":  {"status [--url http://host:port]: a running fedpipe's status page as tables (asks admin.listen)", cmdStatus},
+		"offsets": {"a consumer group's offsets, shown and moved to replay or skip (offsets show|reset --group G)", cmdOffsets},
+		"status":  {"a running fedpipe's status page as tables, asked of admin.listen (status [--url URL])", cmdStatus},
 	}
 	addPipelineCommands(cmds)
 	return cmds
@@ -36,18 +36,31 @@ func commands() map[string]command {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(os.Stderr, "fedpipe: %v\n", err)
-		}
-		os.Exit(1)
+	code := runMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// runMain runs a command line and returns the exit code: 0 when the command
+// succeeded or its help was asked for, 1 after printing the error otherwise.
+func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := dispatch(ctx, args, stdout, stderr)
+	switch {
+	case err == nil || errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, new(errReported)):
+		return 1 // the flag package printed it, with the usage
 	}
+	fmt.Fprintf(stderr, "fedpipe: %v\n", err)
+	return 1
 }
 
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmds := commands()
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) > 1 && args[0] == "help" {
+		args = append(args[1:], "--help") // fedpipe help sender: fedpipe sender --help
+	}
+	if len(args) == 0 || isHelp(args[0]) {
 		usage(stderr, cmds)
 		if len(args) == 0 {
 			return errors.New("no command given")
@@ -62,6 +75,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return c.run(ctx, args[1:], stdout, stderr)
 }
 
+func isHelp(arg string) bool {
+	return arg == "help" || arg == "-h" || arg == "--help" || arg == "-help"
+}
+
 func usage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "usage: fedpipe <command> [--config FILE] [--<key>=<value> ...]")
 	fmt.Fprintln(w, "\ncommands:")
@@ -73,8 +90,40 @@ func usage(w io.Writer, cmds map[string]command) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
 	}
-	fmt.Fprintln(w, "\nEvery configuration key is a flag (--kafka.brokers=...) and an environment variable")
-	fmt.Fprintln(w, "(FEDPIPE_KAFKA_BROKERS=...); `fedpipe config example` lists them. `fedpipe <command> -h` shows a command's flags.")
+	fmt.Fprintln(w, "\nEvery configuration key is an environment variable (FEDPIPE_KAFKA_BROKERS=...) and, for the")
+	fmt.Fprintln(w, "commands that read it, a flag (--kafka.brokers=...); `fedpipe config example` lists them.")
+	fmt.Fprintln(w, "`fedpipe <command> --help` shows a command's flags.")
+}
+
+// subcommands runs `fedpipe <name> <sub> ...`: with no subcommand or an unknown
+// one it prints the list and fails, with --help it prints the list.
+func subcommands(ctx context.Context, name string, subs map[string]command, args []string, stdout, stderr io.Writer) error {
+	list := func() {
+		fmt.Fprintf(stderr, "usage: fedpipe %s <subcommand> [flags]\n\nsubcommands:\n", name)
+		names := make([]string, 0, len(subs))
+		for n := range subs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(stderr, "  %-8s %s\n", n, subs[n].summary)
+		}
+		fmt.Fprintf(stderr, "\n`fedpipe %s <subcommand> --help` shows a subcommand's flags.\n", name)
+	}
+	if len(args) > 0 && isHelp(args[0]) {
+		list()
+		return nil
+	}
+	if len(args) == 0 {
+		list()
+		return fmt.Errorf("%s: no subcommand given", name)
+	}
+	c, ok := subs[args[0]]
+	if !ok {
+		list()
+		return fmt.Errorf("unknown %s subcommand %q", name, args[0])
+	}
+	return c.run(ctx, args[1:], stdout, stderr)
 }
 
 // splitList parses a comma-separated flag value.

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/fedpipe/fedpipe/internal/config"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 )
 
@@ -57,9 +59,127 @@ func TestConfigCommands(t *testing.T) {
 	}
 }
 
-func TestUnknownCommand(t *testing.T) {
-	if _, err := run(t, "frobnicate"); err == nil {
-		t.Fatal("unknown command accepted")
+// runCode runs a command line as main does and returns its exit code and output.
+func runCode(args ...string) (int, string) {
+	var out bytes.Buffer
+	code := runMain(context.Background(), args, &out, &out)
+	return code, out.String()
+}
+
+func TestUnknownCommandsAndArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{}, {"frobnicate"}, {"config"}, {"config", "frob"}, {"topics"}, {"topics", "delete"},
+		{"sender", "--stages=relay"}, // only run picks stages
+		{"keygen", "--kafka.brokers=k:9092"},
+		{"migrate", "--kafka.brokers=k:9092"},
+		{"run", "--stages=relay,frob"},
+		{"topics", "create", "extra"},
+		{"config", "check", "--kafka.partitions=many"},
+	} {
+		if code, out := runCode(args...); code != 1 || out == "" {
+			t.Errorf("fedpipe %q exits %d, want 1 with a message; printed:\n%s", args, code, out)
+		}
+	}
+}
+
+// flagsOf reads the flags and their types from a command's --help.
+func flagsOf(out string) map[string]string {
+	flags := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "  --") {
+			continue
+		}
+		f := strings.Fields(line)
+		typ := ""
+		if len(f) > 1 {
+			typ = f[1]
+		}
+		flags[strings.TrimPrefix(f[0], "--")] = typ
+	}
+	return flags
+}
+
+// TestEveryCommandsHelp: every command and subcommand answers --help, -h and
+// `fedpipe help <command>` with exit code 0, and lists exactly the flags it
+// uses: the configuration keys it reads (a stage: infra plus its own section)
+// and its own flags, each with its type.
+func TestEveryCommandsHelp(t *testing.T) {
+	// Per command: its own flags, then the configuration keys it reads ("" is every key).
+	type flags struct{ own, keys []string }
+	infra := []string{"instance", "data_dir", "log_level", "kafka", "database", "admin"}
+	want := map[string]flags{
+		"keygen":         {[]string{"out"}, nil},
+		"config example": {nil, nil},
+		"config check":   {[]string{"config"}, []string{""}},
+		"migrate":        {[]string{"config"}, []string{"database.url"}},
+		"topics create":  {[]string{"config"}, []string{"log_level", "kafka.brokers", "kafka.topic_prefix", "kafka.partitions", "kafka.outbound_partitions", "kafka.replication_factor"}},
+		"run":            {[]string{"config", "stages"}, []string{""}},
+		"demo":           {[]string{"config", "rooms", "servers", "events", "timeout"}, []string{""}},
+		"relay":          {[]string{"config"}, append([]string{"relay"}, infra...)},
+		"presence":       {[]string{"config"}, append([]string{"server_name", "presence"}, infra...)},
+		"router":         {[]string{"config"}, append([]string{"server_name", "router"}, infra...)},
+		"sender":         {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
+		"ingest":         {[]string{"config"}, append([]string{"server_name", "ingest"}, infra...)},
+		"keys":           {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
+		"status":         {[]string{"config", "url"}, []string{"admin.listen", "admin.token"}},
+		"offsets show":   {[]string{"config", "group", "topic", "all-topics"}, []string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
+		"offsets reset": {[]string{"config", "group", "topic", "all-topics", "to-earliest", "to-latest", "to-offset", "shift-by", "to-datetime", "by-duration", "execute"},
+			[]string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
+	}
+	subcommands := map[string][]string{"config": {"check", "example"}, "topics": {"create"}, "offsets": {"show", "reset"}}
+	for name := range commands() {
+		if _, ok := want[name]; !ok && subcommands[name] == nil {
+			t.Errorf("command %s has no expected flags here", name)
+		}
+	}
+	for name, subs := range subcommands {
+		for _, help := range [][]string{{name, "--help"}, {name, "-h"}, {"help", name}} {
+			code, out := runCode(help...)
+			if code != 0 {
+				t.Errorf("fedpipe %q exits %d", help, code)
+			}
+			for _, s := range subs {
+				if !strings.Contains(out, "\n  "+s+" ") {
+					t.Errorf("fedpipe %q does not list subcommand %s:\n%s", help, s, out)
+				}
+			}
+		}
+	}
+	types := map[string]string{"config": "file", "out": "file", "stages": "list", "rooms": "int", "timeout": "duration",
+		"kafka.brokers": "list", "kafka.partitions": "int", "log_level": "string", "relay.poll_interval": "duration",
+		"federation.static": "map", "federation.insecure_skip_verify": "", "ingest.max_body_bytes": "int"}
+	for cmd, w := range want {
+		wantFlags := map[string]bool{}
+		for _, f := range w.own {
+			wantFlags[f] = true
+		}
+		for _, k := range config.Keys() {
+			if slices.ContainsFunc(w.keys, func(s string) bool { return s == "" || k == s || strings.HasPrefix(k, s+".") }) {
+				wantFlags[k] = true
+			}
+		}
+		args := strings.Fields(cmd)
+		for _, help := range [][]string{append(args, "--help"), append(args, "-h"), append([]string{"help"}, args...)} {
+			code, out := runCode(help...)
+			if code != 0 || !strings.Contains(out, "usage: fedpipe "+cmd+" ") {
+				t.Errorf("fedpipe %q exits %d, printing:\n%s", help, code, out)
+				continue
+			}
+			got := flagsOf(out)
+			for f := range wantFlags {
+				if _, ok := got[f]; !ok {
+					t.Errorf("fedpipe %s --help lacks --%s", cmd, f)
+				}
+			}
+			for f, typ := range got {
+				if !wantFlags[f] {
+					t.Errorf("fedpipe %s --help lists --%s, which it does not use", cmd, f)
+				}
+				if want, ok := types[f]; ok && typ != want || typ == "value" {
+					t.Errorf("fedpipe %s --help: --%s is a %q, want %q", cmd, f, typ, types[f])
+				}
+			}
+		}
 	}
 }
 

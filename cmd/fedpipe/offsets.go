@@ -23,32 +23,42 @@ func (f topicFlags) Set(v string) error {
 	return f.sel.AddTopic(v)
 }
 
-const offsetsUsage = `usage: fedpipe offsets show  --group G (--topic T[:P,P...] ... | --all-topics)
-       fedpipe offsets reset --group G (--topic T[:P,P...] ... | --all-topics) SPEC [--execute]
-SPEC is one of --to-earliest, --to-latest, --to-offset N, --shift-by ±N,
+const offsetsSpecHelp = `SPEC is one of --to-earliest, --to-latest, --to-offset N, --shift-by ±N,
 --to-datetime YYYY-MM-DDTHH:mm:SS.sss (local time unless a zone is given), --by-duration PnDTnHnMnS.
-reset prints the plan and changes nothing unless --execute is given, and refuses while the group
+It prints the plan and changes nothing unless --execute is given, and refuses while the group
 has members. With no kafka.brokers it talks to the embedded broker on 127.0.0.1:kafka.embedded_port.`
 
 func cmdOffsets(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "show" && args[0] != "reset") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-			fmt.Fprintln(stdout, offsetsUsage)
-			return nil
-		}
-		return errors.New(offsetsUsage)
+	return subcommands(ctx, "offsets", map[string]command{
+		"show": {"a consumer group's committed offsets, log ends, lag and owners",
+			func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+				return runOffsets(ctx, "show", args, stdout, stderr)
+			}},
+		"reset": {"move a consumer group's offsets to replay or skip (a plan unless --execute)",
+			func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+				return runOffsets(ctx, "reset", args, stdout, stderr)
+			}},
+	}, args, stdout, stderr)
+}
+
+func runOffsets(ctx context.Context, sub string, args []string, stdout, stderr io.Writer) error {
+	usage := " --group G (--topic T[:P,P...] ... | --all-topics)"
+	summary := "Show a consumer group's committed offsets, log ends, lag and owners, like kafka-consumer-groups.sh --describe."
+	if sub == "reset" {
+		usage += " SPEC [--execute]"
+		summary = "Move a consumer group's offsets, with kafka-consumer-groups.sh's semantics.\n" + offsetsSpecHelp
 	}
-	sub := args[0]
-	fs, path := newFlagSet("offsets "+sub, stderr)
+	fs := newFlagSet("offsets "+sub, usage, summary, stderr)
+	path := configFlags(fs, "log_level", "kafka.brokers", "kafka.embedded_port")
 	var sel offsets.Selection
 	group := fs.String("group", "", "consumer group (fedpipe-router, fedpipe-sender, fedpipe-presence, ...)")
-	fs.Var(topicFlags{&sel}, "topic", "topic, or topic:partition,partition; repeatable")
+	fs.Var(topicFlags{&sel}, "topic", "a `topic`, or topic:partition,partition; repeatable")
 	fs.BoolVar(&sel.AllTopics, "all-topics", false, "every topic the group has committed offsets for")
 	var spec resetSpec
 	if sub == "reset" {
 		spec.register(fs)
 	}
-	cfg, err := loadConfig(fs, path, args[1:])
+	cfg, err := loadConfig(fs, path, args)
 	if err != nil {
 		return err
 	}

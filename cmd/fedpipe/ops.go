@@ -11,9 +11,9 @@ import (
 )
 
 func cmdKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, _ := newFlagSet("keygen", stderr)
-	out := fs.String("out", "", "file to write the new key to (refuses to overwrite)")
-	if err := fs.Parse(args); err != nil {
+	fs := newFlagSet("keygen", "", "Write a new ed25519 signing key in Synapse's format (ed25519 <version> <seed>).", stderr)
+	out := fs.String("out", "", "`file` to write the new key to (required; refuses to overwrite)")
+	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
@@ -27,22 +27,28 @@ func cmdKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-func cmdConfig(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return errors.New("usage: fedpipe config example | fedpipe config check --config FILE")
-	}
-	switch args[0] {
-	case "example":
-		_, err := stdout.Write(config.Example())
+func cmdConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return subcommands(ctx, "config", map[string]command{
+		"example": {"print a commented configuration file: every key, its default and what it does", cmdConfigExample},
+		"check":   {"load a configuration (file, FEDPIPE_* variables and flags) and report every invalid key", cmdConfigCheck},
+	}, args, stdout, stderr)
+}
+
+func cmdConfigExample(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("config example", "", "Print a commented configuration file: every key, its default and what it does.", stderr)
+	if err := parse(fs, args); err != nil {
 		return err
-	case "check":
-		fs, path := newFlagSet("config check", stderr)
-		if _, err := loadConfig(fs, path, args[1:]); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, "configuration is valid")
-		return nil
-	default:
-		return fmt.Errorf("unknown config subcommand %q (example, check)", args[0])
 	}
+	_, err := stdout.Write(config.Example())
+	return err
+}
+
+func cmdConfigCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("config check", "", "Load a configuration (file, FEDPIPE_* variables and flags) and report every invalid key.", stderr)
+	path := configFlags(fs)
+	if _, err := loadConfig(fs, path, args); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "configuration is valid")
+	return nil
 }

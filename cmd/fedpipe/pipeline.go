@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -14,21 +15,25 @@ import (
 
 // addPipelineCommands adds the commands that run or prepare the pipeline.
 func addPipelineCommands(cmds map[string]command) {
-	cmds["run"] = command{"run every stage in one process (embedded broker and PostgreSQL when none are configured)", cmdRun(allStages...)}
-	cmds["relay"] = command{"run the relay: stream tables to Kafka", cmdRun("relay")}
-	cmds["presence"] = command{"run a member of the fedpipe-presence consumer group (user syncs to presence, and its timers)", cmdRun("presence")}
-	cmds["router"] = command{"run a member of the fedpipe-router consumer group", cmdRun("router")}
-	cmds["sender"] = command{"run a member of the fedpipe-sender consumer group", cmdRun("sender")}
-	cmds["ingest"] = command{"serve the ingest HTTP API", cmdRun("ingest")}
-	cmds["keys"] = command{"serve fedpipe's signing keys (GET /_matrix/key/v2/server) on federation.listen", cmdRun("keys")}
-	cmds["migrate"] = command{"apply the SQL migrations and exit", cmdMigrate}
+	stage := func(name, summary string) {
+		cmds[name] = command{summary, cmdRun(name, summary, slices.Concat(infraKeys, stageKeys[name]), name)}
+	}
+	const run = "run every stage in one process (embedded broker and PostgreSQL when none are configured)"
+	cmds["run"] = command{run, cmdRun("run", run, nil, allStages...)}
+	stage("relay", "run the relay: stream tables to Kafka")
+	stage("presence", "run a member of the fedpipe-presence consumer group (user syncs to presence, and its timers)")
+	stage("router", "run a member of the fedpipe-router consumer group")
+	stage("sender", "run a member of the fedpipe-sender consumer group")
+	stage("ingest", "serve the ingest HTTP API")
+	stage("keys", "serve fedpipe's signing keys (GET /_matrix/key/v2/server) on federation.listen")
+	cmds["migrate"] = command{"apply the SQL migrations to database.url and exit", cmdMigrate}
 	cmds["topics"] = command{"topics create: create the Kafka topics with their configs", cmdTopics}
 	cmds["demo"] = command{"run everything plus simulated remote homeservers and a load generator, then report deliveries", cmdDemo}
 }
 
 func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, path := newFlagSet("migrate", stderr)
-	cfg, err := loadConfig(fs, path, args)
+	fs := newFlagSet("migrate", "", "Apply the SQL migrations to database.url and exit (the private cluster of `fedpipe run` is migrated at every start).", stderr)
+	cfg, err := loadConfig(fs, configFlags(fs, migrateKeys...), args)
 	if err != nil {
 		return err
 	}
@@ -48,11 +53,14 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func cmdTopics(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "create" {
-		return errors.New("usage: fedpipe topics create [--config FILE] [--kafka.brokers=...]")
-	}
-	fs, path := newFlagSet("topics create", stderr)
-	cfg, err := loadConfig(fs, path, args[1:])
+	return subcommands(ctx, "topics", map[string]command{
+		"create": {"create the Kafka topics on kafka.brokers with their configs (existing ones are kept)", cmdTopicsCreate},
+	}, args, stdout, stderr)
+}
+
+func cmdTopicsCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("topics create", "", "Create the Kafka topics on kafka.brokers with their configs (the embedded broker's topics are created at every start).", stderr)
+	cfg, err := loadConfig(fs, configFlags(fs, topicsKeys...), args)
 	if err != nil {
 		return err
 	}

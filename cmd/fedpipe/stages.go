@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -44,12 +45,17 @@ func groupID(prefix, stage string) string { return prefix + "-" + stage }
 
 var allStages = []string{"relay", "presence", "router", "sender", "ingest", "keys"}
 
-// cmdRun returns the command running the given stages; `run` also takes
+// cmdRun returns the command `name` running the given stages, with flags for
+// the configuration keys in scope (every key when empty); `run` also takes
 // --stages to pick a subset.
-func cmdRun(defaults ...string) func(context.Context, []string, io.Writer, io.Writer) error {
+func cmdRun(name, summary string, scope []string, defaults ...string) func(context.Context, []string, io.Writer, io.Writer) error {
 	return func(ctx context.Context, args []string, _, stderr io.Writer) error {
-		fs, path := newFlagSet("run", stderr)
-		stages := fs.String("stages", "", "comma-separated stages to run (relay,presence,router,sender,ingest,keys); default: the command's")
+		fs := newFlagSet(name, "", strings.ToUpper(summary[:1])+summary[1:]+".", stderr)
+		path := configFlags(fs, scope...)
+		stages := new(string)
+		if name == "run" {
+			stages = fs.String("stages", "", "comma-separated `list` of stages to run (relay,presence,router,sender,ingest,keys); default: all")
+		}
 		cfg, err := loadConfig(fs, path, args)
 		if err != nil {
 			return err

@@ -10,8 +10,9 @@ import (
 // cmdStatus prints a running fedpipe's status page as tables: it asks the
 // admin listener (admin.listen, or --url) with admin.token.
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, path := newFlagSet("status", stderr)
-	url := fs.String("url", "", "admin listener to ask (default http://<admin.listen>)")
+	fs := newFlagSet("status", "", "Print a running fedpipe's status page as tables: consumer groups with lag and stalls, destinations backing off or paused, dead letters. Asks the admin listener (admin.listen, admin.token).", stderr)
+	path := configFlags(fs, "admin.listen", "admin.token")
+	url := fs.String("url", "", "admin listener to ask, http://host:port (default http://<admin.listen>)")
 	cfg, err := loadConfig(fs, path, args)
 	if err != nil {
 		return err

@@ -21,12 +21,16 @@ func (t *Tool) rows(ctx context.Context, group string, parts []partKey) ([]Row, 
 	if err != nil {
 		return nil, fmt.Errorf("listing offsets: %w", err)
 	}
-	committed, err := t.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: fetchReq})
+	var committed *kafka.OffsetFetchResponse
+	err = whileCoordinatorMoves(ctx, func() error {
+		committed, err = t.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: fetchReq})
+		if err == nil && committed.Error != nil && !errors.Is(committed.Error, kafka.GroupIdNotFound) { // a group that never committed
+			err = committed.Error
+		}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("fetching the offsets of group %s: %w", group, err)
-	}
-	if committed.Error != nil && !errors.Is(committed.Error, kafka.GroupIdNotFound) { // a group that never committed
-		return nil, fmt.Errorf("fetching the offsets of group %s: %w", group, committed.Error)
 	}
 	rows := make(map[partKey]*Row, len(parts))
 	for _, p := range parts {
@@ -96,7 +100,14 @@ type groupDescription struct {
 
 // describe reads the group's state, members and assignments.
 func (t *Tool) describe(ctx context.Context, group string) (groupDescription, error) {
-	resp, err := t.client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	var resp *kafka.DescribeGroupsResponse
+	err := whileCoordinatorMoves(ctx, func() (err error) {
+		resp, err = t.client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+		if err == nil && len(resp.Groups) > 0 && resp.Groups[0].Error != nil {
+			err = resp.Groups[0].Error
+		}
+		return err
+	})
 	if err != nil {
 		return groupDescription{}, fmt.Errorf("describing group %s: %w", group, err)
 	}
@@ -105,9 +116,6 @@ func (t *Tool) describe(ctx context.Context, group string) (groupDescription, er
 		return d, nil
 	}
 	g := resp.Groups[0]
-	if g.Error != nil {
-		return groupDescription{}, fmt.Errorf("describing group %s: %w", group, g.Error)
-	}
 	d.state = g.GroupState
 	for _, m := range g.Members {
 		d.members = append(d.members, Member{ID: m.MemberID, ClientID: m.ClientID, Host: m.ClientHost})
@@ -118,4 +126,24 @@ func (t *Tool) describe(ctx context.Context, group string) (groupDescription, er
 		}
 	}
 	return d, nil
+}
+
+// whileCoordinatorMoves runs call again, for up to 15 s, while it fails with an
+// error Kafka calls temporary: a group's coordinator that is loading, moving or
+// not yet elected (a fresh broker creating its offsets topic answers
+// NOT_COORDINATOR for a while).
+func whileCoordinatorMoves(ctx context.Context, call func() error) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := call()
+		var kerr kafka.Error
+		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -188,17 +188,27 @@ func (t *Tool) Execute(ctx context.Context, group string, plan []Row) error {
 	for _, r := range plan {
 		commits[r.Topic] = append(commits[r.Topic], kafka.OffsetCommit{Partition: r.Partition, Offset: r.New})
 	}
-	resp, err := t.client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1, Topics: commits})
-	if err != nil {
-		return fmt.Errorf("committing offsets of group %s: %w", group, err)
-	}
 	var errs []error
-	for topic, parts := range resp.Topics {
-		for _, p := range parts {
-			if p.Error != nil {
-				errs = append(errs, fmt.Errorf("%s/%d: %w", topic, p.Partition, p.Error))
+	err = whileCoordinatorMoves(ctx, func() error {
+		resp, err := t.client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1, Topics: commits})
+		if err != nil {
+			return err
+		}
+		errs = errs[:0]
+		for topic, parts := range resp.Topics {
+			for _, p := range parts {
+				if p.Error != nil {
+					errs = append(errs, fmt.Errorf("%s/%d: %w", topic, p.Partition, p.Error))
+				}
 			}
 		}
+		if len(errs) > 0 {
+			return errs[0] // temporary ones are tried again
+		}
+		return nil
+	})
+	if err != nil && len(errs) == 0 {
+		return fmt.Errorf("committing offsets of group %s: %w", group, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("committing offsets of group %s: %w", group, err)
@@ -215,12 +225,16 @@ type partKey struct {
 func (t *Tool) partitions(ctx context.Context, group string, sel Selection) ([]partKey, error) {
 	var out []partKey
 	if sel.AllTopics {
-		resp, err := t.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group})
+		var resp *kafka.OffsetFetchResponse
+		err := whileCoordinatorMoves(ctx, func() (err error) {
+			resp, err = t.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group})
+			if err == nil && resp.Error != nil && !errors.Is(resp.Error, kafka.GroupIdNotFound) {
+				err = resp.Error
+			}
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("fetching the offsets of group %s: %w", group, err)
-		}
-		if resp.Error != nil && !errors.Is(resp.Error, kafka.GroupIdNotFound) {
-			return nil, fmt.Errorf("fetching the offsets of group %s: %w", group, resp.Error)
 		}
 		for topic, parts := range resp.Topics {
 			for _, p := range parts {

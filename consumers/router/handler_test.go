@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -185,6 +186,70 @@ func TestHandlerReplayAfterDeltasStored(t *testing.T) {
 	}
 	if _, err := r.Open(ctx, "other.room", 0); err == nil {
 		t.Error("opened a topic the router does not route")
+	}
+}
+
+// TestHandlerReplayOfBanAndInvite: an event goes to the servers joined before
+// it, also when it is replayed after a crash. A local invite of a user whose
+// server has no one in the room goes to no extra server; a ban of a server's
+// last joined user reaches that server, whose departure the store already holds
+// when the ban is replayed. The first replay starts at the ban (its offset not
+// committed, its delta stored), the second at the invite before it.
+func TestHandlerReplayOfBanAndInvite(t *testing.T) {
+	addr, pool, w := handlerEnv(t)
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	r, err := New(Config{ServerName: "hs.test"}, pool, syncWriter{w}, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const room = "!r:hs.test"
+	sk := func(s string) *string { return &s }
+	ev := func(pos int64, sender, typ string, stateKey *string) kafka.Message {
+		origin, _ := routing.ServerName(sender)
+		return record(t, schema.RoomRecord{V: 1, Kind: schema.KindEvent, Position: pos, RoomID: room, RoomVersion: "10",
+			EventID: "$" + string(rune('a'+pos)), Sender: sender, Origin: origin, Type: typ, StateKey: stateKey, PDU: []byte(`{"x": 1}`)})
+	}
+	delta := func(pos int64, user, membership string) kafka.Message {
+		return record(t, schema.RoomRecord{V: 1, Kind: schema.KindStateDelta, Position: pos, RoomID: room, Type: "m.room.member",
+			StateKey: sk(user), EventID: "$" + string(rune('a'+pos)), Membership: membership})
+	}
+	handle := func(h runtime.PartitionHandler, msgs ...kafka.Message) {
+		t.Helper()
+		for _, m := range msgs {
+			if err := h.Handle(ctx, m, func() {}); err != nil {
+				t.Fatalf("handling %s: %v", m.Value, err)
+			}
+		}
+	}
+	stream := []kafka.Message{
+		ev(1, "@a:hs.test", "m.room.member", sk("@a:hs.test")), delta(1, "@a:hs.test", "join"),
+		ev(2, "@b:one.test", "m.room.member", sk("@b:one.test")), delta(2, "@b:one.test", "join"),
+		ev(3, "@c:two.test", "m.room.member", sk("@c:two.test")), delta(3, "@c:two.test", "join"),
+		ev(4, "@a:hs.test", "m.room.member", sk("@z:new.test")), delta(4, "@z:new.test", "invite"), // $e
+		ev(5, "@a:hs.test", "m.room.member", sk("@c:two.test")), delta(5, "@c:two.test", "ban"), // $f
+		ev(6, "@a:hs.test", "m.room.message", nil), // $g
+	}
+	for _, from := range []int{0, 8, 6} { // the whole stream, then from the ban, then from the invite
+		h, err := r.Open(ctx, "fedpipe.room", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle(h, stream[from:]...)
+		if err := h.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{
+		"$e one.test", "$e one.test", "$e two.test", "$e two.test", // the invite, first and from the invite
+		"$f one.test", "$f one.test", "$f one.test", "$f two.test", "$f two.test", "$f two.test", // the ban, three times
+		"$g one.test", "$g one.test", "$g one.test",
+	}
+	if got := written(t, addr); !slices.Equal(got, want) {
+		t.Errorf("written %q, want %q", got, want)
+	}
+	if got := value(t, r.m.rewinds); got != 2 {
+		t.Errorf("rewinds = %v, want 2", got)
 	}
 }
 

@@ -54,12 +54,14 @@ func (p *partitionHandler) Handle(ctx context.Context, m kafka.Message, done fun
 	return err
 }
 
-// event writes one outbound record per destination of a local event. The
-// membership in memory is the state before the event: the deltas of position N
-// follow the event of position N on the topic.
+// event writes one outbound record per destination of a local event: the
+// servers joined in the state before it (routing.PDUDestinations). The
+// membership in memory is that state: the deltas of position N follow the event
+// of position N on the topic.
 //
 // A replayed event rewinds the membership in memory to the state before it, so
-// that the event goes where it went the first time and the deltas that follow
+// that the event goes where it went the first time (a kick or ban of a server's
+// last joined user still reaches that server) and the deltas that follow
 // are applied again: a replayed join then tells remote servers presence again
 // (joinPresence), which the crashed or revoked owner may have stored without
 // the broker taking its records. Remote events go nowhere, so only remote
@@ -88,7 +90,7 @@ func (p *partitionHandler) event(ctx context.Context, rec schema.RoomRecord, don
 		done() // routing.PDUDestinations: remote events go nowhere
 		return nil
 	}
-	dests := routing.PDUDestinations(rm.state, p.r.cfg.ServerName, routing.Event{Origin: rec.Origin, Type: rec.Type, StateKey: rec.StateKey})
+	dests := routing.PDUDestinations(rm.state, p.r.cfg.ServerName, rec.Origin)
 	p.r.m.destinations.Observe(float64(len(dests)))
 	if len(dests) == 0 {
 		done()

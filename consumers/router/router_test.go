@@ -20,6 +20,9 @@ const (
 	carol = "@carol:two.test"
 	dave  = "@dave:three.test"
 	erin  = "@erin:four.test"
+	zed   = "@zed:five.test"
+	kim   = "@kim:five.test"
+	ken   = "@ken:hs.test"
 )
 
 // scenario is two rooms interleaved on the stream, with an undecodable record
@@ -41,20 +44,25 @@ func scenario(t *testing.T) (*stream, map[string][]string) {
 	member(b, alice, alice, "join") // our own server is never a destination
 	member(a, carol, carol, "join")
 	msg(a, alice, "one.test", "two.test")
-	member(b, alice, erin, "invite", "four.test") // the invited server gets its invite
-	msg(b, alice)                                 // erin is only invited
-	member(a, dave, dave, "join")                 // three.test joins mid-stream
+	member(b, alice, erin, "invite") // four.test has no one in b: /invite is the homeserver's, not ours
+	msg(b, alice)                    // erin is only invited
+	member(a, dave, dave, "join")    // three.test joins mid-stream
 	msg(a, alice, "one.test", "three.test", "two.test")
 	s.msgs = append(s.msgs, kafka.Message{Key: []byte(a), Value: []byte(`{"v":1,"kind":"event",`)}) // poison
+	member(a, alice, zed, "ban", "one.test", "three.test", "two.test")                              // a pre-emptive ban: five.test is in no room
 	member(a, alice, carol, "leave", "one.test", "three.test", "two.test")                          // a kick reaches the kicked server
 	msg(a, alice, "one.test", "three.test")                                                         // and nothing after
+	member(a, alice, carol, "ban", "one.test", "three.test")                                        // nor a ban after it left
 	member(b, erin, erin, "join")
+	member(b, kim, kim, "knock") // a remote knock arrives over federation
+	member(b, ken, ken, "knock", "four.test")
 	msg(a, bob) // remote message
 	member(a, bob2, bob2, "join")
 	member(a, bob, bob, "leave") // one.test keeps bob2
 	msg(b, alice, "four.test")
-	want[s.send(t, a, alice, "m.room.topic", strp(""), "")] = []string{"one.test", "three.test"}
-	msg(a, alice, "one.test", "three.test")
+	member(a, alice, dave, "ban", "one.test", "three.test") // a ban of three.test's last user reaches it
+	want[s.send(t, a, alice, "m.room.topic", strp(""), "")] = []string{"one.test"}
+	msg(a, alice, "one.test")
 	return s, want
 }
 
@@ -96,7 +104,7 @@ func TestRouterRoutesReplaysAndDeadLetters(t *testing.T) {
 	}
 
 	joined := e.members(t)
-	wantJoined := []string{"!a:hs.test " + alice, "!a:hs.test " + bob2, "!a:hs.test " + dave, "!b:hs.test " + alice, "!b:hs.test " + erin}
+	wantJoined := []string{"!a:hs.test " + alice, "!a:hs.test " + bob2, "!b:hs.test " + alice, "!b:hs.test " + erin}
 	if !slices.Equal(joined, wantJoined) {
 		t.Fatalf("stored members %q, want %q", joined, wantJoined)
 	}

@@ -53,17 +53,23 @@ func TestPositionsNeedsRewind(t *testing.T) {
 func TestReplayRoutesLikeTheFirstTime(t *testing.T) {
 	type rec struct {
 		pos        int64
-		ev         *Event
+		origin     string // an event from origin when set, else a delta
 		user, memb string
 	}
+	ev := func(pos int64, origin string) rec { return rec{pos: pos, origin: origin} }
+	delta := func(pos int64, user, memb string) rec { return rec{pos: pos, user: user, memb: memb} }
 	recs := []rec{
-		{pos: 1, ev: &Event{Origin: our, Type: TypeMember, StateKey: strp("@a:hs.test")}}, {pos: 1, user: "@a:hs.test", memb: "join"},
-		{pos: 2, ev: &Event{Origin: "one.test", Type: TypeMember, StateKey: strp("@b:one.test")}}, {pos: 2, user: "@b:one.test", memb: "join"},
-		{pos: 3, ev: &Event{Origin: our, Type: "m.room.message"}},
-		{pos: 4, ev: &Event{Origin: "two.test", Type: TypeMember, StateKey: strp("@c:two.test")}}, {pos: 4, user: "@c:two.test", memb: "join"},
-		{pos: 5, ev: &Event{Origin: our, Type: "m.room.message"}},
-		{pos: 6, ev: &Event{Origin: our, Type: TypeMember, StateKey: strp("@b:one.test")}}, {pos: 6, user: "@b:one.test", memb: "leave"},
-		{pos: 7, ev: &Event{Origin: our, Type: "m.room.message"}},
+		ev(1, our), delta(1, "@a:hs.test", "join"),
+		ev(2, "one.test"), delta(2, "@b:one.test", "join"),
+		ev(3, our),
+		ev(4, "two.test"), delta(4, "@c:two.test", "join"),
+		ev(5, our),
+		ev(6, our), delta(6, "@b:one.test", "leave"), // a kick of one.test's last user
+		ev(7, our),
+		ev(8, our), delta(8, "@z:new.test", "invite"), // an invite of a server not in the room
+		ev(9, our), delta(9, "@c:two.test", "ban"), // a ban of two.test's last user
+		ev(10, our), delta(10, "@c:two.test", "ban"), // banned again, nothing changes
+		ev(11, our),
 	}
 	type histEntry struct {
 		pos    int64
@@ -99,11 +105,11 @@ func TestReplayRoutesLikeTheFirstTime(t *testing.T) {
 	run := func(from int) [][]string {
 		var out [][]string
 		for _, r := range recs[from:] {
-			if r.ev != nil {
+			if r.origin != "" {
 				if p.NeedsRewind(r.pos) {
 					state, p.Applied = stateBefore(r.pos), r.pos-1
 				}
-				out = append(out, PDUDestinations(state, our, *r.ev))
+				out = append(out, PDUDestinations(state, our, r.origin))
 				continue
 			}
 			switch p.Delta(r.pos) {
@@ -122,14 +128,18 @@ func TestReplayRoutesLikeTheFirstTime(t *testing.T) {
 		return out
 	}
 	first := run(0)
-	want := [][]string{{}, nil, {"one.test"}, nil, {"one.test", "two.test"}, {"one.test", "two.test"}, {"two.test"}}
+	want := [][]string{{}, nil, {"one.test"}, nil, {"one.test", "two.test"}, {"one.test", "two.test"}, {"two.test"}, {"two.test"}, {"two.test"}, {}, {}}
 	if !equalRoutes(first, want) {
 		t.Fatalf("first pass routes %q, want %q", first, want)
 	}
 	storedBefore := len(history)
-	// A crash after storing pos 6's delta: replay from the event of pos 6.
+	// A crash after storing the kick's delta: replay from the kick.
 	if again := run(8); !equalRoutes(again, want[5:]) {
 		t.Errorf("replay from the kick routes %q, want %q", again, want[5:])
+	}
+	// A crash after storing the ban's delta: replay from the ban.
+	if again := run(13); !equalRoutes(again, want[8:]) {
+		t.Errorf("replay from the ban routes %q, want %q", again, want[8:])
 	}
 	if again := run(0); !equalRoutes(again, want) {
 		t.Errorf("replay from the start routes %q, want %q", again, want)
@@ -137,7 +147,7 @@ func TestReplayRoutesLikeTheFirstTime(t *testing.T) {
 	if len(history) != storedBefore {
 		t.Errorf("replays stored %d more changes", len(history)-storedBefore)
 	}
-	if got := state.JoinedServers(); !slices.Equal(got, []string{"hs.test", "two.test"}) {
+	if got := state.JoinedServers(); !slices.Equal(got, []string{"hs.test"}) {
 		t.Errorf("after replays joined servers = %q", got)
 	}
 }

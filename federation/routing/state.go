@@ -10,8 +10,8 @@ import (
 )
 
 // MembershipJoin is the only membership that makes a server a destination of a
-// room's events. Other memberships (invite, leave, ban, knock) matter only as
-// the target of their own m.room.member event, which the event itself names.
+// room's events. Other memberships (invite, leave, ban, knock) make no server a
+// destination, not even of their own m.room.member event (PDUDestinations).
 const MembershipJoin = "join"
 
 // TypeMember is the event type whose state key is a user and whose state

@@ -18,8 +18,9 @@ import (
 type Config struct {
 	// ServerName is the Matrix server name fedpipe sends federation traffic for.
 	ServerName string `yaml:"server_name" doc:"Matrix server name of the homeserver fedpipe sends for (the origin of every transaction)."`
-	// Instance names this process in record headers, consumer-group member ids and logs.
-	Instance string `yaml:"instance" doc:"Name of this process in record headers and logs; defaults to the host name."`
+	// Instance names this process in record headers, consumer-group member ids and
+	// logs; Load makes an empty one the host name.
+	Instance string `yaml:"instance" doc:"Name of this process in record headers and logs. Empty: this host's name."`
 	// DataDir holds the embedded broker's log, the private PostgreSQL cluster and the signing key.
 	DataDir string `yaml:"data_dir" doc:"Directory for the embedded broker, the private PostgreSQL cluster and the generated signing key."`
 	// SigningKeyPath is the Synapse-format ed25519 key file; empty means <data_dir>/signing.key.
@@ -106,14 +107,11 @@ type Federation struct {
 }
 
 // Default returns the configuration used when a key is not set anywhere.
+// Its Instance is empty, which Load makes the host name: a copied file does not
+// give every host one name.
 func Default() Config {
-	host, _ := os.Hostname()
-	if host == "" {
-		host = "fedpipe"
-	}
 	return Config{
 		ServerName: "localhost",
-		Instance:   host,
 		DataDir:    "./data",
 		LogLevel:   "info",
 		Kafka: Kafka{
@@ -140,6 +138,15 @@ func Default() Config {
 	}
 }
 
+// HostInstance is the instance name an empty instance stands for: the host
+// name, or "fedpipe" where the host has none.
+func HostInstance() string {
+	if host, err := os.Hostname(); err == nil && host != "" {
+		return host
+	}
+	return "fedpipe"
+}
+
 // KeyPath is the signing key file in use.
 func (c *Config) KeyPath() string {
 	if c.SigningKeyPath != "" {
@@ -163,9 +170,6 @@ func (c *Config) Validate() error {
 		bad("server_name", "must be set")
 	} else if strings.ContainsAny(c.ServerName, " /\t@!#$") {
 		bad("server_name", "%q is not a Matrix server name", c.ServerName)
-	}
-	if c.Instance == "" {
-		bad("instance", "must be set")
 	}
 	if c.DataDir == "" {
 		bad("data_dir", "must be set")

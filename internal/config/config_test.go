@@ -3,9 +3,11 @@ package config
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +27,9 @@ func TestExampleParsesToDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the printed example does not load: %v\n%s", err, Example())
 	}
-	if want := Default(); fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+	want := Default()
+	want.Instance = HostInstance()
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
 		t.Fatalf("example loads as\n%+v\nwant the defaults\n%+v", got, want)
 	}
 	for _, k := range Keys() {
@@ -135,4 +139,70 @@ func TestListenersOffLoopbackNeedATokens(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The example leaves instance empty, which means this host's name wherever
+// the file is used, so a copied file does not give every host one instance.
+func TestInstanceIsTheHostNameWhenEmpty(t *testing.T) {
+	if !strings.Contains(string(Example()), "\ninstance: \"\"\n") {
+		t.Errorf("the example does not leave instance empty:\n%s", Example())
+	}
+	for _, tc := range []struct{ name, file, want string }{
+		{"absent", "server_name: a.example\n", HostInstance()},
+		{"empty", "instance: \"\"\n", HostInstance()},
+		{"set", "instance: router-7\n", "router-7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Load(writeFile(t, tc.file), nil, nil)
+			if err != nil || cfg.Instance != tc.want {
+				t.Fatalf("instance %q (%v), want %q", cfg.Instance, err, tc.want)
+			}
+		})
+	}
+	if cfg, err := Load("", []string{"FEDPIPE_INSTANCE="}, nil); err != nil || cfg.Instance != HostInstance() {
+		t.Fatalf("FEDPIPE_INSTANCE= gives %q (%v), want the host name", cfg.Instance, err)
+	}
+}
+
+func TestFlagsHaveTheKeysTypes(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	RegisterFlags(fs, "kafka", "relay.poll_interval", "federation")
+	var names []string
+	types := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) {
+		names = append(names, f.Name)
+		types[f.Name] = f.Value.(interface{ Type() string }).Type()
+	})
+	for _, k := range Keys() {
+		in := strings.HasPrefix(k, "kafka.") || strings.HasPrefix(k, "federation.") || k == "relay.poll_interval"
+		if in != slices.Contains(names, k) {
+			t.Errorf("flag for %s registered: %v, want %v", k, !in, in)
+		}
+	}
+	for name, want := range map[string]string{"kafka.brokers": "list", "kafka.partitions": "int", "kafka.topic_prefix": "string",
+		"relay.poll_interval": "duration", "federation.static": "map", "federation.insecure_skip_verify": "bool"} {
+		if types[name] != want {
+			t.Errorf("--%s is a %s, want %s", name, types[name], want)
+		}
+	}
+	if f := fs.Lookup("kafka.partitions"); f.DefValue != "16" {
+		t.Errorf("--kafka.partitions default %q, want 16", f.DefValue)
+	}
+	if err := fs.Parse([]string{"--kafka.partitions=many"}); err == nil || !strings.Contains(err.Error(), "not an integer") {
+		t.Errorf("a bad integer was parsed: %v", err)
+	}
+	if err := fs.Parse([]string{"--federation.insecure_skip_verify", "--relay.poll_interval=20ms"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load("", nil, fs)
+	if err != nil || !cfg.Federation.InsecureSkipVerify || cfg.Relay.PollInterval != 20*time.Millisecond || cfg.Kafka.Partitions != 16 {
+		t.Errorf("flags applied as %+v (%v)", cfg, err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a scope naming no key was accepted")
+		}
+	}()
+	RegisterFlags(flag.NewFlagSet("t", flag.ContinueOnError), "kafka.brokerz")
 }

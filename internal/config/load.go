@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,7 +22,8 @@ const EnvPrefix = "FEDPIPE_"
 // Load builds the configuration: defaults, then the YAML file at path (if path is
 // not empty), then FEDPIPE_* variables from environ, then the flags set on fs
 // (registered with RegisterFlags). Unknown keys and invalid values are errors
-// naming the key. The result is validated.
+// naming the key. An instance left empty becomes the host name (HostInstance).
+// The result is validated.
 func Load(path string, environ []string, fs *flag.FlagSet) (Config, error) {
 	cfg := Default()
 	if path != "" {
@@ -54,6 +56,9 @@ func Load(path string, environ []string, fs *flag.FlagSet) (Config, error) {
 		if err := errors.Join(errs...); err != nil {
 			return cfg, err
 		}
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = HostInstance()
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
@@ -105,13 +110,99 @@ func EnvName(dotted string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(dotted, ".", "_"))
 }
 
-// RegisterFlags adds a --<dotted.key> flag for every configuration key to fs.
-// Their values are applied by Load, after the file and the environment.
-func RegisterFlags(fs *flag.FlagSet) {
-	for _, k := range keys() {
-		if fs.Lookup(k.name) == nil {
-			fs.String(k.name, "", k.doc+" (env "+EnvName(k.name)+")")
+// RegisterFlags adds a --<dotted.key> flag to fs for each configuration key
+// that scope names, or for every key when scope is empty. A scope entry names a
+// key or a whole section: "kafka" is every kafka.* key, "kafka.brokers" one
+// key. The flags check their value as the key's type when parsed; Load applies
+// those set, after the file and the environment. An entry naming no key panics:
+// it is a mistake in the caller, not in the configuration.
+func RegisterFlags(fs *flag.FlagSet, scope ...string) {
+	def := reflect.ValueOf(Default())
+	for _, s := range scope {
+		if !slices.ContainsFunc(keys(), func(k key) bool { return inScope(k.name, s) }) {
+			panic(fmt.Sprintf("config.RegisterFlags: %q names no configuration key", s))
 		}
+	}
+	for _, k := range keys() {
+		if fs.Lookup(k.name) != nil || len(scope) > 0 && !slices.ContainsFunc(scope, func(s string) bool { return inScope(k.name, s) }) {
+			continue
+		}
+		v := &flagValue{k: k, typ: typeName(def.FieldByIndex(k.index).Type())}
+		if d := def.FieldByIndex(k.index); !d.IsZero() {
+			v.text = textValue(d)
+		}
+		fs.Var(v, k.name, k.doc+" (env "+EnvName(k.name)+")")
+	}
+}
+
+func inScope(name, scope string) bool { return name == scope || strings.HasPrefix(name, scope+".") }
+
+// flagValue is a configuration key's flag. It holds the text as given and
+// checks it as the key's type when set.
+type flagValue struct {
+	k    key
+	typ  string
+	text string
+}
+
+func (v *flagValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return v.text
+}
+
+func (v *flagValue) Set(s string) error {
+	cfg := Default()
+	if err := setString(&cfg, v.k, s); err != nil {
+		return err
+	}
+	v.text = s
+	return nil
+}
+
+// Type names the value's type for --help: string, int, bool, duration, list
+// (comma-separated) or map (name=value,...).
+func (v *flagValue) Type() string { return v.typ }
+
+// IsBoolFlag lets a bool key be set by its name alone (--federation.insecure_skip_verify).
+func (v *flagValue) IsBoolFlag() bool { return v.typ == "bool" }
+
+func typeName(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeOf(time.Duration(0)):
+		return "duration"
+	case t.Kind() == reflect.Int || t.Kind() == reflect.Int64:
+		return "int"
+	case t.Kind() == reflect.Slice:
+		return "list"
+	case t.Kind() == reflect.Map:
+		return "map"
+	default:
+		return t.Kind().String()
+	}
+}
+
+// textValue spells a value the way flags and the environment do.
+func textValue(v reflect.Value) string {
+	switch {
+	case v.Type() == reflect.TypeOf(time.Duration(0)):
+		return time.Duration(v.Int()).String()
+	case v.Kind() == reflect.Slice:
+		var items []string
+		for i := range v.Len() {
+			items = append(items, v.Index(i).String())
+		}
+		return strings.Join(items, ",")
+	case v.Kind() == reflect.Map:
+		var items []string
+		for _, k := range v.MapKeys() {
+			items = append(items, k.String()+"="+v.MapIndex(k).String())
+		}
+		sort.Strings(items)
+		return strings.Join(items, ",")
+	default:
+		return fmt.Sprint(v.Interface())
 	}
 }
 

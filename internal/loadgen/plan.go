@@ -1,6 +1,6 @@
 // Package loadgen generates a federation workload for demos, end-to-end tests and
 // benchmarks: rooms with members on several remote servers that join, leave, get
-// kicked and talk, as a homeserver would persist them, together with the deliveries
+// invited, kicked and banned and talk, as a homeserver would persist them, together with the deliveries
 // a correct federation sender must make. The expectations come from a membership
 // model written here, independently of the router, so a routing bug shows up as a
 // missing or unexpected delivery.
@@ -24,7 +24,7 @@ type Config struct {
 	RemoteServers []string
 	// Rooms is the number of rooms.
 	Rooms int
-	// Events is the number of events after the initial joins (messages, joins, leaves, kicks).
+	// Events is the number of events after the initial joins (messages, joins, leaves, invites, kicks, bans).
 	Events int
 	// ServersPerRoom is how many remote servers start joined to each room.
 	ServersPerRoom int
@@ -32,6 +32,10 @@ type Config struct {
 	Seed uint64
 	// PDUPadding adds this many bytes of message body, to size PDUs realistically.
 	PDUPadding int
+	// RunID, when set, is part of every room id and local user id, so two runs
+	// against one database (the demo run twice in one directory) have rooms,
+	// users and event ids of their own. Empty keeps workloads reproducible.
+	RunID string
 }
 
 // Delta is a state change caused by an event.
@@ -62,6 +66,7 @@ type Plan struct {
 	// Expected counts the (event, destination) deliveries the plan requires.
 	Expected int
 	byPDU    map[string]int // PDU bytes → Seq
+	rooms    []*room        // as they stand after the last event
 }
 
 type room struct {
@@ -84,10 +89,17 @@ func Generate(cfg Config) (*Plan, error) {
 	p := &Plan{Config: cfg, byPDU: map[string]int{}}
 	rooms := make([]*room, cfg.Rooms)
 	local := func(i int) string { return fmt.Sprintf("@local%d:%s", i, cfg.LocalServer) }
+	if cfg.RunID != "" {
+		local = func(i int) string { return fmt.Sprintf("@local%d-%s:%s", i, cfg.RunID, cfg.LocalServer) }
+	}
 	remote := func(server string, i int) string { return fmt.Sprintf("@user%d:%s", i, server) }
 
 	for i := range rooms {
-		r := &room{id: fmt.Sprintf("!room%d:%s", i, cfg.LocalServer), members: map[string]string{}, state: map[string]string{}}
+		id := fmt.Sprintf("!room%d:%s", i, cfg.LocalServer)
+		if cfg.RunID != "" {
+			id = fmt.Sprintf("!room%d-%s:%s", i, cfg.RunID, cfg.LocalServer)
+		}
+		r := &room{id: id, members: map[string]string{}, state: map[string]string{}}
 		rooms[i] = r
 		p.add(r, local(i%7), "m.room.create", ptr(""), map[string]any{"creator": local(i % 7), "room_version": "10"}, "")
 		p.add(r, local(i%7), "m.room.member", ptr(local(i%7)), map[string]any{"membership": "join"}, "join")
@@ -102,7 +114,7 @@ func Generate(cfg Config) (*Plan, error) {
 		case x < 6: // a remote user joins (arrives over federation: remote origin)
 			s := cfg.RemoteServers[rng.IntN(len(cfg.RemoteServers))]
 			u := remote(s, rng.IntN(3))
-			if r.members[u] == "join" {
+			if r.members[u] == "join" || r.members[u] == "ban" {
 				p.message(r, rng, cfg)
 				continue
 			}
@@ -119,7 +131,21 @@ func Generate(cfg Config) (*Plan, error) {
 				continue
 			}
 			p.message(r, rng, cfg)
-		case x < 14: // a remote server talks (not ours to send)
+		case x < 13: // a local user invites a remote user, whose server may have no one in the room
+			u := remote(cfg.RemoteServers[rng.IntN(len(cfg.RemoteServers))], rng.IntN(3))
+			if m := r.members[u]; m == "join" || m == "ban" {
+				p.message(r, rng, cfg)
+				continue
+			}
+			p.add(r, local(0), "m.room.member", ptr(u), map[string]any{"membership": "invite"}, "invite")
+		case x < 14: // a local user bans a remote user: joined (its server gets the ban) or not (pre-emptive)
+			u := remote(cfg.RemoteServers[rng.IntN(len(cfg.RemoteServers))], rng.IntN(3))
+			if r.members[u] == "ban" {
+				p.message(r, rng, cfg)
+				continue
+			}
+			p.add(r, local(0), "m.room.member", ptr(u), map[string]any{"membership": "ban"}, "ban")
+		case x < 17: // a remote server talks (not ours to send)
 			if u := anyJoined(rng, r, cfg.LocalServer, false); u != "" {
 				p.add(r, u, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "hi from afar"}, "")
 				continue
@@ -129,7 +155,46 @@ func Generate(cfg Config) (*Plan, error) {
 			p.message(r, rng, cfg)
 		}
 	}
+	p.rooms = rooms
 	return p, nil
+}
+
+// LocalUsers are the workload's local users that end joined to some room.
+func (p *Plan) LocalUsers() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range p.rooms {
+		for u, m := range r.members {
+			if m == "join" && serverOf(u) == p.Config.LocalServer && !seen[u] {
+				seen[u] = true
+				out = append(out, u)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// SharingServers are the remote servers sharing a room with user after the
+// last event: where the user's presence goes.
+func (p *Plan) SharingServers(user string) []string {
+	servers := map[string]bool{}
+	for _, r := range p.rooms {
+		if r.members[user] != "join" {
+			continue
+		}
+		for u, m := range r.members {
+			if s := serverOf(u); m == "join" && s != p.Config.LocalServer {
+				servers[s] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(servers))
+	for s := range servers {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (p *Plan) message(r *room, rng *rand.Rand, cfg Config) {
@@ -138,8 +203,10 @@ func (p *Plan) message(r *room, rng *rand.Rand, cfg Config) {
 		map[string]any{"msgtype": "m.text", "body": body}, "")
 }
 
-// add appends an event, computes its destinations from the membership before it,
-// then applies its state change.
+// add appends an event, computes its destinations from the membership before it
+// (the servers joined then, whatever the event: a banned server's last user
+// gets its ban, an invited or pre-emptively banned user's server with no one
+// joined gets nothing), then applies its state change.
 func (p *Plan) add(r *room, sender, typ string, stateKey *string, content map[string]any, membership string) {
 	origin := serverOf(sender)
 	r.depth++
@@ -167,9 +234,6 @@ func (p *Plan) add(r *room, sender, typ string, stateKey *string, content map[st
 			if m == "join" {
 				dests[serverOf(u)] = true
 			}
-		}
-		if typ == "m.room.member" && stateKey != nil {
-			dests[serverOf(*stateKey)] = true
 		}
 		delete(dests, p.Config.LocalServer)
 		for d := range dests {

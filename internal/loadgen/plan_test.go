@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 )
 
@@ -42,6 +43,67 @@ func TestGenerateIsDeterministicAndNeverTargetsOurselves(t *testing.T) {
 	if kicks == 0 || remote == 0 {
 		t.Fatalf("workload lacks kicks (%d) or remote events (%d)", kicks, remote)
 	}
+}
+
+// TestMemberEventsGoToTheServersJoinedBefore: the plan expects every local
+// event at the servers joined before it, membership events included, and its
+// workload holds each case the rule decides: invites and pre-emptive bans of a
+// user whose server has no one joined (no extra server) and kicks and bans of
+// a server's last joined user (that server).
+func TestMemberEventsGoToTheServersJoinedBefore(t *testing.T) {
+	p, err := Generate(Config{LocalServer: "local.test", RemoteServers: []string{"a.test", "b.test", "c.test", "d.test", "e.test"}, Rooms: 5, Events: 2000, ServersPerRoom: 2, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := map[string]map[string]string{} // room → user → membership
+	joinedServers := func(room string) map[string]int {
+		n := map[string]int{}
+		for u, m := range members[room] {
+			if m == "join" {
+				n[serverOf(u)]++
+			}
+		}
+		return n
+	}
+	cases := map[string]int{}
+	for _, ev := range p.Events {
+		before := joinedServers(ev.RoomID)
+		if ev.Origin == "local.test" {
+			var want []string
+			for s := range before {
+				if s != "local.test" {
+					want = append(want, s)
+				}
+			}
+			slices.Sort(want)
+			if !slices.Equal(ev.Destinations, want) {
+				t.Fatalf("event %d (%s) destined to %q, the servers joined before it are %q", ev.Seq, ev.Type, ev.Destinations, want)
+			}
+			if ev.Type == "m.room.member" && serverOf(*ev.StateKey) != "local.test" {
+				target := serverOf(*ev.StateKey)
+				switch m := ev.Deltas[0].Membership; {
+				case (m == "invite" || m == "ban") && before[target] == 0:
+					cases[m+" of a server with no one joined"]++
+				case (m == "leave" || m == "ban") && before[target] == 1 && members[ev.RoomID][*ev.StateKey] == "join":
+					cases[m+" of a server's last joined user"]++
+				}
+			}
+		}
+		for _, d := range ev.Deltas {
+			if d.Type == "m.room.member" {
+				if members[ev.RoomID] == nil {
+					members[ev.RoomID] = map[string]string{}
+				}
+				members[ev.RoomID][d.StateKey] = d.Membership
+			}
+		}
+	}
+	for _, c := range []string{"invite of a server with no one joined", "ban of a server with no one joined", "leave of a server's last joined user", "ban of a server's last joined user"} {
+		if cases[c] == 0 {
+			t.Errorf("the workload has no %s (%v)", c, cases)
+		}
+	}
+	t.Logf("cases: %v", cases)
 }
 
 func TestCheckFindsEveryKindOfFault(t *testing.T) {

@@ -1,67 +1,50 @@
 package relay
 
 import (
-	"context"
 	"fmt"
-	"strconv"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fedpipe/fedpipe/schema"
 )
 
-// publishPresence publishes the presence_stream rows after pos up to upto, a
-// batch at a time, storing the position after each acknowledged batch. The
-// table holds one row per user (a newer state replaces one not yet published),
-// so a batch never holds two records of one user, and a failed batch is
-// published again whole.
-func (r *Relay) publishPresence(ctx context.Context, pos, upto int64) error {
-	for pos < upto {
-		rows, err := r.pool.Query(ctx, `SELECT stream_id, user_id, state, status_msg, last_active_ts, currently_active
-			FROM presence_stream WHERE stream_id > $1 AND stream_id <= $2 ORDER BY stream_id LIMIT $3`, pos, upto, r.cfg.BatchSize)
-		if err != nil {
-			return fmt.Errorf("reading presence: %w", err)
-		}
-		var msgs []kafka.Message
-		var last int64
-		for rows.Next() {
+// WithPresence makes the relay publish presence_stream to <prefix>.presence
+// through w (keyed by user_id), in the same rounds as the events and after
+// them (see Relay).
+func WithPresence(w Writer) Option {
+	return func(r *Relay) { r.added = append(r.added, presenceStream{presenceTable(w)}) }
+}
+
+// presenceTable is presence_stream, which the presence stage writes. It holds
+// one row per user (a newer state replaces one not yet published), so a batch
+// never holds two records of one user.
+func presenceTable(w Writer) tableStream {
+	return tableStream{
+		stream: "presence", table: "presence_stream", position: "stream_id",
+		columns: "stream_id, user_id, state, status_msg, last_active_ts, currently_active",
+		kind:    schema.KindPresence, topic: "presence", w: w,
+		scan: func(rows pgx.Rows) (int64, []byte, []byte, error) {
 			rec := schema.PresenceRecord{V: schema.SchemaVersion, Kind: schema.KindPresence}
 			if err := rows.Scan(&rec.Position, &rec.UserID, &rec.Presence, &rec.StatusMsg, &rec.LastActiveTS, &rec.CurrentlyActive); err != nil {
-				rows.Close()
-				return fmt.Errorf("reading presence: %w", err)
+				return 0, nil, nil, err
 			}
 			v, err := rec.Marshal()
 			if err != nil {
-				rows.Close()
-				return fmt.Errorf("encoding presence of %s: %w", rec.UserID, err)
+				return 0, nil, nil, fmt.Errorf("encoding presence of %s: %w", rec.UserID, err)
 			}
-			last = rec.Position
-			msgs = append(msgs, kafka.Message{Key: []byte(rec.UserID), Value: v, Headers: []kafka.Header{
-				{Key: schema.HeaderKind, Value: []byte(schema.KindPresence)},
-				{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-				{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(rec.Position, 10))},
-				{Key: schema.HeaderInstance, Value: []byte(r.cfg.Instance)},
-			}})
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("reading presence: %w", err)
-		}
-		end := upto
-		if len(msgs) == r.cfg.BatchSize {
-			end = last
-		}
-		if len(msgs) > 0 {
-			if err := r.write(ctx, r.presence, "presence", msgs); err != nil {
-				return fmt.Errorf("publishing %d presence records: %w", len(msgs), err)
-			}
-		}
-		if _, err := r.pool.Exec(ctx, `INSERT INTO relay_positions (stream, position) VALUES ($1, $2)
-			ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position`, presenceStream, end); err != nil {
-			return fmt.Errorf("storing presence relay position %d: %w", end, err)
-		}
-		pos = end
-		r.presencePublished.Add(float64(len(msgs)))
-		r.presencePosition.Set(float64(pos))
+			return rec.Position, []byte(rec.UserID), v, nil
+		},
 	}
-	return nil
+}
+
+// presenceStream is the presence table with the metric names it had before
+// the relay's metrics took a stream label.
+type presenceStream struct{ tableStream }
+
+func (presenceStream) formerMetrics() (prometheus.Counter, prometheus.Gauge) {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_relay_presence_published_total",
+			Help: `Presence records the relay published (deprecated: fedpipe_relay_records_published_total{stream="presence"}).`}),
+		prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedpipe_relay_presence_position",
+			Help: `Stream position the relay has published presence up to (deprecated: fedpipe_relay_position{stream="presence"}).`})
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -108,5 +110,32 @@ func TestPublishesPresenceLatestPerUserWithoutSkippingLateCommits(t *testing.T) 
 	}
 	if pos < got["@late:hs.test"].Position {
 		t.Errorf("presence position %d is behind the last published %d", pos, got["@late:hs.test"].Position)
+	}
+}
+
+// Presence batches are bounded by MaxRoundBytes too, like the room stream's,
+// and cutting them loses or reorders nothing.
+func TestPresenceBatchesBoundedByBytes(t *testing.T) {
+	e := setup(t, nil)
+	ctx := context.Background()
+	status := strings.Repeat("s", 200)
+	for i := range 30 {
+		if _, err := e.pool.Exec(ctx, `INSERT INTO presence_stream (stream_id, user_id, state, status_msg, last_active_ts, currently_active)
+			VALUES (fedpipe_next_stream_ordering(), $1, 'online', $2, 1, true)`, fmt.Sprintf("@u%d:hs.test", i), status); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var log ackLog
+	reg := runOrdered(t, e, &log, e.room, 1500) // about four records a batch
+	testenv.Eventually(t, 20*time.Second, "30 presence records acknowledged", func() bool { return len(log.snapshot()) == 30 })
+	var last int64
+	for _, a := range log.snapshot() {
+		if a.position <= last {
+			t.Fatalf("presence at %d published after %d", a.position, last)
+		}
+		last = a.position
+	}
+	if n := metricValue(t, reg, "fedpipe_relay_publish_duration_seconds", "presence"); n < 8 {
+		t.Fatalf("%v presence batches, want the byte bound (not only BatchSize 7) to split the 30 records into several", n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
@@ -279,25 +281,70 @@ func TestBrokerFailureDoesNotAdvance(t *testing.T) {
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	dead := &kafka.Writer{Addr: kafka.TCP("127.0.0.1:1"), Topic: "fedpipe.room", RequiredAcks: kafka.RequireAll, MaxAttempts: 1, BatchTimeout: time.Millisecond, WriteTimeout: 200 * time.Millisecond}
-	defer dead.Close()
-	r, err := relay.New(relay.Config{Instance: "t", PollInterval: 10 * time.Millisecond}, pool, dead, dead, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	// The broker's address, with nothing listening yet: the broker is down.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := outbox.PersistBatch(ctx, pool, []outbox.EventWithDeltas{ev("!aa:hs.test", 1, "")}); err != nil {
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	w := func(topic string) *kafka.Writer {
+		return &kafka.Writer{Addr: kafka.TCP(addr), Topic: topic, RequiredAcks: kafka.RequireAll, MaxAttempts: 1,
+			BatchTimeout: time.Millisecond, WriteTimeout: 200 * time.Millisecond}
+	}
+	room, state := w("fedpipe.room"), w("fedpipe.state")
+	defer room.Close()
+	defer state.Close()
+	reg := prometheus.NewRegistry()
+	r, err := relay.New(relay.Config{Instance: "t", PollInterval: 10 * time.Millisecond, RetryDelay: 20 * time.Millisecond}, pool, room, state, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if err := r.Run(rctx); err != nil {
+	var events []outbox.EventWithDeltas
+	for i := range 3 {
+		events = append(events, ev("!aa:hs.test", i, ""))
+	}
+	pos, err := outbox.PersistBatch(ctx, pool, events)
+	if err != nil {
 		t.Fatal(err)
 	}
+	rctx, cancel := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(rctx) }()
+	defer func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	}()
+	testenv.Eventually(t, 20*time.Second, "the relay tried and failed twice", func() bool {
+		return testenv.Value(t, reg, "fedpipe_relay_failures_total") >= 2
+	})
 	var n int
-	_ = pool.QueryRow(ctx, "SELECT count(*) FROM relay_positions").Scan(&n)
-	if n != 0 {
-		t.Fatal("position stored although the broker never acknowledged")
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM relay_positions").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d positions stored (%v) although the broker never acknowledged", n, err)
 	}
+	// The broker comes up on that address: everything is published, in order, once each.
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tp := range []string{"fedpipe.room", "fedpipe.state"} {
+		if err := c.CreateTopic(tp, 1, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := readAll(t, addr, "fedpipe.room", 3)
+	if got := positions(t, msgs); fmt.Sprint(got) != fmt.Sprint(pos) {
+		t.Fatalf("after the broker returned the room topic holds %v, want %v in order, once each", got, pos)
+	}
+	testenv.Eventually(t, 20*time.Second, "the position stored once acknowledged", func() bool {
+		var stored int64
+		_ = pool.QueryRow(ctx, "SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'events'), 0)").Scan(&stored)
+		return stored == pos[2]
+	})
 }
 
 // Rounds are cut by bytes as well as by count, and cutting loses or reorders nothing.
