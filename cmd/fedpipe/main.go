@@ -28,6 +28,7 @@ func commands() map[string]command {
 		"keygen":  {"write a new ed25519 signing key in Synapse's format (keygen --out FILE)", cmdKeygen},
 		"config":  {"config example: print a commented configuration file; config check: validate one", cmdConfig},
 		"offsets": {"a consumer group's offsets, shown and moved to replay or skip (offsets show|reset --group G)", cmdOffsets},
+		"status":  {"a running fedpipe's status page as tables, asked of admin.listen (status [--url URL])", cmdStatus},
 	}
 	addPipelineCommands(cmds)
 	return cmds

@@ -121,6 +121,7 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"sender":         {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
 		"ingest":         {[]string{"config"}, append([]string{"server_name", "ingest"}, infra...)},
 		"keys":           {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
+		"status":         {[]string{"config", "url"}, []string{"admin.listen", "admin.token"}},
 		"offsets show":   {[]string{"config", "group", "topic", "all-topics"}, []string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
 		"offsets reset": {[]string{"config", "group", "topic", "all-topics", "to-earliest", "to-latest", "to-offset", "shift-by", "to-datetime", "by-duration", "execute"},
 			[]string{"log_level", "kafka.brokers", "kafka.embedded_port"}},

@@ -15,8 +15,21 @@ import (
 	"github.com/fedpipe/fedpipe/producers/ingest"
 )
 
-// adminRoutes are the routes the admin listener serves (stages.go).
-var adminRoutes = []ingest.Route{{Method: http.MethodGet, Pattern: "/metrics"}}
+// adminRoutes are the routes the admin listener serves (stages.go, admin/admin.go).
+var adminRoutes = []ingest.Route{
+	{Method: http.MethodGet, Pattern: "/metrics"},
+	{Method: http.MethodGet, Pattern: "/"},
+	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/status"},
+	{Method: http.MethodGet, Pattern: "/_synapse/admin/v1/federation/destinations"},
+	{Method: http.MethodGet, Pattern: "/_synapse/admin/v1/federation/destinations/{destination}"},
+	{Method: http.MethodGet, Pattern: "/_synapse/admin/v1/federation/destinations/{destination}/rooms"},
+	{Method: http.MethodPost, Pattern: "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection"},
+	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/pause"},
+	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/resume"},
+	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/wait_for_position"},
+	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/deadletters"},
+	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/deadletters/redrive"},
+}
 
 // openAPI is the part of docs/openapi.yaml the test reads.
 type openAPI struct {
@@ -94,6 +107,7 @@ func TestOpenAPIDocumentMatchesTheServedRoutes(t *testing.T) {
 	p.in.cfg.ServerName = "hs.test" // the examples' users are of hs.test
 	p.in.cfg.Admin.Listen = "127.0.0.1:0"
 	p.start("ingest")
+	seedAdminExamples(t, p)
 	base := map[string]string{"ingest": "http://" + p.in.listeners["ingest"], "admin": "http://" + p.in.listeners["admin"]}
 	compiler := jsonschema.NewCompiler()
 	compiler.DefaultDraft(jsonschema.Draft4) // OpenAPI 3.0 schema objects
@@ -115,6 +129,13 @@ func TestOpenAPIDocumentMatchesTheServedRoutes(t *testing.T) {
 		method, path, _ := strings.Cut(k, " ")
 		op := doc.Paths[path][strings.ToLower(method)]
 		url := base[documented[k]] + path
+		sep := "?"
+		for _, prm := range op.Parameters {
+			if prm.In == "query" && prm.Example != "" {
+				url += sep + prm.Name + "=" + prm.Example
+				sep = "&"
+			}
+		}
 		for _, prm := range op.Parameters {
 			if prm.In == "path" {
 				if prm.Example == "" {

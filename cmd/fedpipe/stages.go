@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/fedpipe/fedpipe/admin"
 	"github.com/fedpipe/fedpipe/consumers/presence"
 	"github.com/fedpipe/fedpipe/consumers/router"
 	"github.com/fedpipe/fedpipe/consumers/runtime"
@@ -23,6 +24,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/client"
 	"github.com/fedpipe/fedpipe/federation/discovery"
 	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/internal/config"
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/producers/ingest"
 	"github.com/fedpipe/fedpipe/producers/relay"
@@ -214,9 +216,16 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 		}
 	}
 	if cfg.Admin.Listen != "" {
+		api, err := admin.New(adminConfig(cfg, in.brokers, stages), in.pool, in.log.With("stage", "admin"), in.reg)
+		if err != nil {
+			return err
+		}
+		in.closers = append(in.closers, func(context.Context) error { return api.Close() })
+		g.Go(func() error { return api.Run(ctx) })
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg}))
-		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, requireBearer(cfg.Admin.Token, mux), in); err != nil {
+		mux.Handle("/metrics", requireBearer(cfg.Admin.Token, promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg})))
+		mux.Handle("/", api.Handler()) // checks admin.token itself, answering Synapse's error shapes
+		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, mux, in); err != nil {
 			return err
 		}
 	}
@@ -239,6 +248,22 @@ func requireBearer(token string, h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// adminConfig is the admin API's view of the deployment: every stage's group,
+// whichever this process runs.
+func adminConfig(cfg config.Config, brokers, stages []string) admin.Config {
+	prefix := cfg.Kafka.TopicPrefix
+	t := func(stream string) string { return schema.Topic(prefix, stream) }
+	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance,
+		Groups: []admin.Group{
+			{ID: groupID(prefix, presenceGroup), Topics: []string{t("usersync")}},
+			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence")}},
+			{ID: groupID(prefix, senderGroup), Topics: []string{t("outbound")}},
+		},
+		DeadLetterTopic: t("deadletter"),
+		RedriveTopics:   []string{t("usersync"), t("room"), t("presence"), t("outbound")},
+		RoomTopic:       t("room"), RouterGroup: groupID(prefix, routerGroup), StallAfter: cfg.Kafka.StallAfter}
 }
 
 // serveHTTP listens now (so a taken port fails the start) and serves in g until ctx ends.

@@ -34,7 +34,7 @@ type Config struct {
 	Ingest     Ingest     `yaml:"ingest" doc:"The ingest HTTP API for homeservers not written in Go."`
 	Router     Router     `yaml:"router" doc:"The router: room records to outbound records per destination."`
 	Presence   Presence   `yaml:"presence" doc:"The presence stage: user syncs to presence states (Synapse's timers by default)."`
-	Admin      Admin      `yaml:"admin" doc:"The operations HTTP listener: /metrics."`
+	Admin      Admin      `yaml:"admin" doc:"The operations HTTP listener: /metrics, the admin API (Synapse's federation admin API and fedpipe's) and the status page at /."`
 	Federation Federation `yaml:"federation" doc:"Matrix federation: outbound discovery, HTTPS, transactions and backoff; the listener publishing fedpipe's signing keys."`
 }
 
@@ -89,7 +89,7 @@ type Ingest struct {
 
 // Admin configures the operations listener.
 type Admin struct {
-	Listen string `yaml:"listen" doc:"Address serving /metrics. Empty: do not serve it."`
+	Listen string `yaml:"listen" doc:"Address serving /metrics, the admin API and the status page. Empty: do not serve it."`
 	Token  string `yaml:"token" doc:"Bearer token callers must present. Empty: no authentication, allowed only when listen is a loopback address."`
 }
 
