@@ -2,7 +2,9 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -41,7 +43,7 @@ func (s *Server) waitForPosition(w http.ResponseWriter, r *http.Request) error {
 		err = s.barrier.Wait(ctx)
 	}
 	switch {
-	case err != nil && ctx.Err() != nil && r.Context().Err() == nil:
+	case err != nil && r.Context().Err() == nil && (ctx.Err() != nil || timedOut(err)):
 		return &apiError{http.StatusGatewayTimeout, "FEDPIPE_TIMEOUT",
 			fmt.Sprintf("position %d of stream events not routed within %s (relay published up to %d)", pos, timeout, relayed)}
 	case err != nil:
@@ -73,4 +75,11 @@ func (s *Server) waitRelayed(ctx context.Context, pos int64) (int64, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// timedOut reports an I/O deadline: a request to the brokers cut by the
+// wait's own deadline may fail a moment before ctx reports it.
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

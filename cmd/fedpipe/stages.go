@@ -192,8 +192,13 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("sender group: %w", err)
 			}
+			ctl, err := sender.NewControlListener(in.pool, snd.Controller(), log, in.reg)
+			if err != nil {
+				return fmt.Errorf("sender control: %w", err)
+			}
 			g.Go(func() error { return snd.Run(ctx) })
 			g.Go(func() error { return grp.Run(ctx) })
+			g.Go(func() error { return ctl.Run(ctx) })
 		case "ingest":
 			if cfg.Ingest.Listen == "" {
 				continue

@@ -99,6 +99,10 @@ func (s *Sender) owns(dest string) bool {
 	return s.owned[p] > 0
 }
 
+// Controller is what the admin API's signals act on (ControlListener): the
+// destination queues.
+func (s *Sender) Controller() Controller { return s.m }
+
 // Run runs the destination queues and watches their fences' connection
 // until ctx ends.
 func (s *Sender) Run(ctx context.Context) error {

@@ -44,10 +44,14 @@ func (s *Store) SaveRetry(ctx context.Context, dest string, r queue.RetryState) 
 	if r.Interval > 0 {
 		next = r.NextAttempt.UnixMilli()
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO sender_destinations (destination, retry_interval_ms, next_attempt_ms, failure_ts)
-		VALUES ($1, $2::bigint, $3, CASE WHEN $2::bigint > 0 THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint END)
+	// retry_last_ts is when the destination last failed (Synapse's field of
+	// that name, for the admin API), 0 when healthy.
+	_, err := s.pool.Exec(ctx, `INSERT INTO sender_destinations (destination, retry_interval_ms, next_attempt_ms, failure_ts, retry_last_ts)
+		VALUES ($1, $2::bigint, $3, CASE WHEN $2::bigint > 0 THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint END,
+			CASE WHEN $2::bigint > 0 THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint ELSE 0 END)
 		ON CONFLICT (destination) DO UPDATE SET retry_interval_ms = EXCLUDED.retry_interval_ms, next_attempt_ms = EXCLUDED.next_attempt_ms,
 			failure_ts = CASE WHEN EXCLUDED.retry_interval_ms > 0 THEN COALESCE(sender_destinations.failure_ts, EXCLUDED.failure_ts) END,
+			retry_last_ts = EXCLUDED.retry_last_ts,
 			updated_at = now()`,
 		dest, r.Interval.Milliseconds(), next)
 	if err != nil {

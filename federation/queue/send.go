@@ -37,6 +37,10 @@ func (d *destination) sendLive(ctx context.Context) error {
 			d.mu.Unlock()
 			return nil
 		}
+		if d.retry.Paused { // paused by an operator while sending (SetPaused)
+			d.mu.Unlock()
+			return d.leave(ctx)
+		}
 		b := d.pending.take()
 		d.mu.Unlock()
 		if failed, err := d.deliver(ctx, b); failed || err != nil {
