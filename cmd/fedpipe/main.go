@@ -27,6 +27,7 @@ func commands() map[string]command {
 	cmds := map[string]command{
 		"keygen": {"keygen --out FILE: write a new ed25519 signing key in Synapse's format", cmdKeygen},
 		"config": {"config example: print a commented configuration file; config check: validate one", cmdConfig},
+		"soak":   {"crash soak: SIGKILL and restart the stage process under load, check every delivery (docs/operations.md)", cmdSoak},
 	}
 	addPipelineCommands(cmds)
 	return cmds
