@@ -29,6 +29,7 @@ func commands() map[string]command {
 		"config":  {"config example: print a commented configuration file; config check: validate one", cmdConfig},
 		"offsets": {"a consumer group's offsets, shown and moved to replay or skip (offsets show|reset --group G)", cmdOffsets},
 		"status":  {"a running fedpipe's status page as tables, asked of admin.listen (status [--url URL])", cmdStatus},
+		"soak":    {"crash soak: SIGKILL and restart the stage process under load, check every delivery (docs/operations.md)", cmdSoak},
 	}
 	addPipelineCommands(cmds)
 	return cmds

@@ -1516,6 +1516,14 @@ func (g *group) updateHeartbeat(m *groupMember) {
 		if g.members[m.memberID] != m {
 			return
 		}
+		// A member waiting in JoinGroup or SyncGroup is kept alive, as in
+		// Kafka (MemberMetadata.shouldKeepAlive): the rebalance and
+		// pending-sync timers bound its wait, and answering it re-arms
+		// this timer. Removing it here would leave its request
+		// unanswered and its member id unknown.
+		if !m.waitingReply.empty() {
+			return
+		}
 		g.updateMemberAndRebalance(m, nil, nil)
 	})
 }

@@ -1,0 +1,532 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fedpipe/fedpipe/federation/signing"
+	"github.com/fedpipe/fedpipe/federation/testreceiver"
+	"github.com/fedpipe/fedpipe/internal/loadgen"
+)
+
+// soakConfig shapes a crash soak (see cmdSoak).
+type soakConfig struct {
+	dir                    string
+	keep                   bool
+	seed                   uint64
+	kills                  int
+	rooms, servers, events int
+	stallBound             time.Duration
+	drain                  time.Duration
+	progress               time.Duration
+	logLevel               string
+	bin                    string
+}
+
+// cmdSoak runs the crash soak: the embedded broker and PostgreSQL with the
+// ingest and relay stages in one fedpipe process, presence, router and sender
+// in another; a scripted load through the ingest API to simulated remote
+// servers; the stage process SIGKILLed and restarted at random intervals,
+// PostgreSQL restarted once and the infrastructure process (broker) once. It
+// fails when an expected (event, server) delivery is missing, something
+// unexpected arrived, or no delivery was made for longer than --stall_bound
+// while some were outstanding.
+func cmdSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("soak", "", "Crash soak: SIGKILL and restart the stage process under load through the ingest API, restart PostgreSQL and the broker process once, and check every delivery.", stderr)
+	var c soakConfig
+	fs.StringVar(&c.dir, "dir", "", "work directory (data of both processes, their logs); default: a new one under the system temp dir")
+	fs.BoolVar(&c.keep, "keep", false, "keep the work directory after a passing run (a failing run always keeps it)")
+	fs.Uint64Var(&c.seed, "seed", 0, "seed of the load and the kill schedule; 0 picks one (printed, to repeat a run)")
+	fs.IntVar(&c.kills, "kills", 30, "SIGKILLs of the stage process")
+	fs.IntVar(&c.rooms, "rooms", 100, "rooms of the load")
+	fs.IntVar(&c.servers, "servers", 8, "simulated remote homeservers")
+	fs.IntVar(&c.events, "events", 20000, "events after the initial joins, spread over the kill schedule")
+	fs.DurationVar(&c.stallBound, "stall_bound", 40*time.Second, "longest acceptable time without a new delivery while some are outstanding (default: the group session timeout, 10 s, + 30 s)")
+	fs.DurationVar(&c.drain, "drain", 5*time.Minute, "how long to wait for the last deliveries after the last kill")
+	fs.DurationVar(&c.progress, "progress", 10*time.Second, "interval of the progress lines")
+	fs.StringVar(&c.logLevel, "log_level", "info", "log level of the fedpipe processes (their logs are in the work directory)")
+	fs.StringVar(&c.bin, "bin", "", "fedpipe binary to run the processes with; default: this one")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("soak: unexpected arguments %v", fs.Args())
+	}
+	if c.kills < 0 || c.rooms <= 0 || c.servers <= 0 || c.events < 0 || c.stallBound <= 0 || c.drain <= 0 || c.progress <= 0 {
+		return errors.New("soak: --kills and --events must not be negative; --rooms, --servers, --stall_bound, --drain and --progress must be positive")
+	}
+	if c.seed == 0 {
+		c.seed = uint64(time.Now().UnixNano())
+	}
+	if c.bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("soak: finding this binary (set --bin): %w", err)
+		}
+		c.bin = exe
+	}
+	s := &soak{cfg: c, out: stdout}
+	return s.run(ctx)
+}
+
+// soak is one run of the crash soak.
+type soak struct {
+	cfg  soakConfig
+	out  io.Writer
+	dir  string
+	recv *testreceiver.Server
+	plan *loadgen.Plan
+
+	infra, stages         *soakProc
+	ingestURL, metricsURL string
+	pgDir                 string
+	pgPort                int
+	infraAddrs            []string // the broker and the ingest API
+
+	mu                  sync.Mutex // guards the fields below and out
+	watch               *progressWatch
+	kills, selfExits    int
+	pgRestarts, brokers int
+	ingested            atomic.Int64
+}
+
+func (s *soak) printf(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.out, "soak: "+format+"\n", args...)
+}
+
+func (s *soak) run(ctx context.Context) (err error) {
+	c := s.cfg
+	started := time.Now()
+	if err := s.setup(); err != nil {
+		return err
+	}
+	defer func() {
+		s.stop()
+		if err != nil || c.keep {
+			s.printf("work directory kept: %s (infra.log, stages.log)", s.dir)
+		} else {
+			_ = os.RemoveAll(s.dir)
+		}
+	}()
+	gaps := killGaps(c.seed, c.kills)
+	var schedule time.Duration
+	short := 0
+	for _, g := range gaps {
+		schedule += g
+		if g < 5*time.Second {
+			short++
+		}
+	}
+	s.printf("seed %d (repeat with --seed=%d); %d rooms, %d remote servers, %d events, %d (event, server) deliveries expected",
+		c.seed, c.seed, c.rooms, c.servers, len(s.plan.Events), s.plan.Expected)
+	s.printf("%d SIGKILLs of the stage process over about %s (%d under 5 s after the previous start), PostgreSQL restarted after kill %d, the broker process after kill %d; stall bound %s",
+		c.kills, schedule.Round(time.Second), short, c.kills/3, 2*c.kills/3, c.stallBound)
+	s.printf("work directory %s", s.dir)
+
+	if err := s.infra.start(); err != nil {
+		return err
+	}
+	if err := s.waitInfra(ctx); err != nil {
+		return err
+	}
+	if err := s.stages.start(); err != nil {
+		return err
+	}
+	s.watch = newProgressWatch(time.Now())
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(runCtx)
+	ingestDone := make(chan struct{})
+	g.Go(func() error { defer close(ingestDone); return s.ingest(gctx, schedule) })
+	g.Go(func() error { return s.monitor(gctx) })
+	drained := false
+	g.Go(func() error {
+		defer cancel()
+		if err := s.killLoop(gctx, gaps); err != nil {
+			return err
+		}
+		select {
+		case <-ingestDone:
+		case <-gctx.Done():
+			return nil
+		}
+		drained = s.drain(gctx)
+		return nil
+	})
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	// Stragglers: duplicates still in flight when the last expected delivery arrived.
+	time.Sleep(2 * time.Second)
+	rep := s.plan.Check(s.recv.PDUs, -1)
+	s.mu.Lock()
+	rep.Print(s.out)
+	s.mu.Unlock()
+	t := rep.Totals()
+	s.printf("command: fedpipe soak --seed=%d --kills=%d --rooms=%d --servers=%d --events=%d --stall_bound=%s", c.seed, c.kills, c.rooms, c.servers, c.events, c.stallBound)
+	s.printf("kills %d, PostgreSQL restarts %d, broker process restarts %d, stage process exits on its own %d", s.kills, s.pgRestarts, s.brokers, s.selfExits)
+	s.printf("expected %d, delivered %d, missing %d, unexpected %d, unknown %d, out of order %d, duplicates %d (%.1f%%), concurrent-transaction rejections %d",
+		t.Expected, t.Delivered, t.Missing, t.Unexpected, t.Unknown, t.OutOfOrder, t.Duplicates, 100*float64(t.Duplicates)/float64(max(t.Expected, 1)), s.recv.ConcurrentRejections())
+	s.printf("longest time without progress %s (ended %s into the run; bound %s); wall time %s",
+		s.watch.longest.Round(100*time.Millisecond), s.watch.longestAt.Round(time.Second), c.stallBound, time.Since(started).Round(time.Second))
+	if st := stalledPartitions(ctx, s.metricsURL); st != "" {
+		s.printf("stage process reports stalled partitions: %s", st)
+	}
+	if err := soakVerdict(rep, drained, s.watch.longest, c.stallBound); err != nil {
+		return err
+	}
+	s.printf("PASS")
+	return nil
+}
+
+// setup prepares the work directory, the signing key, the simulated remote
+// servers, the load and both processes' configurations.
+func (s *soak) setup() error {
+	c := s.cfg
+	dir := c.dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "fedpipe-soak-")
+		if err != nil {
+			return err
+		}
+		dir = d
+	}
+	// PostgreSQL runs as its own account and must enter the directory.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	s.dir = dir
+	keyPath := filepath.Join(dir, "signing.key")
+	key, err := signing.WriteNewKeyFile(keyPath)
+	if err != nil {
+		return fmt.Errorf("soak: %w (use an empty --dir)", err)
+	}
+	const local = "soak.local"
+	names := make([]string, c.servers)
+	for i := range names {
+		names[i] = fmt.Sprintf("remote%d.soak", i)
+	}
+	s.recv, err = testreceiver.Start(testreceiver.Config{Names: names, Keys: func(origin, keyID string) (ed25519.PublicKey, error) {
+		if origin == local && keyID == key.ID {
+			return key.Public(), nil
+		}
+		return nil, fmt.Errorf("unknown key %s of %s", keyID, origin)
+	}})
+	if err != nil {
+		return err
+	}
+	caFile := filepath.Join(dir, "remotes-ca.pem")
+	if err := os.WriteFile(caFile, s.recv.CACertPEM(), 0o644); err != nil {
+		return err
+	}
+	s.plan, err = loadgen.Generate(loadgen.Config{LocalServer: local, RemoteServers: names, Rooms: c.rooms, Events: c.events, ServersPerRoom: min(3, c.servers), Seed: c.seed})
+	if err != nil {
+		return err
+	}
+	ports, err := freePorts(5)
+	if err != nil {
+		return err
+	}
+	kafkaPort, pgPort, ingestPort, infraAdmin, stageAdmin := ports[0], ports[1], ports[2], ports[3], ports[4]
+	s.ingestURL = fmt.Sprintf("http://127.0.0.1:%d/_fedpipe/v1/events", ingestPort)
+	s.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", stageAdmin)
+	s.pgDir, s.pgPort = filepath.Join(dir, "infra", "postgres"), pgPort
+	var static []string
+	for _, n := range names {
+		static = append(static, n+"="+s.recv.Addr())
+	}
+	stallAfter := (c.stallBound * 3 / 4).String()
+	common := []string{"FEDPIPE_SERVER_NAME=" + local, "FEDPIPE_LOG_LEVEL=" + c.logLevel, "FEDPIPE_KAFKA_STALL_AFTER=" + stallAfter}
+	s.infra = &soakProc{name: "infra", bin: c.bin, args: []string{"run", "--stages=ingest,relay"}, logPath: filepath.Join(dir, "infra.log"),
+		env: childEnv(append(common,
+			"FEDPIPE_INSTANCE=soak-infra",
+			"FEDPIPE_DATA_DIR="+filepath.Join(dir, "infra"),
+			"FEDPIPE_KAFKA_BROKERS=",
+			fmt.Sprintf("FEDPIPE_KAFKA_EMBEDDED_PORT=%d", kafkaPort),
+			"FEDPIPE_DATABASE_URL=",
+			fmt.Sprintf("FEDPIPE_DATABASE_EMBEDDED_PORT=%d", pgPort),
+			fmt.Sprintf("FEDPIPE_INGEST_LISTEN=127.0.0.1:%d", ingestPort),
+			fmt.Sprintf("FEDPIPE_ADMIN_LISTEN=127.0.0.1:%d", infraAdmin),
+		)...)}
+	s.stages = &soakProc{name: "stages", bin: c.bin, args: []string{"run", "--stages=presence,router,sender"}, logPath: filepath.Join(dir, "stages.log"),
+		env: childEnv(append(common,
+			"FEDPIPE_INSTANCE=soak-stages",
+			"FEDPIPE_DATA_DIR="+filepath.Join(dir, "stages"),
+			"FEDPIPE_SIGNING_KEY_PATH="+keyPath,
+			fmt.Sprintf("FEDPIPE_KAFKA_BROKERS=127.0.0.1:%d", kafkaPort),
+			fmt.Sprintf("FEDPIPE_DATABASE_URL=postgres://postgres@127.0.0.1:%d/fedpipe?sslmode=disable", pgPort),
+			"FEDPIPE_FEDERATION_STATIC="+strings.Join(static, ","),
+			"FEDPIPE_FEDERATION_CA_FILE="+caFile,
+			"FEDPIPE_FEDERATION_ALLOWED_NETWORKS=127.0.0.0/8",
+			"FEDPIPE_INGEST_LISTEN=",
+			fmt.Sprintf("FEDPIPE_ADMIN_LISTEN=127.0.0.1:%d", stageAdmin),
+		)...)}
+	s.infraAddrs = []string{fmt.Sprintf("127.0.0.1:%d", kafkaPort), fmt.Sprintf("127.0.0.1:%d", ingestPort)}
+	return nil
+}
+
+// waitInfra waits until the infrastructure process serves the broker and the
+// ingest API (the ingest listener opens after migrations and topics).
+func (s *soak) waitInfra(ctx context.Context) error {
+	return s.infra.waitListening(ctx, 3*time.Minute, s.infraAddrs...)
+}
+
+// stop ends both processes and the private PostgreSQL cluster.
+func (s *soak) stop() {
+	if s.stages != nil {
+		s.stages.terminate(30 * time.Second)
+	}
+	if s.infra != nil {
+		s.infra.terminate(60 * time.Second)
+	}
+	if s.pgDir != "" {
+		if err := stopLeftoverPostgres(context.Background(), s.pgDir); err != nil {
+			s.printf("stopping the private PostgreSQL: %v", err)
+		}
+	}
+	if s.recv != nil {
+		_ = s.recv.Close()
+	}
+}
+
+// ingest posts the load's events through the ingest API in batches spread
+// over d, retrying a batch until it is accepted (a retried batch is
+// idempotent: the ingest API answers it as the first time).
+func (s *soak) ingest(ctx context.Context, d time.Duration) error {
+	const batch = 50
+	persist := loadgen.HTTPPersister(&http.Client{Timeout: 30 * time.Second}, s.ingestURL, "")
+	evs := s.plan.Events
+	batches := (len(evs) + batch - 1) / batch
+	start := time.Now()
+	for i := 0; i < batches; i++ {
+		at := start.Add(d * time.Duration(i) / time.Duration(max(batches, 1)))
+		if err := sleepUntil(ctx, at); err != nil {
+			return nil
+		}
+		b := evs[i*batch : min((i+1)*batch, len(evs))]
+		failing := time.Time{}
+		for {
+			err := persist(ctx, b)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			if failing.IsZero() {
+				failing = time.Now()
+				s.printf("ingest refused a batch, retrying: %v", err)
+			}
+			if time.Since(failing) > 5*time.Minute {
+				return fmt.Errorf("soak: the ingest API refused events %d-%d for 5 minutes: %w", b[0].Seq, b[len(b)-1].Seq, err)
+			}
+			if err := sleepUntil(ctx, time.Now().Add(500*time.Millisecond)); err != nil {
+				return nil
+			}
+		}
+		if !failing.IsZero() {
+			s.printf("ingest accepted again after %s", time.Since(failing).Round(100*time.Millisecond))
+		}
+		s.ingested.Store(int64(b[len(b)-1].Seq + 1))
+	}
+	s.printf("ingested all %d events in %s", len(evs), time.Since(start).Round(time.Second))
+	return nil
+}
+
+// monitor checks deliveries every second and prints a progress line every
+// --progress; when a stall passes the bound it prints what the stage process
+// says about its partitions.
+func (s *soak) monitor(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastLine := time.Now()
+	reported := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-tick.C:
+			rep := s.plan.Check(s.recv.PDUs, int(s.ingested.Load()))
+			s.mu.Lock()
+			s.watch.observe(now, rep)
+			stall, longest, kills := s.watch.stall(now), s.watch.longest, s.kills
+			s.mu.Unlock()
+			t := rep.Totals()
+			if stall > s.cfg.stallBound && !reported {
+				reported = true
+				s.printf("STALL: no delivery for %s with %d outstanding; stage process stalled partitions: %q", stall.Round(time.Second), t.Expected-t.Delivered, stalledPartitions(ctx, s.metricsURL))
+			}
+			if stall == 0 {
+				reported = false
+			}
+			if now.Sub(lastLine) >= s.cfg.progress {
+				lastLine = now
+				s.printf("%s: kills %d/%d, ingested %d/%d events, delivered %d/%d (outstanding %d), duplicates %d, no progress for %s, longest %s",
+					now.Sub(s.watch.start).Round(time.Second), kills, s.cfg.kills, s.ingested.Load(), len(s.plan.Events), t.Delivered, s.plan.Expected,
+					t.Expected-t.Delivered, t.Duplicates, stall.Round(time.Second), longest.Round(time.Second))
+			}
+		}
+	}
+}
+
+// killLoop SIGKILLs and restarts the stage process on the schedule, restarts
+// PostgreSQL after a third of the kills and the infrastructure process after
+// two thirds (both while the stage process runs).
+func (s *soak) killLoop(ctx context.Context, gaps []time.Duration) error {
+	pgAt, brokerAt := len(gaps)/3, 2*len(gaps)/3
+	born := time.Now()
+	for i, gap := range gaps {
+		if err := s.supervise(ctx, born.Add(gap)); err != nil {
+			return err
+		}
+		lived := time.Since(born)
+		s.stages.kill()
+		if err := s.stages.start(); err != nil {
+			return err
+		}
+		born = time.Now()
+		s.mu.Lock()
+		s.kills++
+		s.mu.Unlock()
+		s.printf("SIGKILL %d/%d of the stage process after %s; restarted", i+1, len(gaps), lived.Round(100*time.Millisecond))
+		if i+1 == pgAt || i+1 == brokerAt {
+			// Let the new stage process get going, then pull the ground from under it.
+			if err := s.supervise(ctx, time.Now().Add(min(gaps[min(i+1, len(gaps)-1)]/2, 5*time.Second))); err != nil {
+				return err
+			}
+		}
+		if i+1 == pgAt {
+			t0 := time.Now()
+			if err := s.restartPostgres(ctx); err != nil {
+				return err
+			}
+			s.mu.Lock()
+			s.pgRestarts++
+			s.mu.Unlock()
+			s.printf("PostgreSQL restarted (pg_ctl stop -m fast, start) in %s", time.Since(t0).Round(100*time.Millisecond))
+		}
+		if i+1 == brokerAt {
+			t0 := time.Now()
+			if !s.infra.terminate(60 * time.Second) {
+				s.printf("the infra process did not stop within 60 s of SIGTERM: killed")
+			}
+			if err := stopLeftoverPostgres(ctx, s.pgDir); err != nil {
+				return fmt.Errorf("soak: %w", err)
+			}
+			if err := s.infra.start(); err != nil {
+				return err
+			}
+			if err := s.waitInfra(ctx); err != nil {
+				return err
+			}
+			s.mu.Lock()
+			s.brokers++
+			s.mu.Unlock()
+			s.printf("infra process (broker, PostgreSQL, ingest, relay) restarted in %s", time.Since(t0).Round(100*time.Millisecond))
+		}
+	}
+	return nil
+}
+
+// restartPostgres stops the private cluster (fast: sessions are cut) and
+// starts it as internal/embedded does. Not `pg_ctl restart`: that starts the
+// server without a log file, writing to pg_ctl's output, which would then
+// never close.
+func (s *soak) restartPostgres(ctx context.Context) error {
+	if err := pgCtl(ctx, s.pgDir, "-m", "fast", "-w", "stop"); err != nil {
+		return fmt.Errorf("soak: stopping PostgreSQL: %w", err)
+	}
+	opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -k %s", s.pgPort, s.pgDir)
+	if err := pgCtl(ctx, s.pgDir, "-o", opts, "-l", filepath.Join(s.pgDir, "server.log"), "-w", "-t", "60", "start"); err != nil {
+		return fmt.Errorf("soak: starting PostgreSQL again: %w", err)
+	}
+	return nil
+}
+
+// drain waits for every expected delivery, up to --drain, and reports whether
+// they all arrived.
+func (s *soak) drain(ctx context.Context) bool {
+	deadline := time.Now().Add(s.cfg.drain)
+	for time.Now().Before(deadline) {
+		if s.plan.Check(s.recv.PDUs, -1).Totals().Missing == 0 {
+			return true
+		}
+		if err := s.supervise(ctx, time.Now().Add(time.Second)); err != nil {
+			return false
+		}
+	}
+	s.printf("deliveries incomplete %s after the last kill", s.cfg.drain)
+	return false
+}
+
+// supervise waits until t, restarting a process that exited on its own (a
+// finding: it is counted and reported, its log kept).
+func (s *soak) supervise(ctx context.Context, t time.Time) error {
+	for {
+		for _, p := range []*soakProc{s.infra, s.stages} {
+			if !p.exited() {
+				continue
+			}
+			s.mu.Lock()
+			s.selfExits++
+			s.mu.Unlock()
+			s.printf("the %s process exited on its own (%v); restarting it. Its log ends:\n%s", p.name, p.err, p.tail(10))
+			p.cmd = nil
+			if p == s.infra {
+				if err := stopLeftoverPostgres(ctx, s.pgDir); err != nil {
+					return fmt.Errorf("soak: %w", err)
+				}
+			}
+			if err := p.start(); err != nil {
+				return err
+			}
+			if p == s.infra {
+				if err := s.waitInfra(ctx); err != nil {
+					return err
+				}
+			}
+		}
+		if !time.Now().Before(t) {
+			return nil
+		}
+		next := time.Now().Add(200 * time.Millisecond)
+		if t.Before(next) {
+			next = t
+		}
+		if err := sleepUntil(ctx, next); err != nil {
+			return err
+		}
+	}
+}
+
+func sleepUntil(ctx context.Context, t time.Time) error {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
+}
