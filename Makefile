@@ -32,13 +32,16 @@ test-synapse:
 	  $(GO) test -race -count=1 -v -run '^TestSynapse' -timeout 10m ./cmd/fedpipe; \
 	  status=$$?; ./scripts/synapse stop; exit $$status
 
-# The Apache Kafka tier: a fresh single-node broker, stopped afterwards whatever the result.
+# The Apache Kafka tier: a fresh single-node broker, stopped afterwards whatever the result;
+# then a short crash soak on it, which restarts the broker process once (its stall bound
+# allows for the broker's own restart, about 6 s, and its coordinator's reload: 60 s).
 test-kafka:
 	@./scripts/ensure-postgres >/dev/null
 	./scripts/kafka start --fresh
 	@start=$$(date +%s); brokers=$$(./scripts/kafka status) || exit 1; \
 		FEDPIPE_TEST_KAFKA_BROKERS="$$brokers" FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" \
-		$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(KAFKA_TIER); rc=$$?; \
+		$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(KAFKA_TIER) && \
+		$(GO) run ./cmd/fedpipe soak --kills=5 --rooms=30 --events=4000 --stall_bound=60s --log_level=warn --brokers="$$brokers" --broker_restart="./scripts/kafka restart"; rc=$$?; \
 		./scripts/kafka stop; echo "Apache Kafka tier: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 bench:

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -33,6 +34,10 @@ type soakConfig struct {
 	progress               time.Duration
 	logLevel               string
 	bin                    string
+	// brokers, when set, is a Kafka cluster of the operator's (Apache Kafka)
+	// instead of the embedded broker; brokerRestart is the shell command that
+	// restarts its broker process once mid-run (scripts/kafka restart).
+	brokers, brokerRestart string
 }
 
 // cmdSoak runs the crash soak: the embedded broker and PostgreSQL with the
@@ -58,6 +63,8 @@ func cmdSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&c.progress, "progress", 10*time.Second, "interval of the progress lines")
 	fs.StringVar(&c.logLevel, "log_level", "info", "log level of the fedpipe processes (their logs are in the work directory)")
 	fs.StringVar(&c.bin, "bin", "", "fedpipe binary to run the processes with; default: this one")
+	fs.StringVar(&c.brokers, "brokers", "", "Kafka `brokers` to run on instead of the embedded broker (topics get a prefix of their own)")
+	fs.StringVar(&c.brokerRestart, "broker_restart", "", "shell `command` that restarts the broker process of --brokers once mid-run (e.g. scripts/kafka restart)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -69,6 +76,9 @@ func cmdSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if c.seed == 0 {
 		c.seed = uint64(time.Now().UnixNano())
+	}
+	if (c.brokers == "") != (c.brokerRestart == "") {
+		return errors.New("soak: --brokers and --broker_restart go together (the soak restarts the broker process once)")
 	}
 	if c.bin == "" {
 		exe, err := os.Executable()
@@ -258,11 +268,16 @@ func (s *soak) setup() error {
 	}
 	stallAfter := (c.stallBound * 3 / 4).String()
 	common := []string{"FEDPIPE_SERVER_NAME=" + local, "FEDPIPE_LOG_LEVEL=" + c.logLevel, "FEDPIPE_KAFKA_STALL_AFTER=" + stallAfter}
+	brokers := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
+	if c.brokers != "" {
+		brokers = c.brokers
+		common = append(common, fmt.Sprintf("FEDPIPE_KAFKA_TOPIC_PREFIX=soak%x", c.seed&0xffffff))
+	}
 	s.infra = &soakProc{name: "infra", bin: c.bin, args: []string{"run", "--stages=ingest,relay"}, logPath: filepath.Join(dir, "infra.log"),
 		env: childEnv(append(common,
 			"FEDPIPE_INSTANCE=soak-infra",
 			"FEDPIPE_DATA_DIR="+filepath.Join(dir, "infra"),
-			"FEDPIPE_KAFKA_BROKERS=",
+			"FEDPIPE_KAFKA_BROKERS="+c.brokers,
 			fmt.Sprintf("FEDPIPE_KAFKA_EMBEDDED_PORT=%d", kafkaPort),
 			"FEDPIPE_DATABASE_URL=",
 			fmt.Sprintf("FEDPIPE_DATABASE_EMBEDDED_PORT=%d", pgPort),
@@ -274,7 +289,7 @@ func (s *soak) setup() error {
 			"FEDPIPE_INSTANCE=soak-stages",
 			"FEDPIPE_DATA_DIR="+filepath.Join(dir, "stages"),
 			"FEDPIPE_SIGNING_KEY_PATH="+keyPath,
-			fmt.Sprintf("FEDPIPE_KAFKA_BROKERS=127.0.0.1:%d", kafkaPort),
+			"FEDPIPE_KAFKA_BROKERS="+brokers,
 			fmt.Sprintf("FEDPIPE_DATABASE_URL=postgres://postgres@127.0.0.1:%d/fedpipe?sslmode=disable", pgPort),
 			"FEDPIPE_FEDERATION_STATIC="+strings.Join(static, ","),
 			"FEDPIPE_FEDERATION_CA_FILE="+caFile,
@@ -282,7 +297,10 @@ func (s *soak) setup() error {
 			"FEDPIPE_INGEST_LISTEN=",
 			fmt.Sprintf("FEDPIPE_ADMIN_LISTEN=127.0.0.1:%d", stageAdmin),
 		)...)}
-	s.infraAddrs = []string{fmt.Sprintf("127.0.0.1:%d", kafkaPort), fmt.Sprintf("127.0.0.1:%d", ingestPort)}
+	s.infraAddrs = []string{fmt.Sprintf("127.0.0.1:%d", ingestPort)}
+	if c.brokers == "" {
+		s.infraAddrs = append(s.infraAddrs, brokers)
+	}
 	return nil
 }
 
@@ -426,7 +444,17 @@ func (s *soak) killLoop(ctx context.Context, gaps []time.Duration) error {
 			s.mu.Unlock()
 			s.printf("PostgreSQL restarted (pg_ctl stop -m fast, start) in %s", time.Since(t0).Round(100*time.Millisecond))
 		}
-		if i+1 == brokerAt {
+		if i+1 == brokerAt && s.cfg.brokerRestart != "" {
+			t0 := time.Now()
+			out, err := exec.CommandContext(ctx, "sh", "-c", s.cfg.brokerRestart).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("soak: restarting the broker (%s): %w\n%s", s.cfg.brokerRestart, err, out)
+			}
+			s.mu.Lock()
+			s.brokers++
+			s.mu.Unlock()
+			s.printf("broker process restarted (%s) in %s", s.cfg.brokerRestart, time.Since(t0).Round(100*time.Millisecond))
+		} else if i+1 == brokerAt {
 			t0 := time.Now()
 			if !s.infra.terminate(60 * time.Second) {
 				s.printf("the infra process did not stop within 60 s of SIGTERM: killed")
