@@ -120,7 +120,7 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"router":         {[]string{"config"}, append([]string{"server_name", "router"}, infra...)},
 		"sender":         {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
 		"ingest":         {[]string{"config"}, append([]string{"server_name", "ingest"}, infra...)},
-		"soak":           {[]string{"dir", "keep", "seed", "kills", "rooms", "servers", "events", "stall_bound", "drain", "progress", "log_level", "bin"}, nil},
+		"soak":           {[]string{"dir", "keep", "seed", "kills", "rooms", "servers", "events", "stall_bound", "drain", "progress", "log_level", "bin", "brokers", "broker_restart"}, nil},
 		"keys":           {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
 		"status":         {[]string{"config", "url"}, []string{"admin.listen", "admin.token"}},
 		"offsets show":   {[]string{"config", "group", "topic", "all-topics"}, []string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
