@@ -268,15 +268,13 @@ func (s *signals) has(v string) bool {
 }
 
 func (e *env) listen() *signals {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background() // the probe signals' context
 	sig := &signals{}
 	l, err := sender.NewControlListener(e.pool, sig, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = l.Run(ctx) }()
-	e.t.Cleanup(func() { cancel(); <-done })
+	testenv.Background(e.t, "control listener", l.Run)
 	// Listening once a probe signal is heard.
 	testenv.Eventually(e.t, 10*time.Second, "the listener", func() bool {
 		_ = sender.Signal(ctx, e.pool, sender.OpResume, "probe.test")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -81,12 +80,8 @@ func TestASlowDestinationDoesNotStallItsPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = s.Run(ctx) }()
-	go func() { defer wg.Done(); _ = g.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	testenv.Background(t, "sender", s.Run)
+	testenv.Background(t, "sender group", g.Run)
 
 	// Steady traffic on one partition, 400 records a second for 3 s, a
 	// quarter of them for the slow destination, which takes 5 s per

@@ -33,10 +33,8 @@ func runRelay(t *testing.T, e *env, maxRoundBytes int) *prometheus.Registry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; room.Close(); state.Close() })
+	t.Cleanup(func() { room.Close(); state.Close() }) // after the relay stops: cleanups run last first
+	testenv.Background(t, "relay", r.Run)
 	return reg
 }
 

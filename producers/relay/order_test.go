@@ -120,10 +120,8 @@ func runOrdered(t *testing.T, e *env, log *ackLog, room string, maxRoundBytes in
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; rw.w.Close(); sw.w.Close(); pw.w.Close() })
+	t.Cleanup(func() { rw.w.Close(); sw.w.Close(); pw.w.Close() }) // after the relay stops: cleanups run last first
+	testenv.Background(t, "relay", r.Run)
 	return reg
 }
 
