@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"github.com/fedpipe/fedpipe/schema"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"gopkg.in/yaml.v3"
@@ -107,6 +110,17 @@ func TestOpenAPIDocumentMatchesTheServedRoutes(t *testing.T) {
 	p.in.cfg.ServerName = "hs.test" // the examples' users are of hs.test
 	p.in.cfg.Admin.Listen = "127.0.0.1:0"
 	p.start("ingest")
+	// A fresh Apache Kafka broker elects the new topics' leaders a moment after
+	// creating them; the admin routes read every partition's offsets.
+	var topics []string
+	for _, s := range []string{"room", "state", "presence", "usersync", "outbound", "deadletter"} {
+		topics = append(topics, schema.Topic(p.cfg.Kafka.TopicPrefix, s))
+	}
+	leaders, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.k.WaitForLeaders(leaders, topics...); err != nil {
+		t.Fatal(err)
+	}
 	seedAdminExamples(t, p)
 	base := map[string]string{"ingest": "http://" + p.in.listeners["ingest"], "admin": "http://" + p.in.listeners["admin"]}
 	compiler := jsonschema.NewCompiler()
