@@ -237,7 +237,15 @@ func TestSynapseReceivesFedpipesTransactions(t *testing.T) {
 	if len(statuses) != 1 || float64(statuses["200"]) != ok {
 		t.Fatalf("Synapse answered our transactions %v; fedpipe counted %v accepted", statuses, ok)
 	}
-	refusals := grep(log, regexp.MustCompile(`(?i)authenticate_request failed|signature|error (looking up|getting) keys|spoofed|bad 'user_id'|not a user here|Failed to`))
+	// Synapse's storage loggers name tables like e2e_cross_signing_signatures
+	// in routine background updates; a refusal comes from elsewhere.
+	var fromFederation []string
+	for _, l := range log {
+		if !strings.Contains(l, " - synapse.storage.") {
+			fromFederation = append(fromFederation, l)
+		}
+	}
+	refusals := grep(fromFederation, regexp.MustCompile(`(?i)authenticate_request failed|signature (was|is|verif|fail|for)|verify signature|error (looking up|getting) keys|spoofed|bad 'user_id'|not a user here|Failed to`))
 	if len(refusals) > 0 {
 		t.Fatalf("Synapse logged %d refusals:\n%s", len(refusals), strings.Join(refusals, "\n"))
 	}
