@@ -17,6 +17,9 @@ const (
 	MaxIdentifierBytes = 255
 	// MaxStatusMsgBytes bounds a presence status message (UTF-8 bytes).
 	MaxStatusMsgBytes = 1024
+	// MaxEDUBytes bounds one EDU fedpipe builds (Synapse's SOFT_MAX_EDU_SIZE,
+	// 64 KiB): a to-device message's recipients are split into EDUs below it.
+	MaxEDUBytes = 65536
 )
 
 // CheckText reports why s cannot be a text field of a record: longer than

@@ -15,6 +15,10 @@ const (
 	KindStateDelta = "state_delta"
 	KindPDU        = "pdu"
 	KindEDU        = "edu"
+	// KindToDevice is the kind of <prefix>.todevice records and of the
+	// outbound records the router makes of them: one m.direct_to_device EDU
+	// for one destination, durable until the destination acknowledges it.
+	KindToDevice = "to_device"
 )
 
 // Header names on every record.
@@ -143,6 +147,9 @@ type OutboundRecord struct {
 	// Presence holds the states of a presence record (kind "presence"): local
 	// users' presence for this destination, at most one state per user.
 	Presence []PresenceState `json:"presence,omitempty"`
+	// MessageID is a to_device record's message_id (also in its content),
+	// which the receiver deduplicates by.
+	MessageID string `json:"message_id,omitempty"`
 }
 
 // DecodeOutboundRecord decodes and checks an outbound record.
@@ -158,7 +165,7 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 		return r, fmt.Errorf("%w: outbound record without destination", ErrInvalidRecord)
 	}
 	for _, f := range []struct{ name, value string }{
-		{"destination", r.Destination}, {"room_id", r.RoomID}, {"event_id", r.EventID}, {"room_version", r.RoomVersion}, {"edu_type", r.EDUType},
+		{"destination", r.Destination}, {"room_id", r.RoomID}, {"event_id", r.EventID}, {"room_version", r.RoomVersion}, {"edu_type", r.EDUType}, {"message_id", r.MessageID},
 	} {
 		if err := CheckIdentifier(f.name, f.value); err != nil {
 			return r, invalid(err)
@@ -172,6 +179,13 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 	case KindEDU:
 		if r.EDUType == "" || len(r.Content) == 0 || r.Content[0] != '{' {
 			return r, fmt.Errorf("%w: edu record needs edu_type and a content object", ErrInvalidRecord)
+		}
+	case KindToDevice:
+		if r.MessageID == "" || r.Position <= 0 || len(r.Content) == 0 || r.Content[0] != '{' {
+			return r, fmt.Errorf("%w: to_device record needs message_id, position and a content object", ErrInvalidRecord)
+		}
+		if len(r.Content) > MaxEDUBytes {
+			return r, fmt.Errorf("%w: to_device content of %d bytes, at most %d", ErrInvalidRecord, len(r.Content), MaxEDUBytes)
 		}
 	case KindPresence:
 		if len(r.Presence) == 0 {

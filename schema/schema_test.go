@@ -49,6 +49,7 @@ func TestRecordsValidate(t *testing.T) {
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindPDU, Destination: "remote.test", RoomID: "!r:hs.test", EventID: "$e", Position: 3, RoomVersion: "10", PDU: json.RawMessage(`{}`)}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`)}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`), EDUKey: "!r:hs.test @a:hs.test"}},
+		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindToDevice, Destination: "remote.test", Position: 4, MessageID: "m1", Content: json.RawMessage(`{"message_id":"m1"}`)}},
 	}
 	for _, g := range good {
 		raw, _ := json.Marshal(g.rec)
@@ -61,6 +62,8 @@ func TestRecordsValidate(t *testing.T) {
 		{"room", `{"v":2,"kind":"state_delta","position":3,"room_id":"!r:hs","type":"t","state_key":"","event_id":""}`},
 		{"outbound", `{"v":1,"kind":"pdu","destination":"d","room_id":"!r:hs","event_id":"$e","position":0,"room_version":"10","pdu":{}}`},
 		{"outbound", `{"v":1,"kind":"edu","destination":"d","edu_type":"m.typing","content":[]}`},
+		{"outbound", `{"v":1,"kind":"to_device","destination":"d","position":4,"content":{}}`},
+		{"outbound", `{"v":1,"kind":"to_device","destination":"d","position":0,"message_id":"m","content":{}}`},
 	} {
 		if err := schema.ValidateRecord(bad.stream, []byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {
 			t.Errorf("accepted %s: %v", bad.raw, err)

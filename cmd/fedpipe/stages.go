@@ -112,6 +112,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
 				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
 				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
+				relay.WithToDevice(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "todevice"))),
 				relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
@@ -145,7 +146,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}
-			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence")), rt, log, in.reg)
+			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice")), rt, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router group: %w", err)
 			}
@@ -183,7 +184,8 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 				return fmt.Errorf("sender: %w", err)
 			}
 			snd, err := sender.New(sender.Config{OutboundPartitions: parts, Queue: queue.Config{
-				Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax}},
+				Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax,
+				MaxTransactionBytes: cfg.Federation.MaxTransactionBytes}},
 				in.pool, cl, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("sender: %w", err)
@@ -263,7 +265,7 @@ func adminConfig(cfg config.Config, brokers, stages []string) admin.Config {
 	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance,
 		Groups: []admin.Group{
 			{ID: groupID(prefix, presenceGroup), Topics: []string{t("usersync")}},
-			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence")}},
+			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice")}},
 			{ID: groupID(prefix, senderGroup), Topics: []string{t("outbound")}},
 		},
 		DeadLetterTopic: t("deadletter"),

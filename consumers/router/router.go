@@ -73,8 +73,11 @@ func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.P
 		h := &presenceHandler{r: r, topic: topic, partition: partition}
 		h.batch = runtime.Batch[*schema.PresenceState]{Max: maxPresenceBatch, Flush: h.flush}
 		return h, nil
+	case schema.Topic(r.cfg.Prefix, "todevice"):
+		return &toDeviceHandler{r: r}, nil
 	}
-	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s and %s", topic, schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"))
+	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s, %s and %s", topic,
+		schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"), schema.Topic(r.cfg.Prefix, "todevice"))
 }
 
 type metrics struct {
@@ -90,6 +93,7 @@ type metrics struct {
 	presenceBatch prometheus.Histogram
 	presenceRoute prometheus.Histogram
 	presenceOrder prometheus.Histogram
+	toDevice      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -136,9 +140,13 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_presence_ordering_wait_seconds", Help: "Time a presence batch waited for the router group to handle the room records before it (membership at least as new as the presence).",
 			Buckets: prometheus.DefBuckets,
 		}),
+		toDevice: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_router_to_device_records_total",
+			Help: "To-device records handled, by result: routed to the outbound topic, or ours (addressed to our own server: left to the homeserver).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder} {
+		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder, m.toDevice} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}

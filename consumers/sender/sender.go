@@ -56,6 +56,7 @@ func (c *Config) Validate() error {
 // Sender is the stage.
 type Sender struct {
 	m     *queue.Manager
+	store *Store
 	fence *Fence
 	log   *slog.Logger
 	now   func() time.Time
@@ -77,7 +78,8 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 	cfg.Queue.Owns = s.owns
 	s.fence = NewFence(pool.Config().ConnConfig, logger)
 	cfg.Queue.Fence = s.fence
-	m, err := queue.NewManager(cfg.Queue, transport, NewStore(pool), logger, reg)
+	s.store = NewStore(pool)
+	m, err := queue.NewManager(cfg.Queue, transport, s.store, logger, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -158,9 +160,26 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 		return p.s.m.EnqueueEDU(ctx, rec.Destination, queue.EDU{EDU: txn.EDU{Type: rec.EDUType, Content: rec.Content}, Key: rec.EDUKey}, done)
 	case schema.KindPresence:
 		return p.s.m.EnqueuePresence(ctx, rec.Destination, presenceStates(rec.Presence), done)
+	case schema.KindToDevice:
+		return p.s.toDevice(ctx, rec, done)
 	default: // DecodeOutboundRecord knows no other kind: a kind added there must be handled here
 		return runtime.Poison(fmt.Errorf("outbound record of kind %q: the sender cannot send it", rec.Kind))
 	}
+}
+
+// toDevice keeps a to-device record's EDU in the store until its destination
+// accepts it, then lets the record be committed: from here on the store, not
+// the topic, holds it, through backoff, restarts and rebalances. A record
+// the store refuses as invalid (SQLSTATE class 22 or 23) is poison.
+func (s *Sender) toDevice(ctx context.Context, rec schema.OutboundRecord, done func()) error {
+	if _, err := s.store.StoreToDevice(ctx, rec.Destination, queue.ToDevice{Position: rec.Position, MessageID: rec.MessageID, Content: rec.Content}); err != nil {
+		return err
+	}
+	if err := s.m.NotifyToDevice(ctx, rec.Destination); err != nil {
+		return err
+	}
+	done()
+	return nil
 }
 
 // presenceEDU reads an m.presence EDU record (as routers wrote presence

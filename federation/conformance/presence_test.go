@@ -45,6 +45,9 @@ func (healthyStore) LoadRetry(context.Context, string) (queue.RetryState, error)
 	return queue.RetryState{}, nil
 }
 func (healthyStore) RecordSuccess(context.Context, string, int64) error { return nil }
+func (healthyStore) ToDevice(context.Context, string, int64, int, int) ([]queue.ToDevice, error) {
+	return nil, nil
+}
 func (healthyStore) DueDestinations(context.Context, time.Time, string, int) ([]string, error) {
 	return nil, nil
 }

@@ -2,7 +2,10 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"time"
+
+	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
 // Config configures a Manager. Defaults are Synapse's.
@@ -63,6 +66,12 @@ type Config struct {
 	StoreAttempts int
 	// StoreRetryDelay is the first pause between those tries, doubling (default 200 ms).
 	StoreRetryDelay time.Duration
+	// MaxTransactionBytes is the byte budget of one transaction's body
+	// (default 1 MiB, the request limit of a reverse proxy left at nginx's
+	// default; at least txn.MinBudget): what would pass it goes in the next
+	// transaction. It also bounds the to-device EDUs read from the store at
+	// a time.
+	MaxTransactionBytes int
 	// Now is the clock (tests).
 	Now func() time.Time
 	// Rand returns a float in [0,1) (tests).
@@ -103,6 +112,12 @@ func (c *Config) Validate() error {
 	}
 	if c.JitterMin == 0 && c.JitterMax == 0 {
 		c.JitterMin, c.JitterMax = 0.8, 1.4
+	}
+	if c.MaxTransactionBytes == 0 {
+		c.MaxTransactionBytes = 1 << 20
+	}
+	if c.MaxTransactionBytes < txn.MinBudget {
+		return fmt.Errorf("queue: the transaction byte budget must be at least %d bytes (one 64 KiB PDU or EDU), got %d", txn.MinBudget, c.MaxTransactionBytes)
 	}
 	if c.WakeupsPerTick == 0 {
 		c.WakeupsPerTick = 20

@@ -34,9 +34,12 @@ type destination struct {
 	// finished: catch-up ends only when none happened since its last read.
 	recording int
 	recorded  uint64
-	w         worker
-	stopping  bool
-	stopped   chan struct{} // closed by stop: interrupts a pause between retries
+	// acks are the positions of to-device EDUs delivered, to delete from
+	// the store (flushAcks).
+	acks     []int64
+	w        worker
+	stopping bool
+	stopped  chan struct{} // closed by stop: interrupts a pause between retries
 }
 
 // worker is a destination's worker slot: at most one runs, so at most one
@@ -51,7 +54,11 @@ type worker struct {
 }
 
 func newDestination(name string, e *env) *destination {
-	return &destination{name: name, env: e, stopped: make(chan struct{})}
+	d := &destination{name: name, env: e, stopped: make(chan struct{})}
+	// A previous owner, or this process before a restart, may have left
+	// to-device EDUs in the store.
+	d.pending.toDevice.unread = true
+	return d
 }
 
 // enqueuePDU queues p, or records it for catch-up when d is not sending live.

@@ -28,6 +28,9 @@ type eduItem struct {
 	// (presence is aged to it); edu is unused then.
 	render func(built time.Time) (txn.EDU, error)
 	done   func()
+	// durable: the EDU is kept in the store until delivered (to-device);
+	// done acknowledges it there, and shedding leaves it alone.
+	durable bool
 }
 
 // build returns the EDU for a transaction built at built.

@@ -62,6 +62,7 @@ func (d *destination) overflow(ctx context.Context) error {
 
 // shedOnce is shed with one try at the store.
 func (d *destination) shedOnce(ctx context.Context, b batch) error {
+	b = b.withoutDurable()
 	if rooms := latestPerRoom(b); len(rooms) > 0 {
 		if err := d.store.RecordCatchUp(ctx, d.name, rooms); err != nil {
 			d.m.storeErrors.Inc()
@@ -94,6 +95,7 @@ func latestPerRoom(b batch) []CatchUp {
 // shed completes b without sending it: the latest position per room of its
 // PDUs is recorded for catch-up, its EDUs are dropped and counted.
 func (d *destination) shed(ctx context.Context, b batch) error {
+	b = b.withoutDurable()
 	if rooms := latestPerRoom(b); len(rooms) > 0 {
 		if err := d.persist(ctx, "recording catch-up", func(ctx context.Context) error { return d.store.RecordCatchUp(ctx, d.name, rooms) }); err != nil {
 			return err

@@ -12,14 +12,14 @@ import (
 	"github.com/fedpipe/fedpipe/internal/testenv"
 )
 
-// EDUs whose bodies together pass txn.MaxBodySize go in the next
+// EDUs whose bodies together pass the transaction budget go in the next
 // transaction, not to the floor.
 func TestWhatDoesNotFitATransactionGoesInTheNext(t *testing.T) {
 	f := setup(t)
 	release := f.hold(t)
 	f.pdu(t, "a.test", "!r")
 	f.waitInFlight(t, "a.test")
-	big := json.RawMessage(`{"pad":"` + strings.Repeat("x", 5_000_000) + `"}`) // two fit in a body, three do not
+	big := json.RawMessage(`{"pad":"` + strings.Repeat("x", 400_000) + `"}`) // two fit in the default 1 MiB budget, three do not
 	for i := 0; i < 3; i++ {
 		if err := f.m.EnqueueEDU(context.Background(), "a.test", queue.EDU{EDU: txn.EDU{Type: "m.big", Content: big}}, func() { f.done.Add(1) }); err != nil {
 			t.Fatal(err)

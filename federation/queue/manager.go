@@ -127,6 +127,17 @@ func (m *Manager) EnqueuePresence(ctx context.Context, dest string, states []edu
 	return m.destination(dest).enqueuePresence(ctx, states, done)
 }
 
+// NotifyToDevice tells dest that to-device EDUs were stored for it
+// (Store.ToDevice returns them): it sends them in position order, keeps
+// them through backoff (they stay in the store until accepted), and wakes
+// when it is due again.
+func (m *Manager) NotifyToDevice(ctx context.Context, dest string) error {
+	if !m.sup.running() {
+		return ErrNotRunning
+	}
+	return m.destination(dest).notifyToDevice(ctx)
+}
+
 // DropUnsendable counts and logs a PDU or EDU (kind "pdu" or "edu") for dest
 // that its caller found can never be sent, beside the queue's own such drops.
 func (m *Manager) DropUnsendable(dest, kind string, err error) {

@@ -21,6 +21,7 @@ type pending struct {
 	retry    batch
 	pdus     []queuedPDU
 	presence presenceSlot
+	toDevice toDeviceSlot
 	edus     eduQueue
 }
 
@@ -28,7 +29,7 @@ type pending struct {
 // Synapse's order is presence, receipts, to-device, device lists, then the
 // other EDUs and the keyed ones: a new kind of EDU is a new slot in its place
 // here, and the send loop does not change.
-func (p *pending) slots() []eduSlot { return []eduSlot{&p.presence, &p.edus} }
+func (p *pending) slots() []eduSlot { return []eduSlot{&p.presence, &p.toDevice, &p.edus} }
 
 func (p *pending) empty() bool {
 	if len(p.pdus) > 0 || !p.retry.empty() {

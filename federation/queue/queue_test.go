@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -119,6 +120,8 @@ type memStore struct {
 	catchUp map[string]map[string]queue.CatchUp
 	pdus    map[string]json.RawMessage // event id → PDU
 	last    map[string]int64           // last successful position
+	// toDevice holds each destination's stored to-device EDUs in position order.
+	toDevice map[string][]queue.ToDevice
 }
 
 func (s *memStore) LoadRetry(_ context.Context, d string) (queue.RetryState, error) {
@@ -198,8 +201,54 @@ func (s *memStore) DueDestinations(_ context.Context, now time.Time, after strin
 			out = append(out, d)
 		}
 	}
+	for d, msgs := range s.toDevice {
+		if len(msgs) > 0 && len(s.catchUp[d]) == 0 && !s.retry[d].Failing(now) && d > after {
+			out = append(out, d)
+		}
+	}
 	sort.Strings(out)
 	return out[:min(limit, len(out))], nil
+}
+
+// storeToDevice stores to-device EDUs for d, as the sender stage does.
+func (s *memStore) storeToDevice(d string, msgs ...queue.ToDevice) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.toDevice == nil {
+		s.toDevice = map[string][]queue.ToDevice{}
+	}
+	s.toDevice[d] = append(s.toDevice[d], msgs...)
+}
+
+func (s *memStore) storedToDevice(d string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.toDevice[d])
+}
+
+func (s *memStore) ToDevice(_ context.Context, d string, after int64, limit, maxBytes int) ([]queue.ToDevice, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []queue.ToDevice
+	size := 0
+	for _, m := range s.toDevice[d] {
+		if m.Position <= after {
+			continue
+		}
+		if len(out) == limit || len(out) > 0 && size+len(m.Content) > maxBytes {
+			break
+		}
+		size += len(m.Content)
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func (s *memStore) AckToDevice(_ context.Context, d string, positions []int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.toDevice[d] = slices.DeleteFunc(s.toDevice[d], func(m queue.ToDevice) bool { return slices.Contains(positions, m.Position) })
+	return nil
 }
 
 type clock struct {

@@ -41,9 +41,25 @@ func (d *destination) sendLive(ctx context.Context) error {
 			d.mu.Unlock()
 			return d.leave(ctx)
 		}
+		d.mu.Unlock()
+		if err := d.readToDevice(ctx); err != nil {
+			d.m.storeErrors.Inc()
+			d.log.Warn("reading stored to-device messages; sending the rest", "destination", d.name, "err", err)
+			if d.pause(ctx, d.cfg.StoreRetryDelay) != nil {
+				return nil // stopped: the next owner reads them
+			}
+		}
+		d.mu.Lock()
+		if d.stopping || ctx.Err() != nil {
+			d.finish()
+			d.mu.Unlock()
+			return nil
+		}
 		b := d.pending.take()
 		d.mu.Unlock()
-		if failed, err := d.deliver(ctx, b); failed || err != nil {
+		failed, err := d.deliver(ctx, b)
+		d.flushAcks(ctx)
+		if failed || err != nil {
 			return err
 		}
 	}
@@ -188,7 +204,8 @@ func (b batch) done() {
 
 // newTxn starts a transaction with a new id.
 func (d *destination) newTxn() *txn.Transaction {
-	return &txn.Transaction{ID: fmt.Sprintf("%s.%d", d.txnBase, d.txnSeq.Add(1)), Origin: d.cfg.Origin, Destination: d.name, OriginServerTS: d.cfg.Now().UnixMilli()}
+	return &txn.Transaction{ID: fmt.Sprintf("%s.%d", d.txnBase, d.txnSeq.Add(1)), Origin: d.cfg.Origin, Destination: d.name,
+		OriginServerTS: d.cfg.Now().UnixMilli(), MaxBytes: d.cfg.MaxTransactionBytes}
 }
 
 // transmit sends t, and sends it again with the same transaction id after a

@@ -38,6 +38,8 @@ type Received struct {
 	At                         time.Time
 	PDUs                       []json.RawMessage
 	EDUs                       []txn.EDU
+	// BodyBytes is the size of the request body.
+	BodyBytes int
 }
 
 // Server is a running receiver.
@@ -292,7 +294,7 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		s.duplicates++
 	} else {
 		s.seen[key] = true
-		s.received[dest] = append(s.received[dest], Received{Origin: h.Origin, Destination: dest, TxnID: txnID, At: time.Now(), PDUs: t.PDUs, EDUs: t.EDUs})
+		s.received[dest] = append(s.received[dest], Received{Origin: h.Origin, Destination: dest, TxnID: txnID, At: time.Now(), PDUs: t.PDUs, EDUs: t.EDUs, BodyBytes: len(body)})
 	}
 	s.mu.Unlock()
 

@@ -68,16 +68,31 @@ type Transaction struct {
 	OriginServerTS int64
 	PDUs           []json.RawMessage
 	EDUs           []EDU
+	// MaxBytes, when set, is the body's budget in place of MaxBodySize: the
+	// Add calls answer ErrFull before the body would pass it. It must leave
+	// room for one PDU or EDU of the largest size (MinBudget).
+	MaxBytes int
+}
+
+// MinBudget is the least Transaction.MaxBytes: room for one item of MaxPDUSize.
+const MinBudget = 2 * MaxPDUSize
+
+// limit is the body limit: MaxBytes, or MaxBodySize.
+func (t *Transaction) limit() int {
+	if t.MaxBytes > 0 {
+		return min(t.MaxBytes, MaxBodySize)
+	}
+	return MaxBodySize
 }
 
 // AddPDU adds a PDU. It returns ErrFull at MaxPDUs or when the body would
-// exceed MaxBodySize, and an error wrapping ErrTooLarge for a PDU larger than
+// exceed its limit (MaxBytes or MaxBodySize), and an error wrapping ErrTooLarge for a PDU larger than
 // MaxPDUSize.
 func (t *Transaction) AddPDU(p json.RawMessage) error {
 	if len(p) > MaxPDUSize {
 		return fmt.Errorf("pdu of %d bytes, limit %d: %w", len(p), MaxPDUSize, ErrTooLarge)
 	}
-	if len(t.PDUs) >= MaxPDUs || t.sizeEstimate()+len(p)+1 > MaxBodySize {
+	if len(t.PDUs) >= MaxPDUs || t.sizeEstimate()+len(p)+1 > t.limit() {
 		return ErrFull
 	}
 	t.PDUs = append(t.PDUs, p)
@@ -85,14 +100,14 @@ func (t *Transaction) AddPDU(p json.RawMessage) error {
 }
 
 // AddEDU adds an EDU. It returns ErrFull at MaxEDUs or when the body would
-// exceed MaxBodySize, and an error wrapping ErrTooLarge for an EDU that could
+// exceed its limit (MaxBytes or MaxBodySize), and an error wrapping ErrTooLarge for an EDU that could
 // not fit even in an empty transaction.
 func (t *Transaction) AddEDU(e EDU) error {
 	n := eduSize(e)
 	if n+emptySize(t.Origin) > MaxBodySize {
 		return fmt.Errorf("%s edu of %d bytes, limit %d: %w", e.Type, n, MaxBodySize, ErrTooLarge)
 	}
-	if len(t.EDUs) >= MaxEDUs || t.sizeEstimate()+n > MaxBodySize {
+	if len(t.EDUs) >= MaxEDUs || t.sizeEstimate()+n > t.limit() {
 		return ErrFull
 	}
 	t.EDUs = append(t.EDUs, e)

@@ -95,17 +95,18 @@ type Admin struct {
 
 // Federation configures outbound federation.
 type Federation struct {
-	Static             map[string]string `yaml:"static" doc:"Server name -> host:port, overriding discovery (private deployments, tests). Env/flags: name=host:port,name2=host:port."`
-	CAFile             string            `yaml:"ca_file" doc:"Extra CA certificate (PEM) to trust besides the system roots."`
-	InsecureSkipVerify bool              `yaml:"insecure_skip_verify" doc:"Do not verify remote TLS certificates. Never in production."`
-	AllowedNetworks    []string          `yaml:"allowed_networks" doc:"CIDRs allowed although private/loopback/link-local (refused by default)."`
-	RequestTimeout     time.Duration     `yaml:"request_timeout" doc:"Timeout of one transaction request."`
-	BackoffInitial     time.Duration     `yaml:"backoff_initial" doc:"First backoff of a failing destination (Synapse: 10m)."`
-	BackoffMax         time.Duration     `yaml:"backoff_max" doc:"Longest backoff of a failing destination (Synapse: 168h)."`
-	Listen             string            `yaml:"listen" doc:"Address of the federation-facing listener serving GET /_matrix/key/v2/server (fedpipe's signing keys, which receivers fetch to verify its transactions) for the stage 'keys'. Empty: do not serve it (the homeserver publishes fedpipe's key itself)."`
-	TLSCert            string            `yaml:"tls_cert" doc:"Certificate chain (PEM) for the server name, served on federation.listen. Empty together with tls_key: plain HTTP, for a TLS-terminating proxy in front."`
-	TLSKey             string            `yaml:"tls_key" doc:"Private key (PEM) of federation.tls_cert."`
-	KeyValidity        time.Duration     `yaml:"key_validity" doc:"How long receivers may cache the published keys: valid_until_ts is now plus this (Synapse: 24h)."`
+	Static              map[string]string `yaml:"static" doc:"Server name -> host:port, overriding discovery (private deployments, tests). Env/flags: name=host:port,name2=host:port."`
+	CAFile              string            `yaml:"ca_file" doc:"Extra CA certificate (PEM) to trust besides the system roots."`
+	InsecureSkipVerify  bool              `yaml:"insecure_skip_verify" doc:"Do not verify remote TLS certificates. Never in production."`
+	AllowedNetworks     []string          `yaml:"allowed_networks" doc:"CIDRs allowed although private/loopback/link-local (refused by default)."`
+	RequestTimeout      time.Duration     `yaml:"request_timeout" doc:"Timeout of one transaction request."`
+	BackoffInitial      time.Duration     `yaml:"backoff_initial" doc:"First backoff of a failing destination (Synapse: 10m)."`
+	BackoffMax          time.Duration     `yaml:"backoff_max" doc:"Longest backoff of a failing destination (Synapse: 168h)."`
+	MaxTransactionBytes int               `yaml:"max_transaction_bytes" doc:"Byte budget of one transaction's body: what would pass it goes in the next transaction (at least 131072; 1 MiB suits a receiver behind a proxy with nginx's default request limit)."`
+	Listen              string            `yaml:"listen" doc:"Address of the federation-facing listener serving GET /_matrix/key/v2/server (fedpipe's signing keys, which receivers fetch to verify its transactions) for the stage 'keys'. Empty: do not serve it (the homeserver publishes fedpipe's key itself)."`
+	TLSCert             string            `yaml:"tls_cert" doc:"Certificate chain (PEM) for the server name, served on federation.listen. Empty together with tls_key: plain HTTP, for a TLS-terminating proxy in front."`
+	TLSKey              string            `yaml:"tls_key" doc:"Private key (PEM) of federation.tls_cert."`
+	KeyValidity         time.Duration     `yaml:"key_validity" doc:"How long receivers may cache the published keys: valid_until_ts is now plus this (Synapse: 24h)."`
 }
 
 // Default returns the configuration used when a key is not set anywhere.
@@ -134,10 +135,11 @@ func Default() Config {
 			InstanceTimeout: 5 * time.Minute, SweepInterval: time.Second},
 		Admin: Admin{Listen: "127.0.0.1:9100"},
 		Federation: Federation{
-			RequestTimeout: 60 * time.Second,
-			BackoffInitial: 10 * time.Minute,
-			BackoffMax:     7 * 24 * time.Hour,
-			KeyValidity:    24 * time.Hour,
+			RequestTimeout:      60 * time.Second,
+			BackoffInitial:      10 * time.Minute,
+			BackoffMax:          7 * 24 * time.Hour,
+			KeyValidity:         24 * time.Hour,
+			MaxTransactionBytes: 1 << 20,
 		},
 	}
 }
@@ -234,6 +236,9 @@ func (c *Config) Validate() error {
 	posDur("federation.backoff_max", c.Federation.BackoffMax)
 	if c.Federation.BackoffMax < c.Federation.BackoffInitial {
 		bad("federation.backoff_max", "%s is shorter than backoff_initial %s", c.Federation.BackoffMax, c.Federation.BackoffInitial)
+	}
+	if c.Federation.MaxTransactionBytes < 2*65536 {
+		bad("federation.max_transaction_bytes", "must be at least 131072 (one 64 KiB PDU or EDU), got %d", c.Federation.MaxTransactionBytes)
 	}
 	if c.Ingest.MaxBodyBytes <= 0 {
 		bad("ingest.max_body_bytes", "must be positive, got %d", c.Ingest.MaxBodyBytes)

@@ -61,7 +61,7 @@ type Route struct{ Method, Pattern string }
 
 // Routes are the routes NewHandler serves; docs/openapi.yaml documents the
 // same ones (cmd/fedpipe's OpenAPI test holds them together).
-var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}}
+var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}}
 
 // DefaultMaxBodyBytes is the default request body limit: room for a few hundred
 // PDUs of the specification's maximum size.
@@ -85,7 +85,8 @@ type Config struct {
 	// those routes off (404).
 	UserSync Writer
 	// ServerName, when set, refuses presence input about users of other
-	// servers (the presence stage would dead-letter it).
+	// servers (the presence stage would dead-letter it) and to-device
+	// messages from them, and leaves its own users out of to-device messages.
 	ServerName string
 	// MaxUpdates is the most updates accepted in one usersync request.
 	MaxUpdates int
@@ -165,5 +166,12 @@ func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer 
 		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
 	})
 	registerPresence(mux, cfg, logger, m)
+	toDevice := httptransport.NewServer(makeToDeviceEndpoint(pool, cfg.ServerName, m), decodeToDevice(cfg), encodeResponse,
+		httptransport.ServerErrorEncoder(encodeError(logger, m)))
+	mux.Handle("POST "+ToDevicePath, authenticate(cfg.Token, m, toDevice))
+	mux.HandleFunc(ToDevicePath, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Allow", http.MethodPost)
+		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
+	})
 	return mux, nil
 }

@@ -15,6 +15,7 @@ type metrics struct {
 	events   prometheus.Counter
 	duration prometheus.Histogram
 	usersync prometheus.Counter
+	toDevice prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -36,8 +37,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "fedpipe_ingest_usersync_records_total",
 			Help: "Presence input records written to the usersync topic through the ingest API.",
 		}),
+		toDevice: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_ingest_to_device_edus_total",
+			Help: "To-device EDUs stored through the ingest API (one per destination and up-to-64-KiB part of a message).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync} {
+	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync, m.toDevice} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering ingest metrics: %w", err)
 		}

@@ -47,12 +47,15 @@ func encodeError(logger *slog.Logger, m *metrics) func(context.Context, error, h
 
 func classify(err error) (status int, errcode, msg string) {
 	var re *requestError
+	var se *outbox.SizeError
 	var ve *outbox.ValidationError
 	var pgErr *pgconn.PgError
 	var connErr *pgconn.ConnectError
 	switch {
 	case errors.As(err, &re):
 		return re.status, re.errcode, re.msg
+	case errors.As(err, &se):
+		return http.StatusRequestEntityTooLarge, "M_TOO_LARGE", ingestField(se.Field) + ": " + se.Reason
 	case errors.As(err, &ve):
 		return http.StatusBadRequest, "M_INVALID_PARAM", ingestField(ve.Field) + ": " + ve.Reason
 	case errors.As(err, &connErr):
