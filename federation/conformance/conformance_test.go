@@ -15,6 +15,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/txn"
+	"github.com/fedpipe/fedpipe/producers/outbox"
 )
 
 // specDir finds the specification's data: FEDPIPE_MATRIX_SPEC, or
@@ -118,6 +119,19 @@ func fedpipeEDUs(t *testing.T) []txn.EDU {
 			t.Fatal(err)
 		}
 		out = append(out, x)
+	}
+	// To-device EDUs as the producer library stores them (a message split
+	// into several EDUs), which the sender forwards byte for byte.
+	split, err := outbox.SplitToDevice("example.org", outbox.ToDevice{Sender: "@a:example.org", Type: "m.room_key", MessageID: "m2",
+		Messages: map[string]map[string]json.RawMessage{
+			"@b:remote.org": {"B1": json.RawMessage(`{"ciphertext":"` + strings.Repeat("x", 40000) + `"}`), "*": json.RawMessage(`{"n":1}`)},
+			"@c:remote.org": {"C1": json.RawMessage(`{"ciphertext":"` + strings.Repeat("y", 40000) + `"}`)},
+		}})
+	if err != nil || len(split) != 2 {
+		t.Fatalf("SplitToDevice: %d EDUs, %v", len(split), err)
+	}
+	for _, e := range split {
+		out = append(out, txn.EDU{Type: edu.TypeDirectToDevice, Content: e.Content})
 	}
 	return out
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fedpipe/fedpipe/federation/canonicaljson"
+	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -56,21 +57,21 @@ const eduOverhead = len(`{"content":,"edu_type":"m.direct_to_device"}`)
 // stream positions. A *ValidationError means nothing was written; a
 // *SizeError (which is one) names a device whose message alone is too large.
 func SendToDevice(ctx context.Context, tx pgx.Tx, origin string, msg ToDevice) ([]int64, error) {
-	rows, err := toDeviceRows(origin, msg)
+	rows, err := SplitToDevice(origin, msg)
 	if err != nil {
 		return nil, err
 	}
 	batch := &pgx.Batch{}
 	for _, r := range rows {
 		batch.Queue(`INSERT INTO device_federation_outbox (destination, message_id, content) VALUES ($1, $2, $3) RETURNING stream_id`,
-			r.destination, r.messageID, string(r.content))
+			r.Destination, r.MessageID, string(r.Content))
 	}
 	positions := make([]int64, len(rows))
 	br := tx.SendBatch(ctx, batch)
 	for i := range rows {
 		if err := br.QueryRow().Scan(&positions[i]); err != nil {
 			_ = br.Close()
-			return nil, fmt.Errorf("storing to-device message %s for %s: %w", msg.MessageID, rows[i].destination, err)
+			return nil, fmt.Errorf("storing to-device message %s for %s: %w", msg.MessageID, rows[i].Destination, err)
 		}
 	}
 	if err := br.Close(); err != nil {
@@ -90,10 +91,11 @@ func SendToDeviceBatch(ctx context.Context, pool *pgxpool.Pool, origin string, m
 	return positions, err
 }
 
-// toDeviceRow is one EDU for one destination.
-type toDeviceRow struct {
-	destination, messageID string
-	content                []byte
+// ToDeviceEDU is one m.direct_to_device EDU for one destination.
+type ToDeviceEDU struct {
+	Destination, MessageID string
+	// Content is the EDU's content, canonical JSON.
+	Content json.RawMessage
 }
 
 // recipient is one device's message, canonical.
@@ -102,8 +104,10 @@ type recipient struct {
 	content      []byte
 }
 
-// toDeviceRows validates msg and splits it into EDUs per destination.
-func toDeviceRows(origin string, msg ToDevice) ([]toDeviceRow, error) {
+// SplitToDevice validates msg and splits it into the EDUs SendToDevice
+// stores: per destination (users of origin left out), recipients in user and
+// device order, each EDU within schema.MaxEDUBytes.
+func SplitToDevice(origin string, msg ToDevice) ([]ToDeviceEDU, error) {
 	bad := func(field, reason string) error { return &ValidationError{Field: field, Reason: reason} }
 	if err := CheckUserID("sender", msg.Sender); err != nil {
 		return nil, err
@@ -158,7 +162,7 @@ func toDeviceRows(origin string, msg ToDevice) ([]toDeviceRow, error) {
 			}
 		}
 	}
-	var rows []toDeviceRow
+	var rows []ToDeviceEDU
 	for _, dest := range slices.Sorted(maps.Keys(byDest)) {
 		parts, err := packToDevice(msg, byDest[dest])
 		if err != nil {
@@ -173,7 +177,7 @@ func toDeviceRows(origin string, msg ToDevice) ([]toDeviceRow, error) {
 			if err != nil {
 				return nil, err
 			}
-			rows = append(rows, toDeviceRow{destination: dest, messageID: id, content: content})
+			rows = append(rows, ToDeviceEDU{Destination: dest, MessageID: id, Content: content})
 		}
 	}
 	return rows, nil
@@ -226,5 +230,11 @@ func toDeviceContent(msg ToDevice, id string, rs []recipient) ([]byte, error) {
 		}
 		messages[r.user][r.device] = r.content
 	}
-	return canonicaljson.Marshal(map[string]any{"sender": msg.Sender, "type": msg.Type, "message_id": id, "messages": messages})
+	e, err := edu.DirectToDevice{Sender: msg.Sender, Type: msg.Type, MessageID: id, Messages: messages}.EDU()
+	if err != nil {
+		return nil, err
+	}
+	// encoding/json escapes <, > and & in what it re-encodes: the canonical
+	// form is what the sizes were counted for.
+	return canonicaljson.Canonicalize(e.Content)
 }

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/testreceiver"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/producers/outbox"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// sendToDevice stores messages (ids prefix000…) from alice to one device of
+// a user on each of dests, each of size bytes, in one transaction.
+func (p *pipeline) sendToDevice(prefix string, from, n, size int, dests ...string) {
+	p.t.Helper()
+	pad := strings.Repeat("x", size)
+	err := pgx.BeginFunc(context.Background(), p.in.pool, func(tx pgx.Tx) error {
+		for i := from; i < from+n; i++ {
+			msgs := map[string]map[string]json.RawMessage{}
+			for _, d := range dests {
+				msgs["@bob:"+d] = map[string]json.RawMessage{"BOBDEVICE": json.RawMessage(`{"i":` + fmt.Sprint(i) + `,"pad":"` + pad + `"}`)}
+			}
+			if _, err := outbox.SendToDevice(context.Background(), tx, p.cfg.ServerName, outbox.ToDevice{
+				Sender: "@alice:" + p.cfg.ServerName, Type: "m.room_key", MessageID: fmt.Sprintf("%s%04d", prefix, i), Messages: msgs}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// toDeviceIDs is the message ids of the m.direct_to_device EDUs dest
+// accepted, in arrival order.
+func toDeviceIDs(t testing.TB, recv *testreceiver.Server, dest string) []string {
+	t.Helper()
+	var ids []string
+	for _, c := range recv.EDUs(dest, edu.TypeDirectToDevice) {
+		var m struct {
+			MessageID string `json:"message_id"`
+		}
+		if err := json.Unmarshal(c, &m); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, m.MessageID)
+	}
+	return ids
+}
+
+// checkOnceInOrder fails unless ids holds every one of want, first arrivals
+// in want's order; it returns how many arrived more than once.
+func checkOnceInOrder(t testing.TB, dest string, ids, want []string) (dups int) {
+	t.Helper()
+	seen := map[string]bool{}
+	var first []string
+	for _, id := range ids {
+		if seen[id] {
+			dups++
+			continue
+		}
+		seen[id] = true
+		first = append(first, id)
+	}
+	if strings.Join(first, ",") != strings.Join(want, ",") {
+		t.Fatalf("%s: %d distinct messages arrived, want %d, first arrivals in order:\n got %v\nwant %v", dest, len(first), len(want), first, want)
+	}
+	return dups
+}
+
+func ids(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%04d", prefix, i)
+	}
+	return out
+}
+
+func storedToDevice(t testing.TB, p *pipeline, dest string) int {
+	t.Helper()
+	var n int
+	if err := p.in.pool.QueryRow(context.Background(), "SELECT count(*) FROM sender_to_device WHERE destination = $1", dest).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A burst of 500 to-device messages of 60 KiB for one server goes out in
+// order, one EDU each (within 64 KiB), in transactions within the byte
+// budget, and nothing is left in the sender's store.
+func TestToDeviceBurstStaysWithinEDUAndTransactionLimits(t *testing.T) {
+	p := newPipeline(t, remotes(2))
+	p.start("relay", "router", "sender")
+	start := time.Now()
+	p.sendToDevice("burst", 0, 500, 60<<10, "remote0.test")
+	p.sendToDevice("small", 0, 3, 10, "remote1.test")
+	testenv.Eventually(t, 120*time.Second, "500 to-device messages at remote0.test", func() bool {
+		return len(toDeviceIDs(t, p.recv, "remote0.test")) >= 500
+	})
+	elapsed := time.Since(start)
+	dups := checkOnceInOrder(t, "remote0.test", toDeviceIDs(t, p.recv, "remote0.test"), ids("burst", 500))
+	checkOnceInOrder(t, "remote1.test", toDeviceIDs(t, p.recv, "remote1.test"), ids("small", 3))
+	budget := p.cfg.Federation.MaxTransactionBytes
+	txns, largest := 0, 0
+	for _, r := range p.recv.Transactions("remote0.test") {
+		txns++
+		largest = max(largest, r.BodyBytes)
+		if r.BodyBytes > budget {
+			t.Errorf("transaction %s of %d bytes, budget %d", r.TxnID, r.BodyBytes, budget)
+		}
+		for _, e := range r.EDUs {
+			if n := len(`{"content":,"edu_type":""}`) + len(e.Type) + len(e.Content); n > schema.MaxEDUBytes {
+				t.Errorf("EDU of %d bytes", n)
+			}
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "the sender's store emptied", func() bool {
+		return storedToDevice(t, p, "remote0.test") == 0 && storedToDevice(t, p, "remote1.test") == 0
+	})
+	t.Logf("500 × 60 KiB to-device messages delivered in %v: %d transactions (largest %d bytes, budget %d), %d duplicates",
+		elapsed.Round(time.Millisecond), txns, largest, budget, dups)
+}
+
+// To-device messages for a destination that is backing off wait in
+// PostgreSQL through SIGKILLs of the process running the router and sender
+// (one while backing off, then three a few seconds apart while it catches
+// up), and every message arrives, first arrivals in order, while another
+// destination gets its messages throughout.
+func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills a fedpipe process")
+	}
+	bin := buildFedpipe(t)
+	p := newPipeline(t, remotes(2))
+	p.start("relay")
+	env := append(p.env(), "FEDPIPE_FEDERATION_BACKOFF_INITIAL=2s", "FEDPIPE_FEDERATION_BACKOFF_MAX=2s")
+	startChild := func() *exec.Cmd {
+		cmd := exec.Command(bin, "run", "--stages=router,sender")
+		cmd.Env = env
+		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	kill := func(c *exec.Cmd) {
+		if err := c.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Wait()
+	}
+	p.recv.SetFault("remote0.test", testreceiver.Fault{Status: 500})
+	child := startChild()
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+
+	p.sendToDevice("td", 0, 100, 100, "remote0.test", "remote1.test")
+	testenv.Eventually(t, 60*time.Second, "remote1.test to get 100 messages and remote0.test's 100 to wait in the store", func() bool {
+		return len(toDeviceIDs(t, p.recv, "remote1.test")) >= 100 && storedToDevice(t, p, "remote0.test") == 100
+	})
+	if got := toDeviceIDs(t, p.recv, "remote0.test"); len(got) != 0 {
+		t.Fatalf("remote0.test accepted %d messages while failing", len(got))
+	}
+	kill(child)
+	p.sendToDevice("td", 100, 100, 100, "remote0.test", "remote1.test")
+	p.recv.ClearFault("remote0.test")
+	child = startChild()
+	for i := 0; i < 3; i++ {
+		testenv.Eventually(t, 30*time.Second, "the child to deliver something after its restart", func() bool {
+			return len(toDeviceIDs(t, p.recv, "remote0.test")) > 20*i
+		})
+		kill(child)
+		child = startChild()
+	}
+	testenv.Eventually(t, 90*time.Second, "200 messages at each destination", func() bool {
+		return storedToDevice(t, p, "remote0.test") == 0 && storedToDevice(t, p, "remote1.test") == 0 &&
+			len(toDeviceIDs(t, p.recv, "remote1.test")) >= 200
+	})
+	want := ids("td", 200)
+	dups0 := checkOnceInOrder(t, "remote0.test", toDeviceIDs(t, p.recv, "remote0.test"), want)
+	dups1 := checkOnceInOrder(t, "remote1.test", toDeviceIDs(t, p.recv, "remote1.test"), want)
+	t.Logf("200 to-device messages each through 4 SIGKILLs: remote0.test (backing off at the first) %d duplicates, remote1.test %d", dups0, dups1)
+}
