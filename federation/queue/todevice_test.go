@@ -1,0 +1,123 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/federation/txn"
+	"github.com/fedpipe/fedpipe/internal/testenv"
+)
+
+// storeToDevice stores to-device EDUs from..to-1 for dest, as the sender
+// stage does, and tells the queue.
+func (f *fixture) storeToDevice(t *testing.T, dest string, from, to int) {
+	t.Helper()
+	for i := from; i < to; i++ {
+		f.store.storeToDevice(dest, queue.ToDevice{Position: int64(i), MessageID: fmt.Sprintf("m%d", i), Content: json.RawMessage(fmt.Sprintf(`{"message_id":"m%d"}`, i))})
+	}
+	if err := f.m.NotifyToDevice(context.Background(), dest); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// toDeviceSent is the message ids of the to-device EDUs dest accepted, in order.
+func (f *fixture) toDeviceSent(t *testing.T, dest string) []string {
+	t.Helper()
+	var out []string
+	for _, tx := range f.txns(dest) {
+		for _, e := range tx.EDUs {
+			if e.Type == edu.TypeDirectToDevice {
+				var c struct {
+					ID string `json:"message_id"`
+				}
+				if err := json.Unmarshal(e.Content, &c); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, c.ID)
+			}
+		}
+	}
+	return out
+}
+
+// To-device EDUs of a destination that fails stay in the store (nothing
+// dropped) until it is due again; then the catch-up pacer wakes it with no
+// new record, and it sends them all, in order, at most 90 per transaction
+// (10 slots left to device lists), deleting each once accepted.
+func TestToDeviceWaitsInTheStoreThroughBackoff(t *testing.T) {
+	f := setupWith(t, func(c *queue.Config) { c.Owns = func(string) bool { return true } })
+	f.tr.mu.Lock()
+	f.tr.failing["a.test"] = errDown
+	f.tr.mu.Unlock()
+	f.storeToDevice(t, "a.test", 1, 151)
+	testenv.Eventually(t, 5*time.Second, "a.test backing off", func() bool { return f.retry("a.test").Interval > 0 })
+	f.storeToDevice(t, "a.test", 151, 201) // while it backs off
+	if n := f.store.storedToDevice("a.test"); n != 200 {
+		t.Fatalf("%d to-device EDUs stored, want all 200", n)
+	}
+	if n := f.metric(t, "fedpipe_sender_edus_dropped_total", "edu_type", edu.TypeDirectToDevice); n != 0 {
+		t.Fatalf("%v to-device EDUs dropped", n)
+	}
+	f.tr.mu.Lock()
+	delete(f.tr.failing, "a.test")
+	f.tr.mu.Unlock()
+	f.clk.advance(time.Hour)
+	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool { return f.store.storedToDevice("a.test") == 0 })
+	sent := f.toDeviceSent(t, "a.test")
+	for i, id := range sent {
+		if id != fmt.Sprintf("m%d", i+1) {
+			t.Fatalf("sent %v, want m1…m200 in order", sent)
+		}
+	}
+	if len(sent) != 200 {
+		t.Fatalf("sent %d, want 200", len(sent))
+	}
+	for _, tx := range f.txns("a.test") {
+		if len(tx.EDUs) > txn.MaxEDUs-10 {
+			t.Fatalf("a transaction of %d to-device EDUs: 10 slots are device lists'", len(tx.EDUs))
+		}
+	}
+	if n := f.metric(t, "fedpipe_sender_to_device_delivered_total", "", ""); n != 200 {
+		t.Fatalf("delivered counter %v", n)
+	}
+}
+
+// A transaction takes presence first, then to-device EDUs up to 10 short of
+// what is left, then the other EDUs.
+func TestToDeviceSlotOrder(t *testing.T) {
+	f := setup(t)
+	release := f.hold(t)
+	f.pdu(t, "a.test", "!r")
+	f.waitInFlight(t, "a.test")
+	for i := 0; i < 20; i++ {
+		if err := f.m.EnqueueEDU(context.Background(), "a.test", queue.EDU{EDU: txn.EDU{Type: "m.other", Content: json.RawMessage(`{}`)}}, func() {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.presence(t, "a.test", edu.PresenceState{UserID: "@u:me.test", Presence: edu.Online, LastActiveTS: f.clk.Now().UnixMilli()})
+	f.storeToDevice(t, "a.test", 1, 201)
+	release()
+	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool { return f.store.storedToDevice("a.test") == 0 })
+	txns := f.txns("a.test")
+	if len(txns) < 2 {
+		t.Fatalf("%d transactions", len(txns))
+	}
+	var kinds []string
+	for _, e := range txns[1].EDUs {
+		if len(kinds) == 0 || kinds[len(kinds)-1] != e.Type {
+			kinds = append(kinds, e.Type)
+		}
+	}
+	count := map[string]int{}
+	for _, e := range txns[1].EDUs {
+		count[e.Type]++
+	}
+	if fmt.Sprint(kinds) != "[m.presence m.direct_to_device m.other]" || count[edu.TypeDirectToDevice] != 89 || count["m.other"] != 10 {
+		t.Fatalf("second transaction holds %v in the order %v; want 1 presence, 89 to-device, 10 others", count, kinds)
+	}
+}
