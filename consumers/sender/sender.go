@@ -83,6 +83,9 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 	if err != nil {
 		return nil, err
 	}
+	if err := reg.Register(newToDeviceBacklog(pool)); err != nil {
+		return nil, err
+	}
 	s.m = m
 	return s, nil
 }
