@@ -49,6 +49,8 @@ func TestRecordsValidate(t *testing.T) {
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindPDU, Destination: "remote.test", RoomID: "!r:hs.test", EventID: "$e", Position: 3, RoomVersion: "10", PDU: json.RawMessage(`{}`)}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`)}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`), EDUKey: "!r:hs.test @a:hs.test"}},
+		{"typing", schema.TypingRecord{V: 1, Kind: schema.KindTyping, RoomID: "!r:hs.test", UserID: "@a:hs.test", Typing: true, TimeoutMS: 30000, TS: 5}},
+		{"typing", schema.TypingRecord{V: 1, Kind: schema.KindTyping, RoomID: "!r:hs.test", UserID: "@a:hs.test", TS: 5}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindToDevice, Destination: "remote.test", Position: 4, MessageID: "m1", Content: json.RawMessage(`{"message_id":"m1"}`)}},
 	}
 	for _, g := range good {
@@ -63,6 +65,7 @@ func TestRecordsValidate(t *testing.T) {
 		{"outbound", `{"v":1,"kind":"pdu","destination":"d","room_id":"!r:hs","event_id":"$e","position":0,"room_version":"10","pdu":{}}`},
 		{"outbound", `{"v":1,"kind":"edu","destination":"d","edu_type":"m.typing","content":[]}`},
 		{"outbound", `{"v":1,"kind":"to_device","destination":"d","position":4,"content":{}}`},
+		{"typing", `{"v":1,"kind":"typing","room_id":"!r:hs","user_id":"@a:hs","typing":true,"timeout_ms":999999,"ts":5}`},
 		{"outbound", `{"v":1,"kind":"to_device","destination":"d","position":0,"message_id":"m","content":{}}`},
 	} {
 		if err := schema.ValidateRecord(bad.stream, []byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {
@@ -71,6 +74,10 @@ func TestRecordsValidate(t *testing.T) {
 		if bad.stream == "room" {
 			if _, err := schema.DecodeRoomRecord([]byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {
 				t.Errorf("DecodeRoomRecord accepted %s", bad.raw)
+			}
+		} else if bad.stream == "typing" {
+			if _, err := schema.DecodeTypingRecord([]byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {
+				t.Errorf("DecodeTypingRecord accepted %s", bad.raw)
 			}
 		} else if _, err := schema.DecodeOutboundRecord([]byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {
 			t.Errorf("DecodeOutboundRecord accepted %s", bad.raw)

@@ -146,7 +146,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}
-			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice")), rt, log, in.reg)
+			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice"), schema.Topic(prefix, "typing")), rt, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router group: %w", err)
 			}
@@ -207,8 +207,9 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			}
 			// Closed when the process ends, after the listener has stopped.
 			usersync := kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "usersync"))
-			in.closers = append(in.closers, func(context.Context) error { return usersync.Close() })
-			h, err := ingest.NewHandler(ingest.Config{Token: cfg.Ingest.Token, MaxBodyBytes: cfg.Ingest.MaxBodyBytes, UserSync: usersync, ServerName: cfg.ServerName},
+			typing := kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "typing"))
+			in.closers = append(in.closers, func(context.Context) error { return errors.Join(usersync.Close(), typing.Close()) })
+			h, err := ingest.NewHandler(ingest.Config{Token: cfg.Ingest.Token, MaxBodyBytes: cfg.Ingest.MaxBodyBytes, UserSync: usersync, Typing: typing, ServerName: cfg.ServerName},
 				in.pool, in.log.With("stage", "ingest"), in.reg)
 			if err != nil {
 				return fmt.Errorf("ingest: %w", err)
@@ -265,7 +266,7 @@ func adminConfig(cfg config.Config, brokers, stages []string) admin.Config {
 	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance,
 		Groups: []admin.Group{
 			{ID: groupID(prefix, presenceGroup), Topics: []string{t("usersync")}},
-			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice")}},
+			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice"), t("typing")}},
 			{ID: groupID(prefix, senderGroup), Topics: []string{t("outbound")}},
 		},
 		DeadLetterTopic: t("deadletter"),

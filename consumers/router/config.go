@@ -3,6 +3,7 @@ package router
 import (
 	"errors"
 	"strings"
+	"time"
 )
 
 // Config configures the router stage.
@@ -26,6 +27,10 @@ type Config struct {
 	// stored: only tests of the routing rules alone leave it empty.
 	Brokers []string
 	GroupID string
+	// TypingPing is how often a user still typing is announced again
+	// (default TypingPing, Synapse's 40 s); TypingTick how often typing
+	// timeouts are checked (default TypingTick, 1 s). Tests shorten them.
+	TypingPing, TypingTick time.Duration
 }
 
 // DefaultGroupID is Config.GroupID when it is empty.
@@ -50,6 +55,12 @@ func (c Config) withDefaults() Config {
 	if c.RoomsPerPartition == 0 {
 		c.RoomsPerPartition = DefaultRoomsPerPartition
 	}
+	if c.TypingPing == 0 {
+		c.TypingPing = TypingPing
+	}
+	if c.TypingTick == 0 {
+		c.TypingTick = TypingTick
+	}
 	return c
 }
 
@@ -65,6 +76,8 @@ func (c Config) Validate() error {
 		return errors.New("router: topic prefix must not contain whitespace")
 	case c.RoomsPerPartition < 1:
 		return errors.New("router: rooms per partition must be positive")
+	case c.TypingPing < 0 || c.TypingTick < 0:
+		return errors.New("router: typing intervals must be positive")
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ const (
 	ourServer     = "hs.test"
 	roomTopic     = "fedpipe.room"
 	presenceTopic = "fedpipe.presence"
+	typingTopic   = "fedpipe.typing"
 	outboundTopic = "fedpipe.outbound"
 	deadTopic     = "fedpipe.deadletter"
 	outParts      = 4
@@ -45,7 +46,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	cluster, addr := testenv.Broker(t)
-	for name, parts := range map[string]int32{roomTopic: 3, presenceTopic: 3, outboundTopic: outParts, deadTopic: 1} {
+	for name, parts := range map[string]int32{roomTopic: 3, presenceTopic: 3, typingTopic: 3, outboundTopic: outParts, deadTopic: 1} {
 		if err := cluster.CreateTopic(name, parts, nil); err != nil {
 			t.Fatalf("creating %s: %v", name, err)
 		}
@@ -95,11 +96,11 @@ func (e *env) runRouter(t testing.TB, group string) (stop func()) {
 	dead := e.writer(deadTopic)
 	out := runtime.NewBatchWriter(w, 200, 2*time.Millisecond, e.log, reg, runtime.WithDeadLetters(dead, outboundTopic, "router", "router-test"))
 	r, err := router.New(router.Config{ServerName: ourServer, Prefix: "fedpipe", Instance: "router-test",
-		Brokers: []string{e.addr}, GroupID: group}, e.pool, out, e.log, reg)
+		Brokers: []string{e.addr}, GroupID: group, TypingPing: typingPing, TypingTick: 20 * time.Millisecond}, e.pool, out, e.log, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	grp, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: group, Topics: []string{roomTopic, presenceTopic},
+	grp, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: group, Topics: []string{roomTopic, presenceTopic, typingTopic},
 		DeadLetterTopic: deadTopic, Instance: "router-test"}, r, e.log, reg)
 	if err != nil {
 		t.Fatal(err)

@@ -75,25 +75,29 @@ func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.P
 		return h, nil
 	case schema.Topic(r.cfg.Prefix, "todevice"):
 		return &toDeviceHandler{r: r}, nil
+	case schema.Topic(r.cfg.Prefix, "typing"):
+		return newTypingHandler(r), nil
 	}
-	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s, %s and %s", topic,
-		schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"), schema.Topic(r.cfg.Prefix, "todevice"))
+	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s, %s, %s and %s", topic,
+		schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"), schema.Topic(r.cfg.Prefix, "todevice"), schema.Topic(r.cfg.Prefix, "typing"))
 }
 
 type metrics struct {
-	records       *prometheus.CounterVec
-	outbound      prometheus.Counter
-	rooms         prometheus.Gauge
-	destinations  prometheus.Histogram
-	changes       prometheus.Counter
-	rewinds       prometheus.Counter
-	evicted       prometheus.Counter
-	presence      *prometheus.CounterVec
-	presenceDests prometheus.Histogram
-	presenceBatch prometheus.Histogram
-	presenceRoute prometheus.Histogram
-	presenceOrder prometheus.Histogram
-	toDevice      *prometheus.CounterVec
+	records             *prometheus.CounterVec
+	outbound            prometheus.Counter
+	rooms               prometheus.Gauge
+	destinations        prometheus.Histogram
+	changes             prometheus.Counter
+	rewinds             prometheus.Counter
+	evicted             prometheus.Counter
+	presence            *prometheus.CounterVec
+	presenceDests       prometheus.Histogram
+	presenceBatch       prometheus.Histogram
+	presenceRoute       prometheus.Histogram
+	presenceOrder       prometheus.Histogram
+	toDevice            *prometheus.CounterVec
+	typing              *prometheus.CounterVec
+	typingTimerFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -144,9 +148,17 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_to_device_records_total",
 			Help: "To-device records handled, by result: routed to the outbound topic, or ours (addressed to our own server: left to the homeserver).",
 		}, []string{"result"}),
+		typing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_router_typing_records_total",
+			Help: "Outbound m.typing EDU records written (one per notification and destination), by typing (true, false).",
+		}, []string{"typing"}),
+		typingTimerFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_router_typing_timer_failures_total",
+			Help: "Typing timeouts and 40 s re-announcements that could not be written (remote servers time typing users out themselves).",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder, m.toDevice} {
+		for _, c := range []prometheus.Collector{m.typing, m.typingTimerFailures, m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder, m.toDevice} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}

@@ -61,7 +61,7 @@ type Route struct{ Method, Pattern string }
 
 // Routes are the routes NewHandler serves; docs/openapi.yaml documents the
 // same ones (cmd/fedpipe's OpenAPI test holds them together).
-var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}}
+var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}, {http.MethodPut, TypingPath}}
 
 // DefaultMaxBodyBytes is the default request body limit: room for a few hundred
 // PDUs of the specification's maximum size.
@@ -84,6 +84,9 @@ type Config struct {
 	// writer bound to that topic, as kafkaio.NewWriter makes. Nil turns
 	// those routes off (404).
 	UserSync Writer
+	// Typing, when set, serves TypingPath by writing to <prefix>.typing
+	// through it (a synchronous writer bound to that topic). Nil: 404.
+	Typing Writer
 	// ServerName, when set, refuses presence input about users of other
 	// servers (the presence stage would dead-letter it) and to-device
 	// messages from them, and leaves its own users out of to-device messages.
@@ -166,6 +169,7 @@ func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer 
 		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
 	})
 	registerPresence(mux, cfg, logger, m)
+	registerTyping(mux, cfg, logger, m)
 	toDevice := httptransport.NewServer(makeToDeviceEndpoint(pool, cfg.ServerName, m), decodeToDevice(cfg), encodeResponse,
 		httptransport.ServerErrorEncoder(encodeError(logger, m)))
 	mux.Handle("POST "+ToDevicePath, authenticate(cfg.Token, m, toDevice))

@@ -16,6 +16,7 @@ type metrics struct {
 	duration prometheus.Histogram
 	usersync prometheus.Counter
 	toDevice prometheus.Counter
+	typing   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,8 +42,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "fedpipe_ingest_to_device_edus_total",
 			Help: "To-device EDUs stored through the ingest API (one per destination and up-to-64-KiB part of a message).",
 		}),
+		typing: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_ingest_typing_records_total",
+			Help: "Typing records written to the typing topic through the ingest API.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync, m.toDevice} {
+	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync, m.toDevice, m.typing} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering ingest metrics: %w", err)
 		}

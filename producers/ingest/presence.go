@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-kit/kit/endpoint"
 	httptransport "github.com/go-kit/kit/transport/http"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/producers/usersync"
@@ -84,7 +85,7 @@ func registerPresence(mux *http.ServeMux, cfg Config, logger *slog.Logger, m *me
 		mux.Handle("PUT "+PresencePath, authenticate(cfg.Token, m, off))
 		return
 	}
-	ep := makeWriteEndpoint(cfg.UserSync, m)
+	ep := makeWriteEndpoint(cfg.UserSync, m.usersync, m)
 	opts := []httptransport.ServerOption{httptransport.ServerErrorEncoder(encodePresenceError(logger, m))}
 	mux.Handle("POST "+UserSyncPath, authenticate(cfg.Token, m, httptransport.NewServer(ep, decodeUserSync(cfg), encodeResponse, opts...)))
 	mux.Handle("PUT "+PresencePath, authenticate(cfg.Token, m, httptransport.NewServer(ep, decodePresence(cfg), encodeResponse, opts...)))
@@ -92,11 +93,12 @@ func registerPresence(mux *http.ServeMux, cfg Config, logger *slog.Logger, m *me
 
 // errNotWritten: the broker did not acknowledge the records; the request can
 // be sent again (presence input is state, so a repeat is harmless).
-var errNotWritten = errors.New("presence input not written")
+var errNotWritten = errors.New("not written")
 
-// makeWriteEndpoint writes a request's records in one synchronous call: all
-// are keyed by one instance, so they go to one partition in request order.
-func makeWriteEndpoint(w Writer, m *metrics) endpoint.Endpoint {
+// makeWriteEndpoint writes a request's records in one synchronous call (all
+// share one key, so they go to one partition in request order), counting
+// them in written.
+func makeWriteEndpoint(w Writer, written prometheus.Counter, m *metrics) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		req := request.(usersyncRequest)
 		if len(req.msgs) > 0 {
@@ -104,7 +106,7 @@ func makeWriteEndpoint(w Writer, m *metrics) endpoint.Endpoint {
 				return nil, fmt.Errorf("%w: writing %d records of instance %s: %v", errNotWritten, len(req.msgs), req.msgs[0].Key, err)
 			}
 		}
-		m.usersync.Add(float64(len(req.msgs)))
+		written.Add(float64(len(req.msgs)))
 		m.requests.WithLabelValues("200").Inc()
 		return req.response, nil
 	}
@@ -121,8 +123,8 @@ func encodePresenceError(logger *slog.Logger, m *metrics) func(context.Context, 
 			return
 		}
 		m.requests.WithLabelValues("503").Inc()
-		logger.ErrorContext(ctx, "writing presence input", "err", err)
-		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "presence input not written: the broker is unavailable, retry later")
+		logger.ErrorContext(ctx, "writing ephemeral input to the broker", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "not written: the broker is unavailable, retry later")
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -193,4 +194,40 @@ func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
 	dups0 := checkOnceInOrder(t, "remote0.test", toDeviceIDs(t, p.recv, "remote0.test"), want)
 	dups1 := checkOnceInOrder(t, "remote1.test", toDeviceIDs(t, p.recv, "remote1.test"), want)
 	t.Logf("200 to-device messages each through 4 SIGKILLs: remote0.test (backing off at the first) %d duplicates, remote1.test %d", dups0, dups1)
+}
+
+// Typing through the whole pipeline: the ingest route, the typing topic, the
+// router (the room's servers) and the sender: the servers joined to the room
+// get m.typing true and then false, one not in the room nothing.
+func TestTypingReachesTheRoomsServersEndToEnd(t *testing.T) {
+	p := newPipeline(t, remotes(3))
+	h := &presenceHarness{pipeline: p}
+	p.start("relay", "router", "sender", "ingest")
+	room := "!typing:local.test"
+	h.join(room, "@alice:local.test", "@bob:remote0.test", "@carol:remote1.test")
+	h.join("!other:local.test", "@alice:local.test", "@dave:remote2.test")
+	h.waitRouted()
+	h.post("/_fedpipe/v1/rooms/"+room+"/typing/@alice:local.test", http.MethodPut, map[string]any{"typing": true, "timeout": 20000})
+	h.post("/_fedpipe/v1/rooms/"+room+"/typing/@alice:local.test", http.MethodPut, map[string]any{"typing": false})
+	typingOf := func(dest string) []string {
+		var out []string
+		for _, raw := range p.recv.EDUs(dest, edu.TypeTyping) {
+			var c edu.Typing
+			if err := json.Unmarshal(raw, &c); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprintf("%s %s %t", c.RoomID, c.UserID, c.Typing))
+		}
+		return out
+	}
+	for _, d := range []string{"remote0.test", "remote1.test"} {
+		testenv.Eventually(t, 30*time.Second, d+" told alice stopped typing", func() bool {
+			got := typingOf(d)
+			return len(got) > 0 && got[len(got)-1] == room+" @alice:local.test false"
+		})
+	}
+	if got := typingOf("remote2.test"); len(got) != 0 {
+		t.Fatalf("remote2.test, not in the room, got %v", got)
+	}
+	t.Logf("remote0.test got %v", typingOf("remote0.test"))
 }
