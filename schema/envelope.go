@@ -27,7 +27,7 @@ func (r RoomRecord) Marshal() ([]byte, error) {
 // Marshal encodes the record with its PDU or EDU content bytes untouched.
 func (r OutboundRecord) Marshal() ([]byte, error) {
 	name, raw := "pdu", r.PDU
-	if r.Kind == KindEDU || r.Kind == KindToDevice {
+	if r.Kind == KindEDU || r.Kind == KindToDevice || r.Kind == KindDeviceList {
 		name, raw = "content", r.Content
 	}
 	r.PDU, r.Content = nil, nil

@@ -150,6 +150,10 @@ type OutboundRecord struct {
 	// MessageID is a to_device record's message_id (also in its content),
 	// which the receiver deduplicates by.
 	MessageID string `json:"message_id,omitempty"`
+	// UserID and DeviceID are a device_list record's user and device (none
+	// for signing keys).
+	UserID   string `json:"user_id,omitempty"`
+	DeviceID string `json:"device_id,omitempty"`
 }
 
 // DecodeOutboundRecord decodes and checks an outbound record.
@@ -186,6 +190,10 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 		}
 		if len(r.Content) > MaxEDUBytes {
 			return r, fmt.Errorf("%w: to_device content of %d bytes, at most %d", ErrInvalidRecord, len(r.Content), MaxEDUBytes)
+		}
+	case KindDeviceList:
+		if err := checkDeviceList(r.Position, r.UserID, r.DeviceID, r.EDUType, r.Content); err != nil {
+			return r, err
 		}
 	case KindPresence:
 		if len(r.Presence) == 0 {

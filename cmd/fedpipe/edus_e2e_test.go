@@ -129,7 +129,7 @@ func TestToDeviceBurstStaysWithinEDUAndTransactionLimits(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "the sender's store emptied", func() bool {
 		return storedToDevice(t, p, "remote0.test") == 0 && storedToDevice(t, p, "remote1.test") == 0
 	})
-	if q, d := testenv.Value(t, p.regs[0], "fedpipe_sender_to_device_queued"), testenv.Value(t, p.regs[0], "fedpipe_sender_to_device_delivered_total"); q != 0 || d != 503 {
+	if q, d := testenv.Value(t, p.regs[0], "fedpipe_sender_to_device_queued"), counter(t, p.regs[0], "fedpipe_sender_stored_edus_delivered_total", "to_device"); q != 0 || d != 503 {
 		t.Fatalf("metrics: %v queued, %v delivered; want 0 and 503", q, d)
 	}
 	t.Logf("500 × 60 KiB to-device messages delivered in %v: %d transactions (largest %d bytes, budget %d), %d duplicates",
@@ -230,4 +230,98 @@ func TestTypingReachesTheRoomsServersEndToEnd(t *testing.T) {
 		t.Fatalf("remote2.test, not in the room, got %v", got)
 	}
 	t.Logf("remote0.test got %v", typingOf("remote0.test"))
+}
+
+// deviceListChain is what dest received of user's m.device_list_update EDUs,
+// in order: "device@stream_id<prev_ids keys".
+func deviceListChain(t testing.TB, recv *testreceiver.Server, dest, user string) (chain []string, ok bool) {
+	t.Helper()
+	var last int64
+	ok = true
+	for _, raw := range recv.EDUs(dest, edu.TypeDeviceListUpdate) {
+		var u edu.DeviceListUpdate
+		if err := json.Unmarshal(raw, &u); err != nil {
+			t.Fatal(err)
+		}
+		if u.UserID != user {
+			continue
+		}
+		want := []int64{}
+		if last > 0 {
+			want = []int64{last}
+		}
+		if fmt.Sprint(u.PrevID) != fmt.Sprint(want) {
+			ok = false
+		}
+		chain = append(chain, fmt.Sprintf("%s@%d<%v %s", u.DeviceID, u.StreamID, u.PrevID, u.Keys))
+		last = u.StreamID
+	}
+	return chain, ok
+}
+
+// Device-list updates reach every server sharing a room with the user and
+// no other, each server's chain of prev_ids unbroken; a server failing while
+// the user re-keys a device twice gets, once it recovers, the newest keys
+// chained on what it had; signing key updates arrive too.
+func TestDeviceListsReachSharingServersWithTheirChain(t *testing.T) {
+	p := newPipeline(t, remotes(3))
+	h := &presenceHarness{pipeline: p}
+	p.in.cfg.Federation.BackoffInitial, p.in.cfg.Federation.BackoffMax = 2*time.Second, 2*time.Second
+	p.start("relay", "router", "sender", "ingest")
+	alice := "@alice:local.test"
+	h.join("!a:local.test", alice, "@bob:remote0.test", "@carol:remote1.test")
+	h.join("!b:local.test", "@dave:remote2.test")
+	h.waitRouted()
+	update := func(devices ...map[string]any) {
+		t.Helper()
+		h.post("/_fedpipe/v1/device_lists", http.MethodPost, map[string]any{"devices": devices})
+	}
+	keys := func(n int) map[string]any { return map[string]any{"device_id": "D", "user_id": alice, "n": n} }
+	update(map[string]any{"user_id": alice, "device_id": "D", "keys": keys(1)})
+	for _, d := range []string{"remote0.test", "remote1.test"} {
+		testenv.Eventually(t, 30*time.Second, d+" told of D's first keys", func() bool {
+			c, _ := deviceListChain(t, p.recv, d, alice)
+			return len(c) == 1
+		})
+	}
+	p.recv.SetFault("remote0.test", testreceiver.Fault{Status: 500})
+	update(map[string]any{"user_id": alice, "device_id": "D", "keys": keys(2)})
+	update(map[string]any{"user_id": alice, "device_id": "D", "keys": keys(3)}, map[string]any{"user_id": alice, "device_id": "E", "deleted": true})
+	h.post("/_fedpipe/v1/device_lists", http.MethodPost, map[string]any{"signing_keys": []map[string]any{{"user_id": alice, "master_key": map[string]any{"usage": []string{"master"}, "user_id": alice, "keys": map[string]any{"ed25519:m": "m"}}}}})
+	testenv.Eventually(t, 30*time.Second, "remote1.test told of D's newest keys and E's deletion", func() bool {
+		c, _ := deviceListChain(t, p.recv, "remote1.test", alice)
+		all := strings.Join(c, " ")
+		return strings.Contains(all, `"n":3`) && strings.Contains(all, "E@")
+	})
+	testenv.Eventually(t, 30*time.Second, "remote0.test backing off with the updates stored", func() bool {
+		var n int
+		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists WHERE destination = 'remote0.test'`).Scan(&n)
+		return n >= 3 && p.recv.Requests("remote0.test") > 1
+	})
+	p.recv.ClearFault("remote0.test")
+	testenv.Eventually(t, 60*time.Second, "remote0.test told of D's newest keys and E's deletion", func() bool {
+		c, _ := deviceListChain(t, p.recv, "remote0.test", alice)
+		var n int
+		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&n)
+		return len(c) >= 3 && n == 0
+	})
+	for _, d := range []string{"remote0.test", "remote1.test"} {
+		c, ok := deviceListChain(t, p.recv, d, alice)
+		if !ok || !strings.Contains(strings.Join(c, " "), "E@") {
+			t.Fatalf("%s's chain broken or incomplete: %v", d, c)
+		}
+		if !strings.Contains(strings.Join(c, " "), `"n":3`) {
+			t.Fatalf("%s never got D's newest keys: %v", d, c)
+		}
+		if len(p.recv.EDUs(d, edu.TypeSigningKeyUpdate)) != 1 {
+			t.Fatalf("%s got %d signing key updates", d, len(p.recv.EDUs(d, edu.TypeSigningKeyUpdate)))
+		}
+		t.Logf("%s: %v", d, c)
+	}
+	if c, _ := deviceListChain(t, p.recv, "remote0.test", alice); strings.Contains(strings.Join(c, " "), `"n":2`) {
+		t.Fatalf("remote0.test, failing meanwhile, got the superseded keys too: %v", c)
+	}
+	if n := len(p.recv.EDUs("remote2.test", edu.TypeDeviceListUpdate)); n != 0 {
+		t.Fatalf("remote2.test, sharing no room with alice, got %d updates", n)
+	}
 }

@@ -113,6 +113,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
 				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
 				relay.WithToDevice(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "todevice"))),
+				relay.WithDeviceLists(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "devicelists"))),
 				relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
@@ -146,7 +147,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}
-			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice"), schema.Topic(prefix, "typing")), rt, log, in.reg)
+			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice"), schema.Topic(prefix, "typing"), schema.Topic(prefix, "devicelists")), rt, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router group: %w", err)
 			}
@@ -266,7 +267,7 @@ func adminConfig(cfg config.Config, brokers, stages []string) admin.Config {
 	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance,
 		Groups: []admin.Group{
 			{ID: groupID(prefix, presenceGroup), Topics: []string{t("usersync")}},
-			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice"), t("typing")}},
+			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice"), t("typing"), t("devicelists")}},
 			{ID: groupID(prefix, senderGroup), Topics: []string{t("outbound")}},
 		},
 		DeadLetterTopic: t("deadletter"),

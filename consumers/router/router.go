@@ -77,9 +77,10 @@ func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.P
 		return &toDeviceHandler{r: r}, nil
 	case schema.Topic(r.cfg.Prefix, "typing"):
 		return newTypingHandler(r), nil
+	case schema.Topic(r.cfg.Prefix, "devicelists"):
+		return newDeviceListHandler(r), nil
 	}
-	return nil, fmt.Errorf("router: asked to handle topic %s, it routes %s, %s, %s and %s", topic,
-		schema.Topic(r.cfg.Prefix, "room"), schema.Topic(r.cfg.Prefix, "presence"), schema.Topic(r.cfg.Prefix, "todevice"), schema.Topic(r.cfg.Prefix, "typing"))
+	return nil, fmt.Errorf("router: asked to handle topic %s, it routes the room, presence, todevice, typing and devicelists topics under prefix %s", topic, r.cfg.Prefix)
 }
 
 type metrics struct {
@@ -98,6 +99,7 @@ type metrics struct {
 	toDevice            *prometheus.CounterVec
 	typing              *prometheus.CounterVec
 	typingTimerFailures prometheus.Counter
+	deviceLists         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -156,9 +158,13 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_typing_timer_failures_total",
 			Help: "Typing timeouts and 40 s re-announcements that could not be written (remote servers time typing users out themselves).",
 		}),
+		deviceLists: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_router_device_list_records_total",
+			Help: "Device-list records: routed counts outbound records written (one per update and server sharing a room with the user); not_local counts updates of remote users, skipped.",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.typing, m.typingTimerFailures, m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder, m.toDevice} {
+		for _, c := range []prometheus.Collector{m.deviceLists, m.typing, m.typingTimerFailures, m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder, m.toDevice} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}

@@ -165,6 +165,15 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 		return p.s.m.EnqueuePresence(ctx, rec.Destination, presenceStates(rec.Presence), done)
 	case schema.KindToDevice:
 		return p.s.toDevice(ctx, rec, done)
+	case schema.KindDeviceList:
+		if err := p.s.store.StoreDeviceList(ctx, rec); err != nil {
+			return err
+		}
+		if err := p.s.m.NotifyStored(ctx, rec.Destination, queue.DeviceLists); err != nil {
+			return err
+		}
+		done()
+		return nil
 	default: // DecodeOutboundRecord knows no other kind: a kind added there must be handled here
 		return runtime.Poison(fmt.Errorf("outbound record of kind %q: the sender cannot send it", rec.Kind))
 	}
@@ -175,10 +184,10 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 // the topic, holds it, through backoff, restarts and rebalances. A record
 // the store refuses as invalid (SQLSTATE class 22 or 23) is poison.
 func (s *Sender) toDevice(ctx context.Context, rec schema.OutboundRecord, done func()) error {
-	if _, err := s.store.StoreToDevice(ctx, rec.Destination, queue.ToDevice{Position: rec.Position, MessageID: rec.MessageID, Content: rec.Content}); err != nil {
+	if _, err := s.store.StoreToDevice(ctx, rec.Destination, rec.Position, rec.MessageID, rec.Content); err != nil {
 		return err
 	}
-	if err := s.m.NotifyToDevice(ctx, rec.Destination); err != nil {
+	if err := s.m.NotifyStored(ctx, rec.Destination, queue.ToDevice); err != nil {
 		return err
 	}
 	done()

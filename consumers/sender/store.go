@@ -11,7 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
 // Store is the PostgreSQL queue.Store: backoff and catch-up survive restarts and
@@ -128,7 +130,8 @@ func (s *Store) ClearCatchUp(ctx context.Context, dest string, c queue.CatchUp) 
 func (s *Store) DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error) {
 	rows, err := s.pool.Query(ctx, `SELECT w.destination FROM (
 			SELECT DISTINCT destination FROM sender_catchup WHERE destination > $2
-			UNION SELECT DISTINCT destination FROM sender_to_device WHERE destination > $2) w
+			UNION SELECT DISTINCT destination FROM sender_to_device WHERE destination > $2
+			UNION SELECT DISTINCT destination FROM sender_device_lists WHERE destination > $2) w
 		LEFT JOIN sender_destinations d ON d.destination = w.destination
 		WHERE COALESCE(d.next_attempt_ms, 0) <= $1 AND NOT COALESCE(d.paused, false)
 		ORDER BY w.destination LIMIT $3`, now.UnixMilli(), after, limit)
@@ -148,49 +151,54 @@ func (s *Store) DueDestinations(ctx context.Context, now time.Time, after string
 }
 
 // StoreToDevice keeps a to-device EDU for dest until the destination accepts
-// it (queue.Store's AckToDevice). One the destination already acknowledged
-// (a replayed record at or below its acknowledged position) or already
-// stored is left out: stored reports whether it was kept.
-func (s *Store) StoreToDevice(ctx context.Context, dest string, t queue.ToDevice) (stored bool, err error) {
+// it (queue.Store's AckEDUs). One the destination already acknowledged (a
+// replayed record at or below its acknowledged position) or already stored
+// is left out: stored reports whether it was kept.
+func (s *Store) StoreToDevice(ctx context.Context, dest string, position int64, messageID string, content json.RawMessage) (stored bool, err error) {
 	tag, err := s.pool.Exec(ctx, `INSERT INTO sender_to_device (destination, position, message_id, content)
 		SELECT $1, $2, $3, $4
 		WHERE NOT EXISTS (SELECT 1 FROM sender_destinations WHERE destination = $1 AND to_device_acked >= $2)
-		ON CONFLICT (destination, position) DO NOTHING`, dest, t.Position, t.MessageID, string(t.Content))
+		ON CONFLICT (destination, position) DO NOTHING`, dest, position, messageID, string(content))
 	if err != nil {
-		return false, fmt.Errorf("storing to-device message %s for %s: %w", t.MessageID, dest, err)
+		return false, fmt.Errorf("storing to-device message %s for %s: %w", messageID, dest, err)
 	}
 	return tag.RowsAffected() == 1, nil
 }
 
-// ToDevice implements queue.Store.
-func (s *Store) ToDevice(ctx context.Context, dest string, after int64, limit, maxBytes int) ([]queue.ToDevice, error) {
-	rows, err := s.pool.Query(ctx, `SELECT position, message_id, content FROM sender_to_device
+// StoredEDUs implements queue.Store.
+func (s *Store) StoredEDUs(ctx context.Context, dest string, kind queue.Durable, after int64, limit, maxBytes int) ([]queue.StoredEDU, error) {
+	if kind == queue.DeviceLists {
+		return s.deviceListEDUs(ctx, dest, after, limit, maxBytes)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT position, content FROM sender_to_device
 		WHERE destination = $1 AND position > $2 ORDER BY position LIMIT $3`, dest, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading to-device messages of %s: %w", dest, err)
 	}
 	defer rows.Close()
-	var out []queue.ToDevice
+	var out []queue.StoredEDU
 	size := 0
 	for rows.Next() {
-		var t queue.ToDevice
+		var pos int64
 		var content string
-		if err := rows.Scan(&t.Position, &t.MessageID, &content); err != nil {
+		if err := rows.Scan(&pos, &content); err != nil {
 			return nil, err
 		}
 		if len(out) > 0 && size+len(content) > maxBytes {
 			break
 		}
 		size += len(content)
-		t.Content = json.RawMessage(content)
-		out = append(out, t)
+		out = append(out, queue.StoredEDU{Position: pos, EDU: txn.EDU{Type: edu.TypeDirectToDevice, Content: json.RawMessage(content)}})
 	}
 	return out, rows.Err()
 }
 
-// AckToDevice implements queue.Store: the EDUs are deleted and the
-// destination's acknowledged position raised, in one transaction.
-func (s *Store) AckToDevice(ctx context.Context, dest string, positions []int64) error {
+// AckEDUs implements queue.Store: the EDUs are deleted and the destination's
+// acknowledged position raised, in one transaction.
+func (s *Store) AckEDUs(ctx context.Context, dest string, kind queue.Durable, positions []int64) error {
+	if kind == queue.DeviceLists {
+		return s.ackDeviceLists(ctx, dest, positions)
+	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM sender_to_device WHERE destination = $1 AND position = ANY($2)`, dest, positions); err != nil {
 			return err

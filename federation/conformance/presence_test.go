@@ -45,7 +45,7 @@ func (healthyStore) LoadRetry(context.Context, string) (queue.RetryState, error)
 	return queue.RetryState{}, nil
 }
 func (healthyStore) RecordSuccess(context.Context, string, int64) error { return nil }
-func (healthyStore) ToDevice(context.Context, string, int64, int, int) ([]queue.ToDevice, error) {
+func (healthyStore) StoredEDUs(context.Context, string, queue.Durable, int64, int, int) ([]queue.StoredEDU, error) {
 	return nil, nil
 }
 func (healthyStore) DueDestinations(context.Context, time.Time, string, int) ([]string, error) {

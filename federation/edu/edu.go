@@ -19,6 +19,7 @@ const (
 	TypeReceipt          = "m.receipt"
 	TypeDeviceListUpdate = "m.device_list_update"
 	TypeDirectToDevice   = "m.direct_to_device"
+	TypeSigningKeyUpdate = "m.signing_key_update"
 )
 
 // PresenceUpdate is one user's presence in an m.presence EDU.
@@ -67,13 +68,15 @@ type Receipt map[string]RoomReceipts
 
 // DeviceListUpdate is the content of an m.device_list_update EDU.
 type DeviceListUpdate struct {
-	UserID            string          `json:"user_id"`
-	DeviceID          string          `json:"device_id"`
-	DeviceDisplayName string          `json:"device_display_name,omitempty"`
-	StreamID          int64           `json:"stream_id"`
-	PrevID            []int64         `json:"prev_id,omitempty"`
-	Deleted           bool            `json:"deleted,omitempty"`
-	Keys              json.RawMessage `json:"keys,omitempty"`
+	UserID            string `json:"user_id"`
+	DeviceID          string `json:"device_id"`
+	DeviceDisplayName string `json:"device_display_name,omitempty"`
+	StreamID          int64  `json:"stream_id"`
+	// PrevID is always sent, [] for the first update of a sequence (or after
+	// a gap the receiver must resync over).
+	PrevID  []int64         `json:"prev_id"`
+	Deleted bool            `json:"deleted,omitempty"`
+	Keys    json.RawMessage `json:"keys,omitempty"`
 }
 
 // DirectToDevice is the content of an m.direct_to_device EDU: messages by user,
@@ -221,7 +224,32 @@ func (d DeviceListUpdate) EDU() (txn.EDU, error) {
 			return txn.EDU{}, invalid(TypeDeviceListUpdate, "keys of %s %s are not a JSON object", d.UserID, d.DeviceID)
 		}
 	}
+	if d.PrevID == nil {
+		d.PrevID = []int64{}
+	}
 	return Encode(TypeDeviceListUpdate, d)
+}
+
+// SigningKeyUpdate is the content of an m.signing_key_update EDU: a user's
+// new cross-signing keys (at least one of them).
+type SigningKeyUpdate struct {
+	UserID         string          `json:"user_id"`
+	MasterKey      json.RawMessage `json:"master_key,omitempty"`
+	SelfSigningKey json.RawMessage `json:"self_signing_key,omitempty"`
+}
+
+// EDU returns the m.signing_key_update EDU.
+func (s SigningKeyUpdate) EDU() (txn.EDU, error) {
+	if s.UserID == "" || len(s.MasterKey) == 0 && len(s.SelfSigningKey) == 0 {
+		return txn.EDU{}, invalid(TypeSigningKeyUpdate, "user_id and a master or self-signing key are required")
+	}
+	for _, k := range []json.RawMessage{s.MasterKey, s.SelfSigningKey} {
+		var m map[string]json.RawMessage
+		if len(k) > 0 && (json.Unmarshal(k, &m) != nil || m == nil) {
+			return txn.EDU{}, invalid(TypeSigningKeyUpdate, "a key of %s is not a JSON object", s.UserID)
+		}
+	}
+	return Encode(TypeSigningKeyUpdate, s)
 }
 
 // EDU returns the m.direct_to_device EDU.

@@ -34,9 +34,9 @@ type destination struct {
 	// finished: catch-up ends only when none happened since its last read.
 	recording int
 	recorded  uint64
-	// acks are the positions of to-device EDUs delivered, to delete from
-	// the store (flushAcks).
-	acks     []int64
+	// acks are the positions of stored EDUs delivered, by Durable kind, to
+	// delete from the store (flushAcks).
+	acks     [2][]int64
 	w        worker
 	stopping bool
 	stopped  chan struct{} // closed by stop: interrupts a pause between retries
@@ -54,11 +54,7 @@ type worker struct {
 }
 
 func newDestination(name string, e *env) *destination {
-	d := &destination{name: name, env: e, stopped: make(chan struct{})}
-	// A previous owner, or this process before a restart, may have left
-	// to-device EDUs in the store.
-	d.pending.toDevice.unread = true
-	return d
+	return &destination{name: name, env: e, stopped: make(chan struct{}), pending: newPending()}
 }
 
 // enqueuePDU queues p, or records it for catch-up when d is not sending live.

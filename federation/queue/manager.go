@@ -127,15 +127,15 @@ func (m *Manager) EnqueuePresence(ctx context.Context, dest string, states []edu
 	return m.destination(dest).enqueuePresence(ctx, states, done)
 }
 
-// NotifyToDevice tells dest that to-device EDUs were stored for it
-// (Store.ToDevice returns them): it sends them in position order, keeps
+// NotifyStored tells dest that EDUs of kind were stored for it
+// (Store.StoredEDUs returns them): it sends them in position order, keeps
 // them through backoff (they stay in the store until accepted), and wakes
 // when it is due again.
-func (m *Manager) NotifyToDevice(ctx context.Context, dest string) error {
+func (m *Manager) NotifyStored(ctx context.Context, dest string, kind Durable) error {
 	if !m.sup.running() {
 		return ErrNotRunning
 	}
-	return m.destination(dest).notifyToDevice(ctx)
+	return m.destination(dest).notifyStored(ctx, kind)
 }
 
 // DropUnsendable counts and logs a PDU or EDU (kind "pdu" or "edu") for dest

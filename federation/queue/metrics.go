@@ -14,7 +14,7 @@ type metrics struct {
 	dropped                           *prometheus.CounterVec
 	retries, storeErrors, catchUpSent prometheus.Counter
 	fenceWaits, fenceLost, overflows  prometheus.Counter
-	toDeviceAcked                     prometheus.Counter
+	durableAcked                      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -44,8 +44,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.fenceWaits = c("fedpipe_sender_fence_waits_total", "Times a destination's worker could not take the destination's fence (another member held it, or the store was down) and waited.")
 	m.fenceLost = c("fedpipe_sender_fence_lost_total", "Times a destination's worker lost its fence while it held it (the connection holding it broke); its send was cancelled.")
 	m.overflows = c("fedpipe_sender_queue_overflows_total", "Times a destination's queue passed its bound (Config.MaxPending items, or a PDU older than Config.MaxPendingAge) and the destination went to catch-up instead.")
-	m.toDeviceAcked = c("fedpipe_sender_to_device_delivered_total", "To-device EDUs a destination accepted (or refused as malformed, counted in fedpipe_sender_dropped_total too) and deleted from the store.")
-	for _, col := range []prometheus.Collector{m.toDeviceAcked, m.overflows, m.fenceWaits, m.fenceLost, m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.presenceSuperseded, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
+	m.durableAcked = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_stored_edus_delivered_total",
+		Help: "Stored EDUs (kind to_device or device_lists) a destination accepted (or refused as malformed, counted in fedpipe_sender_dropped_total too) and deleted from the store."}, []string{"kind"})
+	for _, col := range []prometheus.Collector{m.durableAcked, m.overflows, m.fenceWaits, m.fenceLost, m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.presenceSuperseded, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}

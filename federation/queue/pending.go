@@ -21,15 +21,26 @@ type pending struct {
 	retry    batch
 	pdus     []queuedPDU
 	presence presenceSlot
-	toDevice toDeviceSlot
-	edus     eduQueue
+	// toDevice and deviceLists are kept in the store (durable.go).
+	toDevice, deviceLists durableSlot
+	edus                  eduQueue
 }
 
 // slots are the EDU slots in the order a transaction takes from them.
 // Synapse's order is presence, receipts, to-device, device lists, then the
 // other EDUs and the keyed ones: a new kind of EDU is a new slot in its place
 // here, and the send loop does not change.
-func (p *pending) slots() []eduSlot { return []eduSlot{&p.presence, &p.toDevice, &p.edus} }
+func (p *pending) slots() []eduSlot {
+	return []eduSlot{&p.presence, &p.toDevice, &p.deviceLists, &p.edus}
+}
+
+// newPending is an empty pending whose durable slots read the store first:
+// a previous owner, or this process before a restart, may have left EDUs
+// there.
+func newPending() pending {
+	return pending{toDevice: durableSlot{kind: ToDevice, reserve: deviceListReserve, unread: true},
+		deviceLists: durableSlot{kind: DeviceLists, unread: true}}
+}
 
 func (p *pending) empty() bool {
 	if len(p.pdus) > 0 || !p.retry.empty() {

@@ -70,15 +70,15 @@ type Store interface {
 	// ClearCatchUp forgets a room once its event was delivered, unless a later
 	// event was recorded meanwhile.
 	ClearCatchUp(ctx context.Context, dest string, c CatchUp) error
-	// ToDevice returns dest's stored to-device EDUs after position after, in
-	// position order: at most limit, and past the first at most maxBytes of
-	// content.
-	ToDevice(ctx context.Context, dest string, after int64, limit, maxBytes int) ([]ToDevice, error)
-	// AckToDevice forgets dest's to-device EDUs at positions: the destination
-	// accepted them (or refused them as malformed).
-	AckToDevice(ctx context.Context, dest string, positions []int64) error
+	// StoredEDUs returns dest's stored EDUs of kind after position after,
+	// in position order: at most limit, and past the first at most maxBytes
+	// of content.
+	StoredEDUs(ctx context.Context, dest string, kind Durable, after int64, limit, maxBytes int) ([]StoredEDU, error)
+	// AckEDUs forgets dest's stored EDUs of kind at positions: the
+	// destination accepted them (or refused them as malformed).
+	AckEDUs(ctx context.Context, dest string, kind Durable, positions []int64) error
 	// DueDestinations lists up to limit destinations with catch-up rows or
-	// stored to-device EDUs whose backoff has ended and that are not paused, in name order after the name after ("" from the
+	// stored EDUs whose backoff has ended and that are not paused, in name order after the name after ("" from the
 	// start): the caller pages through them, so destinations other members
 	// own (or that are busy) cannot hide the rest behind the limit.
 	DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error)
@@ -93,15 +93,6 @@ type PDU struct {
 	Position int64
 	// JSON is the PDU, sent byte for byte.
 	JSON json.RawMessage
-}
-
-// ToDevice is a stored m.direct_to_device EDU for a destination.
-type ToDevice struct {
-	// Position orders a destination's to-device EDUs and names one in the store.
-	Position  int64
-	MessageID string
-	// Content is the EDU's content, sent byte for byte.
-	Content json.RawMessage
 }
 
 // EDU is an ephemeral event for a destination. m.presence is not sent this

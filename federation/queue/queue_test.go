@@ -120,8 +120,8 @@ type memStore struct {
 	catchUp map[string]map[string]queue.CatchUp
 	pdus    map[string]json.RawMessage // event id → PDU
 	last    map[string]int64           // last successful position
-	// toDevice holds each destination's stored to-device EDUs in position order.
-	toDevice map[string][]queue.ToDevice
+	// stored holds each destination's stored EDUs by kind, in position order.
+	stored map[queue.Durable]map[string][]queue.StoredEDU
 }
 
 func (s *memStore) LoadRetry(_ context.Context, d string) (queue.RetryState, error) {
@@ -201,53 +201,58 @@ func (s *memStore) DueDestinations(_ context.Context, now time.Time, after strin
 			out = append(out, d)
 		}
 	}
-	for d, msgs := range s.toDevice {
-		if len(msgs) > 0 && len(s.catchUp[d]) == 0 && !s.retry[d].Failing(now) && d > after {
-			out = append(out, d)
+	for _, byDest := range s.stored {
+		for d, msgs := range byDest {
+			if len(msgs) > 0 && len(s.catchUp[d]) == 0 && !slices.Contains(out, d) && !s.retry[d].Failing(now) && d > after {
+				out = append(out, d)
+			}
 		}
 	}
 	sort.Strings(out)
 	return out[:min(limit, len(out))], nil
 }
 
-// storeToDevice stores to-device EDUs for d, as the sender stage does.
-func (s *memStore) storeToDevice(d string, msgs ...queue.ToDevice) {
+// store keeps EDUs of kind for d, as the sender stage does.
+func (s *memStore) store(kind queue.Durable, d string, edus ...queue.StoredEDU) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.toDevice == nil {
-		s.toDevice = map[string][]queue.ToDevice{}
+	if s.stored == nil {
+		s.stored = map[queue.Durable]map[string][]queue.StoredEDU{}
 	}
-	s.toDevice[d] = append(s.toDevice[d], msgs...)
+	if s.stored[kind] == nil {
+		s.stored[kind] = map[string][]queue.StoredEDU{}
+	}
+	s.stored[kind][d] = append(s.stored[kind][d], edus...)
 }
 
-func (s *memStore) storedToDevice(d string) int {
+func (s *memStore) storedCount(kind queue.Durable, d string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.toDevice[d])
+	return len(s.stored[kind][d])
 }
 
-func (s *memStore) ToDevice(_ context.Context, d string, after int64, limit, maxBytes int) ([]queue.ToDevice, error) {
+func (s *memStore) StoredEDUs(_ context.Context, d string, kind queue.Durable, after int64, limit, maxBytes int) ([]queue.StoredEDU, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []queue.ToDevice
+	var out []queue.StoredEDU
 	size := 0
-	for _, m := range s.toDevice[d] {
+	for _, m := range s.stored[kind][d] {
 		if m.Position <= after {
 			continue
 		}
-		if len(out) == limit || len(out) > 0 && size+len(m.Content) > maxBytes {
+		if len(out) == limit || len(out) > 0 && size+len(m.EDU.Content) > maxBytes {
 			break
 		}
-		size += len(m.Content)
+		size += len(m.EDU.Content)
 		out = append(out, m)
 	}
 	return out, nil
 }
 
-func (s *memStore) AckToDevice(_ context.Context, d string, positions []int64) error {
+func (s *memStore) AckEDUs(_ context.Context, d string, kind queue.Durable, positions []int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.toDevice[d] = slices.DeleteFunc(s.toDevice[d], func(m queue.ToDevice) bool { return slices.Contains(positions, m.Position) })
+	s.stored[kind][d] = slices.DeleteFunc(s.stored[kind][d], func(m queue.StoredEDU) bool { return slices.Contains(positions, m.Position) })
 	return nil
 }
 

@@ -42,9 +42,9 @@ func (d *destination) sendLive(ctx context.Context) error {
 			return d.leave(ctx)
 		}
 		d.mu.Unlock()
-		if err := d.readToDevice(ctx); err != nil {
+		if err := d.readDurables(ctx); err != nil {
 			d.m.storeErrors.Inc()
-			d.log.Warn("reading stored to-device messages; sending the rest", "destination", d.name, "err", err)
+			d.log.Warn("reading stored EDUs; sending the rest", "destination", d.name, "err", err)
 			if d.pause(ctx, d.cfg.StoreRetryDelay) != nil {
 				return nil // stopped: the next owner reads them
 			}

@@ -61,7 +61,7 @@ type Route struct{ Method, Pattern string }
 
 // Routes are the routes NewHandler serves; docs/openapi.yaml documents the
 // same ones (cmd/fedpipe's OpenAPI test holds them together).
-var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}, {http.MethodPut, TypingPath}}
+var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}, {http.MethodPut, TypingPath}, {http.MethodPost, DeviceListsPath}}
 
 // DefaultMaxBodyBytes is the default request body limit: room for a few hundred
 // PDUs of the specification's maximum size.
@@ -173,9 +173,14 @@ func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer 
 	toDevice := httptransport.NewServer(makeToDeviceEndpoint(pool, cfg.ServerName, m), decodeToDevice(cfg), encodeResponse,
 		httptransport.ServerErrorEncoder(encodeError(logger, m)))
 	mux.Handle("POST "+ToDevicePath, authenticate(cfg.Token, m, toDevice))
-	mux.HandleFunc(ToDevicePath, func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Allow", http.MethodPost)
-		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
-	})
+	deviceLists := httptransport.NewServer(makeDeviceListsEndpoint(pool, cfg.ServerName, m), decodeDeviceLists(cfg), encodeResponse,
+		httptransport.ServerErrorEncoder(encodeError(logger, m)))
+	mux.Handle("POST "+DeviceListsPath, authenticate(cfg.Token, m, deviceLists))
+	for _, path := range []string{ToDevicePath, DeviceListsPath} {
+		mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Allow", http.MethodPost)
+			writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")
+		})
+	}
 	return mux, nil
 }

@@ -11,12 +11,13 @@ import (
 
 // metrics are the ingest API's Prometheus collectors.
 type metrics struct {
-	requests *prometheus.CounterVec
-	events   prometheus.Counter
-	duration prometheus.Histogram
-	usersync prometheus.Counter
-	toDevice prometheus.Counter
-	typing   prometheus.Counter
+	requests    *prometheus.CounterVec
+	events      prometheus.Counter
+	duration    prometheus.Histogram
+	usersync    prometheus.Counter
+	toDevice    prometheus.Counter
+	typing      prometheus.Counter
+	deviceLists prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,8 +47,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "fedpipe_ingest_typing_records_total",
 			Help: "Typing records written to the typing topic through the ingest API.",
 		}),
+		deviceLists: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_ingest_device_list_updates_total",
+			Help: "Device and signing key updates stored through the ingest API.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync, m.toDevice, m.typing} {
+	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync, m.toDevice, m.typing, m.deviceLists} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering ingest metrics: %w", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -18,9 +19,9 @@ import (
 func (f *fixture) storeToDevice(t *testing.T, dest string, from, to int) {
 	t.Helper()
 	for i := from; i < to; i++ {
-		f.store.storeToDevice(dest, queue.ToDevice{Position: int64(i), MessageID: fmt.Sprintf("m%d", i), Content: json.RawMessage(fmt.Sprintf(`{"message_id":"m%d"}`, i))})
+		f.store.store(queue.ToDevice, dest, queue.StoredEDU{Position: int64(i), EDU: txn.EDU{Type: edu.TypeDirectToDevice, Content: json.RawMessage(fmt.Sprintf(`{"message_id":"m%d"}`, i))}})
 	}
-	if err := f.m.NotifyToDevice(context.Background(), dest); err != nil {
+	if err := f.m.NotifyStored(context.Background(), dest, queue.ToDevice); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -57,7 +58,7 @@ func TestToDeviceWaitsInTheStoreThroughBackoff(t *testing.T) {
 	f.storeToDevice(t, "a.test", 1, 151)
 	testenv.Eventually(t, 5*time.Second, "a.test backing off", func() bool { return f.retry("a.test").Interval > 0 })
 	f.storeToDevice(t, "a.test", 151, 201) // while it backs off
-	if n := f.store.storedToDevice("a.test"); n != 200 {
+	if n := f.store.storedCount(queue.ToDevice, "a.test"); n != 200 {
 		t.Fatalf("%d to-device EDUs stored, want all 200", n)
 	}
 	if n := f.metric(t, "fedpipe_sender_edus_dropped_total", "edu_type", edu.TypeDirectToDevice); n != 0 {
@@ -67,7 +68,7 @@ func TestToDeviceWaitsInTheStoreThroughBackoff(t *testing.T) {
 	delete(f.tr.failing, "a.test")
 	f.tr.mu.Unlock()
 	f.clk.advance(time.Hour)
-	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool { return f.store.storedToDevice("a.test") == 0 })
+	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool { return f.store.storedCount(queue.ToDevice, "a.test") == 0 })
 	sent := f.toDeviceSent(t, "a.test")
 	for i, id := range sent {
 		if id != fmt.Sprintf("m%d", i+1) {
@@ -82,7 +83,7 @@ func TestToDeviceWaitsInTheStoreThroughBackoff(t *testing.T) {
 			t.Fatalf("a transaction of %d to-device EDUs: 10 slots are device lists'", len(tx.EDUs))
 		}
 	}
-	if n := f.metric(t, "fedpipe_sender_to_device_delivered_total", "", ""); n != 200 {
+	if n := f.metric(t, "fedpipe_sender_stored_edus_delivered_total", "kind", "to_device"); n != 200 {
 		t.Fatalf("delivered counter %v", n)
 	}
 }
@@ -102,7 +103,7 @@ func TestToDeviceSlotOrder(t *testing.T) {
 	f.presence(t, "a.test", edu.PresenceState{UserID: "@u:me.test", Presence: edu.Online, LastActiveTS: f.clk.Now().UnixMilli()})
 	f.storeToDevice(t, "a.test", 1, 201)
 	release()
-	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool { return f.store.storedToDevice("a.test") == 0 })
+	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool { return f.store.storedCount(queue.ToDevice, "a.test") == 0 })
 	txns := f.txns("a.test")
 	if len(txns) < 2 {
 		t.Fatalf("%d transactions", len(txns))
@@ -119,5 +120,47 @@ func TestToDeviceSlotOrder(t *testing.T) {
 	}
 	if fmt.Sprint(kinds) != "[m.presence m.direct_to_device m.other]" || count[edu.TypeDirectToDevice] != 89 || count["m.other"] != 10 {
 		t.Fatalf("second transaction holds %v in the order %v; want 1 presence, 89 to-device, 10 others", count, kinds)
+	}
+}
+
+// Under a to-device storm, each transaction still carries device-list
+// updates (10 slots are theirs), and keyed EDUs (typing) come after both.
+func TestDeviceListsKeepTheirSlotsUnderAToDeviceStorm(t *testing.T) {
+	f := setup(t)
+	release := f.hold(t)
+	f.pdu(t, "a.test", "!r")
+	f.waitInFlight(t, "a.test")
+	for i := 1; i <= 30; i++ {
+		f.store.store(queue.DeviceLists, "a.test", queue.StoredEDU{Position: int64(1000 + i), EDU: txn.EDU{Type: edu.TypeDeviceListUpdate, Content: json.RawMessage(fmt.Sprintf(`{"stream_id":%d}`, 1000+i))}})
+	}
+	if err := f.m.NotifyStored(context.Background(), "a.test", queue.DeviceLists); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		typing := queue.EDU{EDU: txn.EDU{Type: edu.TypeTyping, Content: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}, Key: fmt.Sprint(i)}
+		if err := f.m.EnqueueEDU(context.Background(), "a.test", typing, func() {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.storeToDevice(t, "a.test", 1, 301)
+	release()
+	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool {
+		return f.store.storedCount(queue.ToDevice, "a.test") == 0 && f.store.storedCount(queue.DeviceLists, "a.test") == 0
+	})
+	for i, tx := range f.txns("a.test")[1:] {
+		count := map[string]int{}
+		var order []string
+		for _, e := range tx.EDUs {
+			count[e.Type]++
+			if len(order) == 0 || order[len(order)-1] != e.Type {
+				order = append(order, e.Type)
+			}
+		}
+		if i < 3 && (count[edu.TypeDirectToDevice] != 90 || count[edu.TypeDeviceListUpdate] != 10 || count[edu.TypeTyping] != 0) {
+			t.Fatalf("transaction %d holds %v: want 90 to-device and 10 device-list updates while both are queued", i+1, count)
+		}
+		if want := []string{edu.TypeDirectToDevice, edu.TypeDeviceListUpdate, edu.TypeTyping}; !slices.Equal(order, slices.DeleteFunc(want, func(s string) bool { return count[s] == 0 })) {
+			t.Fatalf("transaction %d in the order %v", i+1, order)
+		}
 	}
 }
