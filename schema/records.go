@@ -154,6 +154,9 @@ type OutboundRecord struct {
 	// for signing keys).
 	UserID   string `json:"user_id,omitempty"`
 	DeviceID string `json:"device_id,omitempty"`
+	// Receipts holds a receipt record's receipts for this destination (one
+	// per room, user and thread).
+	Receipts []Receipt `json:"receipts,omitempty"`
 }
 
 // DecodeOutboundRecord decodes and checks an outbound record.
@@ -190,6 +193,15 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 		}
 		if len(r.Content) > MaxEDUBytes {
 			return r, fmt.Errorf("%w: to_device content of %d bytes, at most %d", ErrInvalidRecord, len(r.Content), MaxEDUBytes)
+		}
+	case KindReceipt:
+		if len(r.Receipts) == 0 {
+			return r, fmt.Errorf("%w: receipt record without receipts", ErrInvalidRecord)
+		}
+		for _, rc := range r.Receipts {
+			if err := rc.Check(); err != nil {
+				return r, err
+			}
 		}
 	case KindDeviceList:
 		if err := checkDeviceList(r.Position, r.UserID, r.DeviceID, r.EDUType, r.Content); err != nil {

@@ -50,6 +50,8 @@ func TestRecordsValidate(t *testing.T) {
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`)}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindEDU, Destination: "remote.test", EDUType: "m.typing", Content: json.RawMessage(`{}`), EDUKey: "!r:hs.test @a:hs.test"}},
 		{"typing", schema.TypingRecord{V: 1, Kind: schema.KindTyping, RoomID: "!r:hs.test", UserID: "@a:hs.test", Typing: true, TimeoutMS: 30000, TS: 5}},
+		{"receipts", schema.ReceiptRecord{V: 1, Kind: schema.KindReceipt, Position: 7, Receipt: schema.Receipt{RoomID: "!r:hs.test", UserID: "@a:hs.test", EventIDs: []string{"$e"}, ThreadID: "main", TS: 5}}},
+		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindReceipt, Destination: "remote.test", Receipts: []schema.Receipt{{RoomID: "!r:hs.test", UserID: "@a:hs.test", EventIDs: []string{"$e"}, TS: 5}}}},
 		{"devicelists", schema.DeviceListRecord{V: 1, Kind: schema.KindDeviceList, Position: 6, UserID: "@a:hs.test", DeviceID: "D", EDUType: schema.EDUDeviceListUpdate, Content: json.RawMessage(`{"deleted":true}`)}},
 		{"devicelists", schema.DeviceListRecord{V: 1, Kind: schema.KindDeviceList, Position: 6, UserID: "@a:hs.test", EDUType: schema.EDUSigningKeyUpdate, Content: json.RawMessage(`{"user_id":"@a:hs.test"}`)}},
 		{"outbound", schema.OutboundRecord{V: 1, Kind: schema.KindDeviceList, Destination: "remote.test", Position: 6, UserID: "@a:hs.test", DeviceID: "D", EDUType: schema.EDUDeviceListUpdate, Content: json.RawMessage(`{}`)}},
@@ -70,6 +72,8 @@ func TestRecordsValidate(t *testing.T) {
 		{"outbound", `{"v":1,"kind":"to_device","destination":"d","position":4,"content":{}}`},
 		{"typing", `{"v":1,"kind":"typing","room_id":"!r:hs","user_id":"@a:hs","typing":true,"timeout_ms":999999,"ts":5}`},
 		{"devicelists", `{"v":1,"kind":"device_list","position":6,"user_id":"@a:hs","edu_type":"m.device_list_update","content":{}}`},
+		{"receipts", `{"v":1,"kind":"receipt","position":7,"room_id":"!r:hs","user_id":"@a:hs","event_ids":[],"ts":5}`},
+		{"outbound", `{"v":1,"kind":"receipt","destination":"d","receipts":[{"room_id":"!r:hs","user_id":"@a:hs","event_ids":["e"],"ts":5}]}`},
 		{"outbound", `{"v":1,"kind":"device_list","destination":"d","position":6,"user_id":"@a:hs","device_id":"D","edu_type":"m.typing","content":{}}`},
 		{"outbound", `{"v":1,"kind":"to_device","destination":"d","position":0,"message_id":"m","content":{}}`},
 	} {
@@ -79,6 +83,10 @@ func TestRecordsValidate(t *testing.T) {
 		if bad.stream == "room" {
 			if _, err := schema.DecodeRoomRecord([]byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {
 				t.Errorf("DecodeRoomRecord accepted %s", bad.raw)
+			}
+		} else if bad.stream == "receipts" {
+			if _, err := schema.DecodeReceiptRecord([]byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {
+				t.Errorf("DecodeReceiptRecord accepted %s", bad.raw)
 			}
 		} else if bad.stream == "devicelists" {
 			if _, err := schema.DecodeDeviceListRecord([]byte(bad.raw)); !errors.Is(err, schema.ErrInvalidRecord) {

@@ -24,7 +24,7 @@ func ValidateRecord(stream string, value []byte) error {
 	compileOnce.Do(func() {
 		compiled = map[string]*jsonschema.Schema{}
 		c := jsonschema.NewCompiler()
-		for _, name := range []string{"room", "presence", "usersync", "outbound", "typing", "devicelists"} {
+		for _, name := range []string{"room", "presence", "usersync", "receipts", "outbound", "typing", "devicelists"} {
 			raw, err := recordSchemas.ReadFile("records/" + name + ".schema.json")
 			if err != nil {
 				compileErr = err

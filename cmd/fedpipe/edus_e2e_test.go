@@ -325,3 +325,44 @@ func TestDeviceListsReachSharingServersWithTheirChain(t *testing.T) {
 		t.Fatalf("remote2.test, sharing no room with alice, got %d updates", n)
 	}
 }
+
+// A read receipt through the whole pipeline: the ingest route, the relay,
+// the router (a small room: at once) and the sender: each server in the room
+// gets one m.receipt EDU naming the event, one not in the room nothing; a
+// private receipt goes nowhere.
+func TestReceiptsReachTheRoomsServersEndToEnd(t *testing.T) {
+	p := newPipeline(t, remotes(3))
+	h := &presenceHarness{pipeline: p}
+	p.start("relay", "router", "sender", "ingest")
+	room := "!receipts:local.test"
+	h.join(room, "@alice:local.test", "@bob:remote0.test", "@carol:remote1.test")
+	h.join("!other:local.test", "@alice:local.test", "@dave:remote2.test")
+	h.waitRouted()
+	receipt := func(typ, event string) map[string]any {
+		return map[string]any{"room_id": room, "receipt_type": typ, "user_id": "@alice:local.test", "event_ids": []string{event}, "thread_id": "main", "ts": time.Now().UnixMilli()}
+	}
+	h.post("/_fedpipe/v1/receipts", http.MethodPost, map[string]any{"receipts": []any{receipt("m.read.private", "$private"), receipt("m.read", "$read")}})
+	read := func(dest string) []string {
+		var out []string
+		for _, raw := range p.recv.EDUs(dest, edu.TypeReceipt) {
+			var r edu.Receipt
+			if err := json.Unmarshal(raw, &r); err != nil {
+				t.Fatal(err)
+			}
+			for rm, rr := range r {
+				for u, ur := range rr.Read {
+					out = append(out, fmt.Sprintf("%s %s %v %s", rm, u, ur.EventIDs, ur.Data.ThreadID))
+				}
+			}
+		}
+		return out
+	}
+	for _, d := range []string{"remote0.test", "remote1.test"} {
+		testenv.Eventually(t, 30*time.Second, d+" told of alice's receipt", func() bool {
+			return fmt.Sprint(read(d)) == fmt.Sprintf("[%s @alice:local.test [$read] main]", room)
+		})
+	}
+	if got := read("remote2.test"); len(got) != 0 {
+		t.Fatalf("remote2.test, not in the room, got %v", got)
+	}
+}

@@ -114,6 +114,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
 				relay.WithToDevice(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "todevice"))),
 				relay.WithDeviceLists(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "devicelists"))),
+				relay.WithReceipts(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "receipts"))),
 				relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
@@ -147,7 +148,7 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("router: %w", err)
 			}
-			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice"), schema.Topic(prefix, "typing"), schema.Topic(prefix, "devicelists")), rt, log, in.reg)
+			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice"), schema.Topic(prefix, "typing"), schema.Topic(prefix, "devicelists"), schema.Topic(prefix, "receipts")), rt, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("router group: %w", err)
 			}
@@ -267,7 +268,7 @@ func adminConfig(cfg config.Config, brokers, stages []string) admin.Config {
 	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance,
 		Groups: []admin.Group{
 			{ID: groupID(prefix, presenceGroup), Topics: []string{t("usersync")}},
-			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice"), t("typing"), t("devicelists")}},
+			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice"), t("typing"), t("devicelists"), t("receipts")}},
 			{ID: groupID(prefix, senderGroup), Topics: []string{t("outbound")}},
 		},
 		DeadLetterTopic: t("deadletter"),

@@ -30,6 +30,7 @@ const (
 	roomTopic     = "fedpipe.room"
 	presenceTopic = "fedpipe.presence"
 	typingTopic   = "fedpipe.typing"
+	receiptsTopic = "fedpipe.receipts"
 	outboundTopic = "fedpipe.outbound"
 	deadTopic     = "fedpipe.deadletter"
 	outParts      = 4
@@ -41,12 +42,14 @@ type env struct {
 	addr    string
 	pool    *pgxpool.Pool
 	log     *slog.Logger
+	// reg is the metrics registry of the last router runRouter started.
+	reg *prometheus.Registry
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	cluster, addr := testenv.Broker(t)
-	for name, parts := range map[string]int32{roomTopic: 3, presenceTopic: 3, typingTopic: 3, outboundTopic: outParts, deadTopic: 1} {
+	for name, parts := range map[string]int32{roomTopic: 3, presenceTopic: 3, typingTopic: 3, receiptsTopic: 3, outboundTopic: outParts, deadTopic: 1} {
 		if err := cluster.CreateTopic(name, parts, nil); err != nil {
 			t.Fatalf("creating %s: %v", name, err)
 		}
@@ -92,6 +95,7 @@ func (e *env) runRouter(t testing.TB, group string) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := prometheus.NewRegistry()
+	e.reg = reg
 	w := e.writer(outboundTopic)
 	dead := e.writer(deadTopic)
 	out := runtime.NewBatchWriter(w, 200, 2*time.Millisecond, e.log, reg, runtime.WithDeadLetters(dead, outboundTopic, "router", "router-test"))
@@ -100,7 +104,7 @@ func (e *env) runRouter(t testing.TB, group string) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	grp, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: group, Topics: []string{roomTopic, presenceTopic, typingTopic},
+	grp, err := runtime.New(runtime.Config{Brokers: []string{e.addr}, GroupID: group, Topics: []string{roomTopic, presenceTopic, typingTopic, receiptsTopic},
 		DeadLetterTopic: deadTopic, Instance: "router-test"}, r, e.log, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -254,6 +258,12 @@ func (c *collector) deliveries(t *testing.T) []delivery {
 // the runtime commits an offset only once its record is fully handled, so every
 // outbound record of the records before it has been acknowledged by then.
 func (e *env) caughtUp(t testing.TB, group string) bool {
+	t.Helper()
+	return e.caughtUpOn(t, group, roomTopic)
+}
+
+// caughtUpOn is caughtUp on another of the router's three-partition topics.
+func (e *env) caughtUpOn(t testing.TB, group, roomTopic string) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -79,8 +79,10 @@ func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.P
 		return newTypingHandler(r), nil
 	case schema.Topic(r.cfg.Prefix, "devicelists"):
 		return newDeviceListHandler(r), nil
+	case schema.Topic(r.cfg.Prefix, "receipts"):
+		return newReceiptHandler(r), nil
 	}
-	return nil, fmt.Errorf("router: asked to handle topic %s, it routes the room, presence, todevice, typing and devicelists topics under prefix %s", topic, r.cfg.Prefix)
+	return nil, fmt.Errorf("router: asked to handle topic %s, it routes the room, presence, todevice, typing, devicelists and receipts topics under prefix %s", topic, r.cfg.Prefix)
 }
 
 type metrics struct {
@@ -100,6 +102,8 @@ type metrics struct {
 	typing              *prometheus.CounterVec
 	typingTimerFailures prometheus.Counter
 	deviceLists         *prometheus.CounterVec
+	receipts            *prometheus.CounterVec
+	receiptWalkFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -162,9 +166,17 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_device_list_records_total",
 			Help: "Device-list records: routed counts outbound records written (one per update and server sharing a room with the user); not_local counts updates of remote users, skipped.",
 		}, []string{"result"}),
+		receipts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fedpipe_router_receipt_records_total",
+			Help: "Outbound receipt records written, by path: at_once (small room, recent event, or the event sender's server) or paced (a room's waiting receipts, its servers one after the other).",
+		}, []string{"path"}),
+		receiptWalkFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_router_receipt_walk_failures_total",
+			Help: "Paced sends of a room's waiting receipts that failed (their records are routed again after a restart).",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.deviceLists, m.typing, m.typingTimerFailures, m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder, m.toDevice} {
+		for _, c := range []prometheus.Collector{m.receipts, m.receiptWalkFailures, m.deviceLists, m.typing, m.typingTimerFailures, m.records, m.outbound, m.rooms, m.destinations, m.changes, m.rewinds, m.evicted, m.presence, m.presenceDests, m.presenceBatch, m.presenceRoute, m.presenceOrder, m.toDevice} {
 			if err := reg.Register(c); err != nil {
 				return m, fmt.Errorf("router: registering metrics: %w", err)
 			}

@@ -165,6 +165,12 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 		return p.s.m.EnqueuePresence(ctx, rec.Destination, presenceStates(rec.Presence), done)
 	case schema.KindToDevice:
 		return p.s.toDevice(ctx, rec, done)
+	case schema.KindReceipt:
+		rs := make([]queue.Receipt, len(rec.Receipts))
+		for i, r := range rec.Receipts {
+			rs[i] = queue.Receipt{RoomID: r.RoomID, UserID: r.UserID, EventIDs: r.EventIDs, ThreadID: r.ThreadID, TS: r.TS}
+		}
+		return p.s.m.EnqueueReceipts(ctx, rec.Destination, rs, done)
 	case schema.KindDeviceList:
 		if err := p.s.store.StoreDeviceList(ctx, rec); err != nil {
 			return err

@@ -111,6 +111,7 @@ func fedpipeEDUs(t *testing.T) []txn.EDU {
 		}},
 		edu.Typing{RoomID: "!r:example.org", UserID: "@a:example.org", Typing: true},
 		edu.Receipt{"!r:example.org": {Read: map[string]edu.UserReceipt{"@a:example.org": {EventIDs: []string{"$e"}, Data: edu.ReceiptData{TS: 1}}}}},
+		edu.Receipt{"!r:example.org": {Read: map[string]edu.UserReceipt{"@a:example.org": {EventIDs: []string{"$e"}, Data: edu.ReceiptData{TS: 1, ThreadID: "main"}}}}},
 		edu.DeviceListUpdate{UserID: "@a:example.org", DeviceID: "DEV", StreamID: 6, PrevID: []int64{5}, Keys: json.RawMessage(`{"user_id":"@a:example.org","device_id":"DEV","algorithms":[],"keys":{},"signatures":{}}`)},
 		edu.DeviceListUpdate{UserID: "@a:example.org", DeviceID: "DEV2", StreamID: 7, Deleted: true},
 		edu.SigningKeyUpdate{UserID: "@a:example.org", MasterKey: json.RawMessage(`{"user_id":"@a:example.org","usage":["master"],"keys":{"ed25519:base64+master+public+key":"base64+master+public+key"}}`)},

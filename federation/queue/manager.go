@@ -127,6 +127,18 @@ func (m *Manager) EnqueuePresence(ctx context.Context, dest string, states []edu
 	return m.destination(dest).enqueuePresence(ctx, states, done)
 }
 
+// EnqueueReceipts hands local users' read receipts to dest. The destination
+// keeps the latest per (room, user, thread) and sends them in at most five
+// m.receipt EDUs per transaction. done is called once every receipt was
+// delivered, dropped (dest backing off, paused or catching up), or replaced
+// unsent by a later one.
+func (m *Manager) EnqueueReceipts(ctx context.Context, dest string, rs []Receipt, done func()) error {
+	if !m.sup.running() {
+		return ErrNotRunning
+	}
+	return m.destination(dest).enqueueReceipts(ctx, rs, done)
+}
+
 // NotifyStored tells dest that EDUs of kind were stored for it
 // (Store.StoredEDUs returns them): it sends them in position order, keeps
 // them through backoff (they stay in the store until accepted), and wakes

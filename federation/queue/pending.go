@@ -21,6 +21,7 @@ type pending struct {
 	retry    batch
 	pdus     []queuedPDU
 	presence presenceSlot
+	receipts receiptSlot
 	// toDevice and deviceLists are kept in the store (durable.go).
 	toDevice, deviceLists durableSlot
 	edus                  eduQueue
@@ -31,7 +32,7 @@ type pending struct {
 // other EDUs and the keyed ones: a new kind of EDU is a new slot in its place
 // here, and the send loop does not change.
 func (p *pending) slots() []eduSlot {
-	return []eduSlot{&p.presence, &p.toDevice, &p.deviceLists, &p.edus}
+	return []eduSlot{&p.presence, &p.receipts, &p.toDevice, &p.deviceLists, &p.edus}
 }
 
 // newPending is an empty pending whose durable slots read the store first:

@@ -61,7 +61,7 @@ type Route struct{ Method, Pattern string }
 
 // Routes are the routes NewHandler serves; docs/openapi.yaml documents the
 // same ones (cmd/fedpipe's OpenAPI test holds them together).
-var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}, {http.MethodPut, TypingPath}, {http.MethodPost, DeviceListsPath}}
+var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}, {http.MethodPut, TypingPath}, {http.MethodPost, DeviceListsPath}, {http.MethodPost, ReceiptsPath}}
 
 // DefaultMaxBodyBytes is the default request body limit: room for a few hundred
 // PDUs of the specification's maximum size.
@@ -176,7 +176,10 @@ func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer 
 	deviceLists := httptransport.NewServer(makeDeviceListsEndpoint(pool, cfg.ServerName, m), decodeDeviceLists(cfg), encodeResponse,
 		httptransport.ServerErrorEncoder(encodeError(logger, m)))
 	mux.Handle("POST "+DeviceListsPath, authenticate(cfg.Token, m, deviceLists))
-	for _, path := range []string{ToDevicePath, DeviceListsPath} {
+	receipts := httptransport.NewServer(makeReceiptsEndpoint(pool, cfg.ServerName, m), decodeReceipts(cfg), encodeResponse,
+		httptransport.ServerErrorEncoder(encodeError(logger, m)))
+	mux.Handle("POST "+ReceiptsPath, authenticate(cfg.Token, m, receipts))
+	for _, path := range []string{ToDevicePath, DeviceListsPath, ReceiptsPath} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Allow", http.MethodPost)
 			writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only POST is allowed")

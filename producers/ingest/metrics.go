@@ -18,6 +18,7 @@ type metrics struct {
 	toDevice    prometheus.Counter
 	typing      prometheus.Counter
 	deviceLists prometheus.Counter
+	receipts    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,8 +52,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "fedpipe_ingest_device_list_updates_total",
 			Help: "Device and signing key updates stored through the ingest API.",
 		}),
+		receipts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedpipe_ingest_receipts_total",
+			Help: "m.read receipts stored through the ingest API (private ones are not stored).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync, m.toDevice, m.typing, m.deviceLists} {
+	for _, c := range []prometheus.Collector{m.requests, m.events, m.duration, m.usersync, m.toDevice, m.typing, m.deviceLists, m.receipts} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering ingest metrics: %w", err)
 		}
