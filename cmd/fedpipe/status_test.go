@@ -139,10 +139,23 @@ func statusPageInABrowser(t *testing.T, p *pipeline) {
 	prefix := p.in.cfg.Kafka.TopicPrefix
 	base := "http://" + p.in.listeners["admin"]
 
+	// Chromium's helper processes may still write to their profile for a
+	// moment after the browser is gone: the profile is removed with retries,
+	// not by t.TempDir, whose cleanup fails the test on a busy machine.
+	profile, err := os.MkdirTemp("", "fedpipe-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for os.RemoveAll(profile) != nil && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	opts := append(chromedp.DefaultExecAllocatorOptions[:0:0],
 		chromedp.ExecPath(exe), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(390, 844))
+		chromedp.Flag("disable-sync", true), chromedp.UserDataDir(profile), chromedp.WindowSize(390, 844))
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	defer cancelAlloc()
 	// This cdproto is older than Debian's chromium: events it cannot decode are
