@@ -37,8 +37,12 @@ type typingHandler struct {
 	r   *Router
 	now func() time.Time
 
-	mu     sync.Mutex
-	typing map[typingKey]*typist
+	// announcing serializes a change of who is typing with the writing of
+	// it, between Handle and the timers: a ping computed just before a user
+	// stops must not be written after the stop.
+	announcing sync.Mutex
+	mu         sync.Mutex
+	typing     map[typingKey]*typist
 
 	// ctx is what the timers' records are written in: it ends at Close,
 	// once they were acknowledged (the writer drops records whose context
@@ -74,6 +78,8 @@ func (h *typingHandler) Handle(ctx context.Context, m kafka.Message, done func()
 	now := h.now()
 	until := time.UnixMilli(rec.TS + rec.TimeoutMS)
 	typing := rec.Typing && until.After(now) // a replayed notification may have timed out
+	h.announcing.Lock()
+	defer h.announcing.Unlock()
 	h.mu.Lock()
 	if typing {
 		h.typing[k] = &typist{until: until, announced: now}
@@ -149,6 +155,8 @@ func (h *typingHandler) timers() {
 }
 
 func (h *typingHandler) expire() {
+	h.announcing.Lock()
+	defer h.announcing.Unlock()
 	now := h.now()
 	type due struct {
 		k      typingKey

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,22 +78,24 @@ func TestTypingReachesTheRoomsServersAndNeverSticks(t *testing.T) {
 			t.Logf("typing sent: %v", typingSent(t, out))
 		}
 	})
-	testenv.Eventually(t, 20*time.Second, "alice pinged again, then timed out, at a.test and b.test", func() bool {
-		out.readAll(t, e, outParts)
-		sent := typingSent(t, out)
-		for _, d := range []string{"a.test", "b.test"} {
-			n := len(sent[d])
-			if n < 4 || sent[d][n-1] != "@alice:hs.test=false" {
-				return false
+	// last is user's last state at dest ("" for none).
+	last := func(dest, user string) string {
+		sent := typingSent(t, out)[dest]
+		for i := len(sent) - 1; i >= 0; i-- {
+			if strings.HasPrefix(sent[i], user+"=") {
+				return sent[i]
 			}
 		}
-		return true
+		return ""
+	}
+	testenv.Eventually(t, 20*time.Second, "alice timed out at a.test and b.test", func() bool {
+		out.readAll(t, e, outParts)
+		return last("a.test", "@alice:hs.test") == "@alice:hs.test=false" && last("b.test", "@alice:hs.test") == "@alice:hs.test=false"
 	})
 	e.typing(t, "!r:hs.test", "@bob:hs.test", false, 0)
-	testenv.Eventually(t, 20*time.Second, "bob's stop at a.test", func() bool {
+	testenv.Eventually(t, 20*time.Second, "bob's stop at a.test and b.test", func() bool {
 		out.readAll(t, e, outParts)
-		sent := typingSent(t, out)["a.test"]
-		return len(sent) > 0 && sent[len(sent)-1] == "@bob:hs.test=false"
+		return last("a.test", "@bob:hs.test") == "@bob:hs.test=false" && last("b.test", "@bob:hs.test") == "@bob:hs.test=false"
 	})
 	// Nothing more comes: no one is typing (three ping intervals observed).
 	before := typingSent(t, out)
