@@ -29,19 +29,24 @@ func deviceListKind(eduType string) string {
 	return "device"
 }
 
-// StoreDeviceList keeps a device-list update for dest until the destination
-// accepts it or a newer update of the same (user, device), or of the user's
-// signing keys, is accepted. One the destination already acknowledged (a
-// replayed record at or below its acknowledged position for the user) is
-// left out.
-func (s *Store) StoreDeviceList(ctx context.Context, rec schema.OutboundRecord) error {
+// StoreDeviceLists keeps device-list updates, each for its destination,
+// until the destination accepts it or a newer update of the same (user,
+// device), or of the user's signing keys, is accepted, in one statement.
+// One the destination already acknowledged (a replayed record at or below
+// its acknowledged position for the user) is left out.
+func (s *Store) StoreDeviceLists(ctx context.Context, recs []schema.OutboundRecord) error {
+	var dests, users, kinds, devices, contents []string
+	var positions []int64
+	for _, r := range recs {
+		dests, positions, users = append(dests, r.Destination), append(positions, r.Position), append(users, r.UserID)
+		kinds, devices, contents = append(kinds, deviceListKind(r.EDUType)), append(devices, r.DeviceID), append(contents, string(r.Content))
+	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO sender_device_lists (destination, position, user_id, kind, device_id, content)
-		SELECT $1, $2, $3, $4, $5, $6
-		WHERE NOT EXISTS (SELECT 1 FROM sender_device_list_chain WHERE destination = $1 AND user_id = $3 AND acked >= $2)
-		ON CONFLICT (destination, position) DO NOTHING`,
-		rec.Destination, rec.Position, rec.UserID, deviceListKind(rec.EDUType), rec.DeviceID, string(rec.Content))
+		SELECT u.d, u.p, u.u, u.k, u.dev, u.c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(d, p, u, k, dev, c)
+		WHERE NOT EXISTS (SELECT 1 FROM sender_device_list_chain c WHERE c.destination = u.d AND c.user_id = u.u AND c.acked >= u.p)
+		ON CONFLICT (destination, position) DO NOTHING`, dests, positions, users, kinds, devices, contents)
 	if err != nil {
-		return fmt.Errorf("storing the device-list update of %s for %s: %w", rec.UserID, rec.Destination, err)
+		return fmt.Errorf("storing %d device-list updates: %w", len(recs), err)
 	}
 	return nil
 }

@@ -70,10 +70,8 @@ func TestDeviceListStoreKeepsTheChain(t *testing.T) {
 	s := sender.NewStore(pool)
 	put := func(recs ...schema.OutboundRecord) {
 		t.Helper()
-		for _, r := range recs {
-			if err := s.StoreDeviceList(ctx, r); err != nil {
-				t.Fatal(err)
-			}
+		if err := s.StoreDeviceLists(ctx, recs); err != nil {
+			t.Fatal(err)
 		}
 	}
 	check := func(want ...string) []int64 {

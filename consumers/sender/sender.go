@@ -127,8 +127,14 @@ func (s *Sender) Open(_ context.Context, _ string, id int) (runtime.PartitionHan
 	s.mu.Lock()
 	s.owned[id]++
 	s.mu.Unlock()
-	return &partition{s: s, id: id, dests: map[string]bool{}}, nil
+	p := &partition{s: s, id: id, dests: map[string]bool{}}
+	p.stored = runtime.Batch[schema.OutboundRecord]{Max: maxStoredBatch, Flush: s.store.flushStored(s.m)}
+	return p, nil
 }
+
+// maxStoredBatch bounds the to-device and device-list records stored in one
+// statement.
+const maxStoredBatch = 500
 
 type partition struct {
 	s      *Sender
@@ -136,6 +142,10 @@ type partition struct {
 	mu     sync.Mutex
 	dests  map[string]bool
 	closed bool
+	// stored keeps to-device and device-list records to store together
+	// (one statement per kind), flushed at the end of what was fetched,
+	// when full, and before any other record is handled.
+	stored runtime.Batch[schema.OutboundRecord]
 }
 
 // Handle implements runtime.PartitionHandler.
@@ -153,6 +163,12 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 	p.mu.Lock()
 	p.dests[rec.Destination] = true
 	p.mu.Unlock()
+	if rec.Kind == schema.KindToDevice || rec.Kind == schema.KindDeviceList {
+		return p.stored.Add(ctx, m, rec, done)
+	}
+	if err := p.stored.FlushKept(ctx); err != nil {
+		return err
+	}
 	switch rec.Kind {
 	case schema.KindPDU:
 		return p.s.m.EnqueuePDU(ctx, rec.Destination, queue.PDU{RoomID: rec.RoomID, EventID: rec.EventID, Position: rec.Position, JSON: rec.PDU}, done)
@@ -163,41 +179,64 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 		return p.s.m.EnqueueEDU(ctx, rec.Destination, queue.EDU{EDU: txn.EDU{Type: rec.EDUType, Content: rec.Content}, Key: rec.EDUKey}, done)
 	case schema.KindPresence:
 		return p.s.m.EnqueuePresence(ctx, rec.Destination, presenceStates(rec.Presence), done)
-	case schema.KindToDevice:
-		return p.s.toDevice(ctx, rec, done)
 	case schema.KindReceipt:
 		rs := make([]queue.Receipt, len(rec.Receipts))
 		for i, r := range rec.Receipts {
 			rs[i] = queue.Receipt{RoomID: r.RoomID, UserID: r.UserID, EventIDs: r.EventIDs, ThreadID: r.ThreadID, TS: r.TS}
 		}
 		return p.s.m.EnqueueReceipts(ctx, rec.Destination, rs, done)
-	case schema.KindDeviceList:
-		if err := p.s.store.StoreDeviceList(ctx, rec); err != nil {
-			return err
-		}
-		if err := p.s.m.NotifyStored(ctx, rec.Destination, queue.DeviceLists); err != nil {
-			return err
-		}
-		done()
-		return nil
 	default: // DecodeOutboundRecord knows no other kind: a kind added there must be handled here
 		return runtime.Poison(fmt.Errorf("outbound record of kind %q: the sender cannot send it", rec.Kind))
 	}
 }
 
-// toDevice keeps a to-device record's EDU in the store until its destination
-// accepts it, then lets the record be committed: from here on the store, not
-// the topic, holds it, through backoff, restarts and rebalances. A record
-// the store refuses as invalid (SQLSTATE class 22 or 23) is poison.
-func (s *Sender) toDevice(ctx context.Context, rec schema.OutboundRecord, done func()) error {
-	if _, err := s.store.StoreToDevice(ctx, rec.Destination, rec.Position, rec.MessageID, rec.Content); err != nil {
-		return err
+// flushStored keeps to-device and device-list records' EDUs in the store
+// until their destinations accept them, tells the destinations, and lets the
+// records be committed: from here on the store, not the topic, holds them,
+// through backoff, restarts and rebalances. A batch the store refuses as
+// invalid (SQLSTATE class 22 or 23) is poison: the runtime stores its
+// records one by one and dead-letters the one at fault.
+func (s *Store) flushStored(m *queue.Manager) func(context.Context, []schema.OutboundRecord, func()) error {
+	return func(ctx context.Context, recs []schema.OutboundRecord, done func()) error {
+		var toDevice, deviceLists []schema.OutboundRecord
+		for _, r := range recs {
+			if r.Kind == schema.KindToDevice {
+				toDevice = append(toDevice, r)
+			} else {
+				deviceLists = append(deviceLists, r)
+			}
+		}
+		if len(toDevice) > 0 {
+			if err := s.StoreToDevice(ctx, toDevice); err != nil {
+				return err
+			}
+		}
+		if len(deviceLists) > 0 {
+			if err := s.StoreDeviceLists(ctx, deviceLists); err != nil {
+				return err
+			}
+		}
+		type notice struct {
+			dest string
+			kind queue.Durable
+		}
+		seen := map[notice]bool{}
+		for _, r := range recs {
+			n := notice{r.Destination, queue.DeviceLists}
+			if r.Kind == schema.KindToDevice {
+				n.kind = queue.ToDevice
+			}
+			if seen[n] {
+				continue
+			}
+			seen[n] = true
+			if err := m.NotifyStored(ctx, n.dest, n.kind); err != nil {
+				return err
+			}
+		}
+		done()
+		return nil
 	}
-	if err := s.m.NotifyStored(ctx, rec.Destination, queue.ToDevice); err != nil {
-		return err
-	}
-	done()
-	return nil
 }
 
 // presenceEDU reads an m.presence EDU record (as routers wrote presence
@@ -234,6 +273,7 @@ func presenceStates(in []schema.PresenceState) []edu.PresenceState {
 // (after a restart or a takeover). Ownership is given up first, so catch-up
 // cannot claim one of them once the list is taken.
 func (p *partition) Close(ctx context.Context) error {
+	p.stored.Close() // kept records are not done: the next owner gets them
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.closed { // idempotent: ownership is given up once

@@ -14,6 +14,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // Store is the PostgreSQL queue.Store: backoff and catch-up survive restarts and
@@ -150,19 +151,24 @@ func (s *Store) DueDestinations(ctx context.Context, now time.Time, after string
 	return out, rows.Err()
 }
 
-// StoreToDevice keeps a to-device EDU for dest until the destination accepts
-// it (queue.Store's AckEDUs). One the destination already acknowledged (a
-// replayed record at or below its acknowledged position) or already stored
-// is left out: stored reports whether it was kept.
-func (s *Store) StoreToDevice(ctx context.Context, dest string, position int64, messageID string, content json.RawMessage) (stored bool, err error) {
-	tag, err := s.pool.Exec(ctx, `INSERT INTO sender_to_device (destination, position, message_id, content)
-		SELECT $1, $2, $3, $4
-		WHERE NOT EXISTS (SELECT 1 FROM sender_destinations WHERE destination = $1 AND to_device_acked >= $2)
-		ON CONFLICT (destination, position) DO NOTHING`, dest, position, messageID, string(content))
-	if err != nil {
-		return false, fmt.Errorf("storing to-device message %s for %s: %w", messageID, dest, err)
+// StoreToDevice keeps to-device EDUs, each for its destination, until the
+// destination accepts it (queue.Store's AckEDUs), in one statement. One the
+// destination already acknowledged (a replayed record at or below its
+// acknowledged position) or already stored is left out.
+func (s *Store) StoreToDevice(ctx context.Context, recs []schema.OutboundRecord) error {
+	var dests, ids, contents []string
+	var positions []int64
+	for _, r := range recs {
+		dests, positions, ids, contents = append(dests, r.Destination), append(positions, r.Position), append(ids, r.MessageID), append(contents, string(r.Content))
 	}
-	return tag.RowsAffected() == 1, nil
+	_, err := s.pool.Exec(ctx, `INSERT INTO sender_to_device (destination, position, message_id, content)
+		SELECT u.d, u.p, u.m, u.c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS u(d, p, m, c)
+		WHERE NOT EXISTS (SELECT 1 FROM sender_destinations s WHERE s.destination = u.d AND s.to_device_acked >= u.p)
+		ON CONFLICT (destination, position) DO NOTHING`, dests, positions, ids, contents)
+	if err != nil {
+		return fmt.Errorf("storing %d to-device messages: %w", len(recs), err)
+	}
+	return nil
 }
 
 // StoredEDUs implements queue.Store.
