@@ -129,7 +129,7 @@ func TestToDeviceBurstStaysWithinEDUAndTransactionLimits(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "the sender's store emptied", func() bool {
 		return storedToDevice(t, p, "remote0.test") == 0 && storedToDevice(t, p, "remote1.test") == 0
 	})
-	if q, d := testenv.Value(t, p.regs[0], "fedpipe_sender_to_device_queued"), counter(t, p.regs[0], "fedpipe_sender_stored_edus_delivered_total", "to_device"); q != 0 || d != 503 {
+	if q, d := counter(t, p.regs[0], "fedpipe_sender_stored_edus_queued", "to_device"), counter(t, p.regs[0], "fedpipe_sender_stored_edus_delivered_total", "to_device"); q != 0 || d != 503 {
 		t.Fatalf("metrics: %v queued, %v delivered; want 0 and 503", q, d)
 	}
 	t.Logf("500 × 60 KiB to-device messages delivered in %v: %d transactions (largest %d bytes, budget %d), %d duplicates",

@@ -83,7 +83,7 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 	if err != nil {
 		return nil, err
 	}
-	if err := reg.Register(newToDeviceBacklog(pool)); err != nil {
+	if err := reg.Register(newStoredBacklog(pool)); err != nil {
 		return nil, err
 	}
 	s.m = m

@@ -111,7 +111,7 @@ func chain(first, then func()) func() {
 // eduType is an EDU type as a metric label (a bounded set).
 func eduType(t string) string {
 	switch t {
-	case edu.TypePresence, edu.TypeTyping, edu.TypeReceipt, edu.TypeDeviceListUpdate, edu.TypeDirectToDevice:
+	case edu.TypePresence, edu.TypeTyping, edu.TypeReceipt, edu.TypeDeviceListUpdate, edu.TypeDirectToDevice, edu.TypeSigningKeyUpdate:
 		return t
 	}
 	return "other"

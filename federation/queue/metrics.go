@@ -4,7 +4,8 @@ import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	txns                              *prometheus.CounterVec
-	pdusSent, edusSent, pduRejected   prometheus.Counter
+	pdusSent, pduRejected             prometheus.Counter
+	edusSent                          *prometheus.CounterVec
 	pdusToCatchUp, backoffs           prometheus.Counter
 	edusDropped                       *prometheus.CounterVec
 	presenceSuperseded                prometheus.Counter
@@ -22,9 +23,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	m := &metrics{
-		txns:          prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_transactions_total", Help: "Transactions sent, by result (ok, failed, fatal)."}, []string{"result"}),
-		pdusSent:      c("fedpipe_sender_pdus_sent_total", "PDUs delivered in accepted transactions."),
-		edusSent:      c("fedpipe_sender_edus_sent_total", "EDUs delivered in accepted transactions."),
+		txns:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_transactions_total", Help: "Transactions sent, by result (ok, failed, fatal)."}, []string{"result"}),
+		pdusSent: c("fedpipe_sender_pdus_sent_total", "PDUs delivered in accepted transactions."),
+		edusSent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_edus_sent_total",
+			Help: "EDUs delivered in accepted transactions, by EDU type."}, []string{"edu_type"}),
 		pduRejected:   c("fedpipe_sender_pdus_rejected_total", "PDUs a destination answered with a per-PDU error."),
 		pdusToCatchUp: c("fedpipe_sender_pdus_deferred_total", "PDUs recorded for catch-up instead of sent (destination backing off)."),
 		edusDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_edus_dropped_total",

@@ -178,7 +178,9 @@ func (d *destination) fill(t *txn.Transaction, b batch) (in, next batch) {
 // ends d's backoff if it had one.
 func (d *destination) delivered(ctx context.Context, t *txn.Transaction, resp txn.Response, in batch) {
 	d.m.pdusSent.Add(float64(len(t.PDUs)))
-	d.m.edusSent.Add(float64(len(t.EDUs)))
+	for _, e := range t.EDUs {
+		d.m.edusSent.WithLabelValues(eduType(e.Type)).Inc()
+	}
 	for id, reason := range resp.Errors() {
 		d.m.pduRejected.Inc()
 		d.log.Warn("destination rejected a PDU", "destination", d.name, "event_id", id, "error", reason)
