@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
@@ -369,4 +371,79 @@ func TestReceiptsReachTheRoomsServersEndToEnd(t *testing.T) {
 	if got := read("remote2.test"); len(got) != 0 {
 		t.Fatalf("remote2.test, not in the room, got %v", got)
 	}
+}
+
+// A device-list chain survives a 30-minute outage of one destination,
+// simulated on the sender's clock: it backs off (10 minutes, then 20), is
+// tried again and fails while the user keeps changing devices, then
+// recovers; it gets the newest state of each device, chained on what it had,
+// and the other destination, healthy throughout, got an unbroken chain too.
+func TestDeviceListChainSurvivesAThirtyMinuteOutage(t *testing.T) {
+	p := newPipeline(t, remotes(2))
+	h := &presenceHarness{pipeline: p}
+	var offset atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	p.startWith(&stageOptions{senderQueue: func(c *queue.Config) { c.Now, c.RetryDelay = now, 10 * time.Millisecond }},
+		"relay", "router", "sender", "ingest")
+	alice := "@alice:local.test"
+	h.join("!a:local.test", alice, "@bob:remote0.test", "@carol:remote1.test")
+	h.waitRouted()
+	update := func(device string, n int) {
+		t.Helper()
+		h.post("/_fedpipe/v1/device_lists", http.MethodPost, map[string]any{"devices": []map[string]any{
+			{"user_id": alice, "device_id": device, "keys": map[string]any{"device_id": device, "user_id": alice, "n": n}}}})
+	}
+	interval := func() time.Duration {
+		var ms int64
+		_ = p.in.pool.QueryRow(context.Background(), `SELECT retry_interval_ms FROM sender_destinations WHERE destination = 'remote0.test'`).Scan(&ms)
+		return time.Duration(ms) * time.Millisecond
+	}
+	has := func(dest, what string) bool {
+		c, _ := deviceListChain(t, p.recv, dest, alice)
+		return strings.Contains(strings.Join(c, " "), what)
+	}
+	update("D", 1)
+	testenv.Eventually(t, 30*time.Second, "both told of D's first keys", func() bool {
+		return has("remote0.test", `"n":1`) && has("remote1.test", `"n":1`)
+	})
+	p.recv.SetFault("remote0.test", testreceiver.Fault{Status: 500})
+	update("D", 2)
+	testenv.Eventually(t, 30*time.Second, "remote0.test backing off 10 minutes", func() bool { return interval() >= 8*time.Minute })
+	for minute := 1; minute <= 30; minute++ {
+		offset.Add(int64(time.Minute))
+		switch minute {
+		case 5:
+			update("E", 3)
+		case 14: // due again after 8 to 14 minutes (jitter): tried, failed, backing off 20
+			testenv.Eventually(t, 30*time.Second, "remote0.test tried again and backing off 20 minutes", func() bool { return interval() >= 16*time.Minute })
+			update("D", 4)
+		case 25:
+			update("F", 5)
+		}
+	}
+	p.recv.ClearFault("remote0.test") // after 30 minutes; its backoff runs to 30 to 42
+	testenv.Eventually(t, 60*time.Second, "remote0.test told of every device's newest keys", func() bool {
+		if offset.Load() < int64(60*time.Minute) {
+			offset.Add(int64(time.Minute))
+		}
+		return has("remote0.test", `"n":4`) && has("remote0.test", `"n":3`) && has("remote0.test", `"n":5`)
+	})
+	for _, d := range []string{"remote0.test", "remote1.test"} {
+		testenv.Eventually(t, 60*time.Second, d+" told of every device's newest keys", func() bool {
+			return has(d, `"n":4`) && has(d, `"n":3`) && has(d, `"n":5`)
+		})
+		c, ok := deviceListChain(t, p.recv, d, alice)
+		if !ok {
+			t.Fatalf("%s's chain is broken: %v", d, c)
+		}
+		t.Logf("%s: %v", d, c)
+	}
+	if has("remote0.test", `"n":2`) {
+		t.Fatalf("remote0.test, failing then, got D's superseded keys")
+	}
+	testenv.Eventually(t, 10*time.Second, "the sender's store emptied", func() bool {
+		var n int
+		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&n)
+		return n == 0
+	})
 }

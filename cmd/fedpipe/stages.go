@@ -95,6 +95,9 @@ type stageOptions struct {
 	clientConfig func(*client.Config)
 	// presenceNow replaces the presence stage's clock (tests of its timers).
 	presenceNow func() time.Time
+	// senderQueue adjusts the sender's queue configuration (tests: its
+	// clock, its pause between retries).
+	senderQueue func(*queue.Config)
 }
 
 // startStages starts each named stage and the admin listener in g.
@@ -185,9 +188,12 @@ func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []st
 			if err != nil {
 				return fmt.Errorf("sender: %w", err)
 			}
-			snd, err := sender.New(sender.Config{OutboundPartitions: parts, Queue: queue.Config{
-				Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax,
-				MaxTransactionBytes: cfg.Federation.MaxTransactionBytes}},
+			qcfg := queue.Config{Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax,
+				MaxTransactionBytes: cfg.Federation.MaxTransactionBytes}
+			if opts != nil && opts.senderQueue != nil {
+				opts.senderQueue(&qcfg)
+			}
+			snd, err := sender.New(sender.Config{OutboundPartitions: parts, Queue: qcfg},
 				in.pool, cl, log, in.reg)
 			if err != nil {
 				return fmt.Errorf("sender: %w", err)
