@@ -383,7 +383,7 @@ func TestDeviceListChainSurvivesAThirtyMinuteOutage(t *testing.T) {
 	h := &presenceHarness{pipeline: p}
 	var offset atomic.Int64
 	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
-	p.startWith(&stageOptions{senderQueue: func(c *queue.Config) { c.Now, c.RetryDelay = now, 10 * time.Millisecond }},
+	p.startWith(&stageOptions{senderQueue: func(c *queue.Config) { c.Now, c.RetryDelay = now, 10*time.Millisecond }},
 		"relay", "router", "sender", "ingest")
 	alice := "@alice:local.test"
 	h.join("!a:local.test", alice, "@bob:remote0.test", "@carol:remote1.test")
