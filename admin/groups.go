@@ -102,7 +102,7 @@ func (s *Server) readGroup(ctx context.Context, g Group) (GroupStatus, error) {
 			fetchReq[t.Name] = append(fetchReq[t.Name], p.ID)
 		}
 	}
-	ends, err := s.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: listReq})
+	ends, err := s.listOffsets(ctx, &kafka.ListOffsetsRequest{Topics: listReq})
 	if err != nil {
 		return st, fmt.Errorf("listing the offsets of group %s's topics: %w", g.ID, err)
 	}
@@ -121,9 +121,6 @@ func (s *Server) readGroup(ctx context.Context, g Group) (GroupStatus, error) {
 	now := time.Now()
 	for topic, ps := range ends.Topics {
 		for _, p := range ps {
-			if p.Error != nil {
-				return st, fmt.Errorf("listing the offsets of %s/%d: %w", topic, p.Partition, p.Error)
-			}
 			k := [2]string{topic, fmt.Sprint(p.Partition)}
 			c, ok := committed[k]
 			if !ok {

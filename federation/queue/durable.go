@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/fedpipe/fedpipe/federation/txn"
 )
@@ -163,24 +164,28 @@ func (d *destination) acked(kind Durable, pos int64) {
 	d.mu.Unlock()
 }
 
-// flushAcks deletes the acknowledged stored EDUs from the store. A failure
-// leaves them there, to be sent again after the destination's next backoff
-// or restart: a to-device message the receiver drops by its message_id, a
-// device-list update it already has.
+// flushAcks deletes the acknowledged stored EDUs from the store. It runs
+// even when ctx has ended (the member is stopping): the destination accepted
+// them, and the next owner, which cannot send before this worker releases
+// the destination's fence, must not send them again (a device-list update
+// sent again would restart its chain). A failure leaves them there, to be
+// sent again after the destination's next backoff or restart: a to-device
+// message the receiver drops by its message_id, a device-list update it
+// already has.
 func (d *destination) flushAcks(ctx context.Context) {
 	d.mu.Lock()
 	acks := d.acks
 	d.acks = [2][]int64{}
 	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	for kind, positions := range acks {
 		if len(positions) == 0 {
 			continue
 		}
 		if err := d.store.AckEDUs(ctx, d.name, Durable(kind), positions); err != nil {
-			if ctx.Err() == nil {
-				d.m.storeErrors.Inc()
-				d.log.Warn("deleting delivered stored EDUs", "destination", d.name, "kind", Durable(kind).String(), "count", len(positions), "err", err)
-			}
+			d.m.storeErrors.Inc()
+			d.log.Warn("deleting delivered stored EDUs", "destination", d.name, "kind", Durable(kind).String(), "count", len(positions), "err", err)
 			continue
 		}
 		d.m.durableAcked.WithLabelValues(Durable(kind).String()).Add(float64(len(positions)))
