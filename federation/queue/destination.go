@@ -122,22 +122,34 @@ func (d *destination) enqueuePresence(ctx context.Context, states []edu.Presence
 		done() // no state left worth sending
 		return nil
 	}
+	item := newPresenceItem(len(states), done)
+	return d.enqueueMerged(ctx, edu.TypePresence, len(states), done, func() []*presenceItem {
+		superseded := d.pending.presence.add(states, item)
+		d.m.presenceSuperseded.Add(float64(len(superseded)))
+		return superseded
+	})
+}
+
+// enqueueMerged merges n items of an ephemeral kind of EDU (presence
+// states, receipts) into their slot with add, which returns the items it
+// superseded, or drops them (counted) when d is failing or catching up. A
+// destination that is due again but behind starts catching up, then sends
+// them.
+func (d *destination) enqueueMerged(ctx context.Context, eduType string, n int, done func(), add func() []*presenceItem) error {
 	if err := d.refresh(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
 	if d.retry.Failing(d.cfg.Now()) || d.catchingUp {
 		d.mu.Unlock()
-		d.m.edusDropped.WithLabelValues(edu.TypePresence).Add(float64(len(states)))
+		d.m.edusDropped.WithLabelValues(eduType).Add(float64(n))
 		done()
 		return nil
 	}
-	superseded := d.pending.presence.add(states, newPresenceItem(len(states), done))
+	superseded := add()
 	idle := d.wake(false)
 	d.mu.Unlock()
-	// Outside d.mu: done is the caller's code.
-	d.m.presenceSuperseded.Add(float64(len(superseded)))
-	releaseAll(superseded)
+	releaseAll(superseded) // outside d.mu: done is the caller's code
 	return d.launch(idle)
 }
 

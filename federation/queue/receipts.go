@@ -107,19 +107,8 @@ func (s *receiptSlot) len() int { return min(len(s.order), maxReceiptEDUs) }
 // enqueueReceipts merges rs into d's receipts as enqueuePresence merges
 // presence: dropped and counted while d is failing or catching up.
 func (d *destination) enqueueReceipts(ctx context.Context, rs []Receipt, done func()) error {
-	if err := d.refresh(ctx); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	if d.retry.Failing(d.cfg.Now()) || d.catchingUp {
-		d.mu.Unlock()
-		d.m.edusDropped.WithLabelValues(edu.TypeReceipt).Add(float64(len(rs)))
-		done()
-		return nil
-	}
-	superseded := d.pending.receipts.add(rs, newPresenceItem(len(rs), done))
-	idle := d.wake(false)
-	d.mu.Unlock()
-	releaseAll(superseded)
-	return d.launch(idle)
+	item := newPresenceItem(len(rs), done)
+	return d.enqueueMerged(ctx, edu.TypeReceipt, len(rs), done, func() []*presenceItem {
+		return d.pending.receipts.add(rs, item)
+	})
 }

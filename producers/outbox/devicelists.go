@@ -78,23 +78,11 @@ type deviceRow struct {
 }
 
 func storeDeviceRows(ctx context.Context, tx pgx.Tx, rows []deviceRow) ([]int64, error) {
-	batch := &pgx.Batch{}
-	for _, r := range rows {
-		batch.Queue(`INSERT INTO device_lists_stream (user_id, kind, device_id, content) VALUES ($1, $2, $3, $4) RETURNING stream_id`,
-			r.userID, r.kind, r.deviceID, string(r.content))
-	}
-	positions := make([]int64, len(rows))
-	br := tx.SendBatch(ctx, batch)
-	for i := range rows {
-		if err := br.QueryRow().Scan(&positions[i]); err != nil {
-			_ = br.Close()
-			return nil, fmt.Errorf("storing the device-list update of %s: %w", rows[i].userID, err)
-		}
-	}
-	if err := br.Close(); err != nil {
-		return nil, fmt.Errorf("storing device-list updates: %w", err)
-	}
-	return positions, nil
+	return insertAll(ctx, tx, len(rows), `INSERT INTO device_lists_stream (user_id, kind, device_id, content) VALUES ($1, $2, $3, $4) RETURNING stream_id`,
+		func(i int) []any {
+			return []any{rows[i].userID, rows[i].kind, rows[i].deviceID, string(rows[i].content)}
+		},
+		func(i int) string { return "the device-list update of " + rows[i].userID })
 }
 
 // checkLocalUser checks a user id of origin.

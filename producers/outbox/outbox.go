@@ -73,22 +73,15 @@ func Persist(ctx context.Context, tx pgx.Tx, events []EventWithDeltas) ([]int64,
 	}
 	// One round trip for all events: positions come from the column default, so
 	// every row takes its xid before its position (see 0001_streams.sql).
-	batch := &pgx.Batch{}
-	for _, ev := range events {
-		batch.Queue(`INSERT INTO events (event_id, room_id, room_version, sender, origin, type, state_key, json)
+	positions, err := insertAll(ctx, tx, len(events), `INSERT INTO events (event_id, room_id, room_version, sender, origin, type, state_key, json)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING stream_ordering`,
-			ev.EventID, ev.RoomID, ev.RoomVersion, ev.Sender, ServerOf(ev.Sender), ev.Type, ev.StateKey, string(ev.PDU))
-	}
-	positions := make([]int64, len(events))
-	br := tx.SendBatch(ctx, batch)
-	for i := range events {
-		if err := br.QueryRow().Scan(&positions[i]); err != nil {
-			_ = br.Close()
-			return nil, fmt.Errorf("storing event %s: %w", events[i].EventID, err)
-		}
-	}
-	if err := br.Close(); err != nil {
-		return nil, fmt.Errorf("storing events: %w", err)
+		func(i int) []any {
+			ev := events[i]
+			return []any{ev.EventID, ev.RoomID, ev.RoomVersion, ev.Sender, ServerOf(ev.Sender), ev.Type, ev.StateKey, string(ev.PDU)}
+		},
+		func(i int) string { return "event " + events[i].EventID })
+	if err != nil {
+		return nil, err
 	}
 	var rows [][]any
 	for i, ev := range events {
@@ -116,6 +109,30 @@ func PersistBatch(ctx context.Context, pool *pgxpool.Pool, events []EventWithDel
 	})
 	if err != nil {
 		return nil, err
+	}
+	return positions, nil
+}
+
+// insertAll runs the INSERT … RETURNING stream position sql once per row
+// (args(i) its arguments) in one round trip inside tx and returns the
+// positions in row order; what(i) names a row in errors. A stream table's
+// positions come from its column default, so every row takes its xid before
+// its position (see 0001_streams.sql).
+func insertAll(ctx context.Context, tx pgx.Tx, rows int, sql string, args func(i int) []any, what func(i int) string) ([]int64, error) {
+	batch := &pgx.Batch{}
+	for i := 0; i < rows; i++ {
+		batch.Queue(sql, args(i)...)
+	}
+	positions := make([]int64, rows)
+	br := tx.SendBatch(ctx, batch)
+	for i := range positions {
+		if err := br.QueryRow().Scan(&positions[i]); err != nil {
+			_ = br.Close()
+			return nil, fmt.Errorf("storing %s: %w", what(i), err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("storing %d rows: %w", rows, err)
 	}
 	return positions, nil
 }

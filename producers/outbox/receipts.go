@@ -42,26 +42,12 @@ func PutReceipts(ctx context.Context, tx pgx.Tx, origin string, receipts []Recei
 			keep = append(keep, r)
 		}
 	}
-	batch := &pgx.Batch{}
-	for _, r := range keep {
-		batch.Queue(`INSERT INTO receipts_stream (room_id, user_id, event_ids, thread_id, ts) VALUES ($1, $2, $3, $4, $5) RETURNING stream_id`,
-			r.RoomID, r.UserID, r.EventIDs, r.ThreadID, r.TS)
-	}
-	positions := make([]int64, len(keep))
 	if len(keep) == 0 {
-		return positions, nil
+		return []int64{}, nil
 	}
-	br := tx.SendBatch(ctx, batch)
-	for i := range keep {
-		if err := br.QueryRow().Scan(&positions[i]); err != nil {
-			_ = br.Close()
-			return nil, fmt.Errorf("storing the receipt of %s in %s: %w", keep[i].UserID, keep[i].RoomID, err)
-		}
-	}
-	if err := br.Close(); err != nil {
-		return nil, fmt.Errorf("storing receipts: %w", err)
-	}
-	return positions, nil
+	return insertAll(ctx, tx, len(keep), `INSERT INTO receipts_stream (room_id, user_id, event_ids, thread_id, ts) VALUES ($1, $2, $3, $4, $5) RETURNING stream_id`,
+		func(i int) []any { r := keep[i]; return []any{r.RoomID, r.UserID, r.EventIDs, r.ThreadID, r.TS} },
+		func(i int) string { return "the receipt of " + keep[i].UserID + " in " + keep[i].RoomID })
 }
 
 func checkReceipt(field, origin string, r Receipt) error {

@@ -61,23 +61,9 @@ func SendToDevice(ctx context.Context, tx pgx.Tx, origin string, msg ToDevice) (
 	if err != nil {
 		return nil, err
 	}
-	batch := &pgx.Batch{}
-	for _, r := range rows {
-		batch.Queue(`INSERT INTO device_federation_outbox (destination, message_id, content) VALUES ($1, $2, $3) RETURNING stream_id`,
-			r.Destination, r.MessageID, string(r.Content))
-	}
-	positions := make([]int64, len(rows))
-	br := tx.SendBatch(ctx, batch)
-	for i := range rows {
-		if err := br.QueryRow().Scan(&positions[i]); err != nil {
-			_ = br.Close()
-			return nil, fmt.Errorf("storing to-device message %s for %s: %w", msg.MessageID, rows[i].Destination, err)
-		}
-	}
-	if err := br.Close(); err != nil {
-		return nil, fmt.Errorf("storing to-device message %s: %w", msg.MessageID, err)
-	}
-	return positions, nil
+	return insertAll(ctx, tx, len(rows), `INSERT INTO device_federation_outbox (destination, message_id, content) VALUES ($1, $2, $3) RETURNING stream_id`,
+		func(i int) []any { return []any{rows[i].Destination, rows[i].MessageID, string(rows[i].Content)} },
+		func(i int) string { return "to-device message " + rows[i].MessageID + " for " + rows[i].Destination })
 }
 
 // SendToDeviceBatch is SendToDevice in a transaction of its own.
