@@ -138,10 +138,11 @@ func TestToDeviceBurstStaysWithinEDUAndTransactionLimits(t *testing.T) {
 		elapsed.Round(time.Millisecond), txns, largest, budget, dups)
 }
 
-// To-device messages for a destination that is backing off wait in
-// PostgreSQL through SIGKILLs of the process running the router and sender
-// (one while backing off, then three a few seconds apart while it catches
-// up), and every message arrives, first arrivals in order, while another
+// To-device messages and device-list updates for a destination that is
+// backing off wait in PostgreSQL through SIGKILLs of the process running the
+// router and sender (one while backing off, then three a few seconds apart
+// while it catches up): every message arrives, first arrivals in order, and
+// every device's newest keys with an unbroken prev_id chain, while another
 // destination gets its messages throughout.
 func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
 	if testing.Short() {
@@ -166,11 +167,31 @@ func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
 		}
 		_ = c.Wait()
 	}
+	alice := "@alice:local.test"
+	(&presenceHarness{pipeline: p}).join("!a:local.test", alice, "@bob:remote0.test", "@carol:remote1.test")
+	devices := func(from, to int) {
+		t.Helper()
+		tx, err := p.in.pool.Begin(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ups []outbox.DeviceUpdate
+		for n := from; n < to; n++ {
+			ups = append(ups, outbox.DeviceUpdate{UserID: alice, DeviceID: fmt.Sprintf("D%d", n%5), Keys: json.RawMessage(fmt.Sprintf(`{"n":%d}`, n))})
+		}
+		if _, err := outbox.UpdateDevices(context.Background(), tx, "local.test", ups); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	p.recv.SetFault("remote0.test", testreceiver.Fault{Status: 500})
 	child := startChild()
 	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
 
 	p.sendToDevice("td", 0, 100, 100, "remote0.test", "remote1.test")
+	devices(0, 10)
 	testenv.Eventually(t, 60*time.Second, "remote1.test to get 100 messages and remote0.test's 100 to wait in the store", func() bool {
 		return len(toDeviceIDs(t, p.recv, "remote1.test")) >= 100 && storedToDevice(t, p, "remote0.test") == 100
 	})
@@ -179,6 +200,7 @@ func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
 	}
 	kill(child)
 	p.sendToDevice("td", 100, 100, 100, "remote0.test", "remote1.test")
+	devices(10, 20)
 	p.recv.ClearFault("remote0.test")
 	child = startChild()
 	for i := 0; i < 3; i++ {
@@ -188,10 +210,27 @@ func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
 		kill(child)
 		child = startChild()
 	}
-	testenv.Eventually(t, 90*time.Second, "200 messages at each destination", func() bool {
-		return storedToDevice(t, p, "remote0.test") == 0 && storedToDevice(t, p, "remote1.test") == 0 &&
-			len(toDeviceIDs(t, p.recv, "remote1.test")) >= 200
+	newest := func(d string) bool {
+		c, _ := deviceListChain(t, p.recv, d, alice)
+		all := strings.Join(c, " ")
+		for n := 15; n < 20; n++ {
+			if !strings.Contains(all, fmt.Sprintf(`"n":%d}`, n)) {
+				return false
+			}
+		}
+		return true
+	}
+	testenv.Eventually(t, 90*time.Second, "200 messages and every device's newest keys at each destination", func() bool {
+		var rows int
+		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&rows)
+		return storedToDevice(t, p, "remote0.test") == 0 && storedToDevice(t, p, "remote1.test") == 0 && rows == 0 &&
+			len(toDeviceIDs(t, p.recv, "remote1.test")) >= 200 && newest("remote0.test") && newest("remote1.test")
 	})
+	for _, d := range []string{"remote0.test", "remote1.test"} {
+		if c, ok := deviceListChain(t, p.recv, d, alice); !ok {
+			t.Fatalf("%s's device-list chain broken through the kills: %v", d, c)
+		}
+	}
 	want := ids("td", 200)
 	dups0 := checkOnceInOrder(t, "remote0.test", toDeviceIDs(t, p.recv, "remote0.test"), want)
 	dups1 := checkOnceInOrder(t, "remote1.test", toDeviceIDs(t, p.recv, "remote1.test"), want)
@@ -235,11 +274,14 @@ func TestTypingReachesTheRoomsServersEndToEnd(t *testing.T) {
 }
 
 // deviceListChain is what dest received of user's m.device_list_update EDUs,
-// in order: "device@stream_id<prev_ids keys".
+// in order, an update received again as it was counted once:
+// "device@stream_id<prev_ids keys". ok reports an unbroken chain: each
+// update's prev_id is the stream_id of the one before ([] for the first).
 func deviceListChain(t testing.TB, recv *testreceiver.Server, dest, user string) (chain []string, ok bool) {
 	t.Helper()
 	var last int64
 	ok = true
+	seen := map[string]bool{}
 	for _, raw := range recv.EDUs(dest, edu.TypeDeviceListUpdate) {
 		var u edu.DeviceListUpdate
 		if err := json.Unmarshal(raw, &u); err != nil {
@@ -248,6 +290,11 @@ func deviceListChain(t testing.TB, recv *testreceiver.Server, dest, user string)
 		if u.UserID != user {
 			continue
 		}
+		key := fmt.Sprint(u.StreamID, u.PrevID)
+		if seen[key] {
+			continue // sent again after a crash, as it was: at least once
+		}
+		seen[key] = true
 		want := []int64{}
 		if last > 0 {
 			want = []int64{last}
