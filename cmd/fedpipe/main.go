@@ -30,6 +30,7 @@ func commands() map[string]command {
 		"offsets": {"a consumer group's offsets, shown and moved to replay or skip (offsets show|reset --group G)", cmdOffsets},
 		"status":  {"a running fedpipe's status page as tables, asked of admin.listen (status [--url URL])", cmdStatus},
 		"soak":    {"crash soak: SIGKILL and restart the stage process under load, check every delivery (docs/operations.md)", cmdSoak},
+		"version": {"print fedpipe's version: module version, VCS revision, Go version", cmdVersion},
 	}
 	addPipelineCommands(cmds)
 	return cmds

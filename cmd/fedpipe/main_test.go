@@ -123,6 +123,7 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"soak":           {[]string{"dir", "keep", "seed", "kills", "rooms", "servers", "events", "stall_bound", "drain", "progress", "log_level", "bin", "brokers", "broker_restart"}, nil},
 		"keys":           {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
 		"status":         {[]string{"config", "url"}, []string{"admin.listen", "admin.token"}},
+		"version":        {nil, nil},
 		"offsets show":   {[]string{"config", "group", "topic", "all-topics"}, []string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
 		"offsets reset": {[]string{"config", "group", "topic", "all-topics", "to-earliest", "to-latest", "to-offset", "shift-by", "to-datetime", "by-duration", "execute"},
 			[]string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
@@ -181,6 +182,14 @@ func TestEveryCommandsHelp(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// fedpipe version names itself and the Go toolchain it was built with.
+func TestVersion(t *testing.T) {
+	code, out := runCode("version")
+	if code != 0 || !strings.HasPrefix(out, "fedpipe ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("fedpipe version exits %d, printing:\n%s", code, out)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 
 	"github.com/fedpipe/fedpipe/federation/signing"
 	"github.com/fedpipe/fedpipe/internal/config"
@@ -50,5 +51,34 @@ func cmdConfigCheck(_ context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	fmt.Fprintln(stdout, "configuration is valid")
+	return nil
+}
+
+// cmdVersion prints what this binary was built from, as the Go toolchain
+// recorded it: the module version (a tag, or "(devel)" for a checkout), the
+// VCS revision, its time and whether the tree had local changes, and Go's
+// version.
+func cmdVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("version", "", "Print fedpipe's version: module version, VCS revision and time, and the Go version it was built with.", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return errors.New("version: this binary carries no build information")
+	}
+	settings := map[string]string{}
+	for _, s := range info.Settings {
+		settings[s.Key] = s.Value
+	}
+	fmt.Fprintf(stdout, "fedpipe %s\n", info.Main.Version)
+	if rev := settings["vcs.revision"]; rev != "" {
+		dirty := ""
+		if settings["vcs.modified"] == "true" {
+			dirty = " (modified)"
+		}
+		fmt.Fprintf(stdout, "revision %s%s, %s\n", rev, dirty, settings["vcs.time"])
+	}
+	fmt.Fprintf(stdout, "%s %s/%s\n", info.GoVersion, settings["GOOS"], settings["GOARCH"])
 	return nil
 }
