@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -161,3 +165,51 @@ func TestDemoTwiceInOneDirectoryBesideRun(t *testing.T) {
 		t.Fatalf("the demo left files in %s: %d entries before, %d after", wd, len(before), len(after))
 	}
 }
+
+// fedpipe run says, once started, where to look: the status page and the
+// ingest API answer at the addresses it prints.
+func TestRunPrintsWhereToLook(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs a fedpipe process")
+	}
+	bin := buildFedpipe(t)
+	p := newPipeline(t, remotes(1))
+	cmd := exec.Command(bin, "run", "--stages=ingest")
+	cmd.Env = append(p.env(), "FEDPIPE_INGEST_LISTEN=127.0.0.1:0", "FEDPIPE_ADMIN_LISTEN=127.0.0.1:0")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, testWriter{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	status := regexp.MustCompile(`status page  (http://\S+/) `)
+	ingestURL := regexp.MustCompile(`ingest API   (http://\S+) `)
+	testenv.Eventually(t, 60*time.Second, "fedpipe run to say where to look", func() bool {
+		s := out.String()
+		return status.MatchString(s) && ingestURL.MatchString(s) && strings.Contains(s, "fedpipe demo")
+	})
+	for _, u := range []string{status.FindStringSubmatch(out.String())[1], ingestURL.FindStringSubmatch(out.String())[1]} {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatalf("%s, as printed: %v", u, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Fatalf("%s, as printed, answered %d", u, resp.StatusCode)
+		}
+	}
+	t.Logf("fedpipe run printed:\n%s", out.String())
+}
+
+// syncBuffer is a bytes.Buffer a child process writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

@@ -49,7 +49,7 @@ var allStages = []string{"relay", "presence", "router", "sender", "ingest", "key
 // the configuration keys in scope (every key when empty); `run` also takes
 // --stages to pick a subset.
 func cmdRun(name, summary string, scope []string, defaults ...string) func(context.Context, []string, io.Writer, io.Writer) error {
-	return func(ctx context.Context, args []string, _, stderr io.Writer) error {
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs := newFlagSet(name, "", strings.ToUpper(summary[:1])+summary[1:]+".", stderr)
 		path := configFlags(fs, scope...)
 		stages := new(string)
@@ -80,6 +80,9 @@ func cmdRun(name, summary string, scope []string, defaults ...string) func(conte
 			return err
 		}
 		log.Info("fedpipe running", "stages", run, "instance", cfg.Instance, "server_name", cfg.ServerName)
+		if name == "run" {
+			printWhereToLook(stdout, in.listeners)
+		}
 		err = g.Wait()
 		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 			log.Info("fedpipe stopped")
@@ -87,6 +90,18 @@ func cmdRun(name, summary string, scope []string, defaults ...string) func(conte
 		}
 		return err
 	}
+}
+
+// printWhereToLook tells someone who just started fedpipe run where to look.
+func printWhereToLook(w io.Writer, listeners map[string]string) {
+	fmt.Fprintln(w, "fedpipe is running.")
+	if a := listeners["admin"]; a != "" {
+		fmt.Fprintf(w, "  status page  http://%s/  (or: fedpipe status --url http://%s); metrics on /metrics\n", a, a)
+	}
+	if a := listeners["ingest"]; a != "" {
+		fmt.Fprintf(w, "  ingest API   http://%s%s  (docs/openapi.yaml)\n", a, ingest.Path)
+	}
+	fmt.Fprintln(w, "  to see it deliver to simulated remote servers: fedpipe demo")
 }
 
 // stageOptions lets the demo and tests adjust what the configuration cannot say.
