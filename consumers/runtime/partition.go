@@ -48,7 +48,7 @@ func (p *partition) run(ctx context.Context) error {
 	lag := g.m.lag.WithLabelValues(g.cfg.GroupID, p.topic, strconv.Itoa(p.id))
 	var hwm int64 = -1
 	commit := func() {
-		w, _ := wm.value()
+		w, _, _ := wm.value()
 		if w <= committed || w < 0 {
 			return
 		}
@@ -80,7 +80,7 @@ loop:
 			commit()
 			lastCommit = time.Now()
 		}
-		if _, inFlight := wm.value(); inFlight >= g.cfg.MaxInFlight {
+		if _, inFlight, tracked := wm.value(); inFlight >= g.cfg.MaxInFlight || tracked >= maxTrackedPerInFlight*g.cfg.MaxInFlight {
 			select { // back-pressure: wait for handlers to finish some records
 			case <-ctx.Done():
 			case <-time.After(5 * time.Millisecond):

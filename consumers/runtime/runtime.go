@@ -74,6 +74,10 @@ type Config struct {
 	// work returning, the last commit and the join.
 	DrainTimeout time.Duration
 	// MaxInFlight bounds the records fetched but not done, per partition.
+	// Records done after one that is not (a slow destination's transaction
+	// holds the watermark; the other destinations of its partition go on)
+	// do not count, up to maxTrackedPerInFlight times MaxInFlight records
+	// above the watermark: what a crash then replays.
 	MaxInFlight int
 	// StallAfter is how long a partition of the group may have records waiting
 	// with no committed progress before it counts as stalled

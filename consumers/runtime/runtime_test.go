@@ -140,9 +140,18 @@ func setup(t *testing.T, partitions int) *testenv.Kafka {
 
 func member(t *testing.T, k *testenv.Kafka, stage runtime.Stage, deadTopic string) (stop func() error) {
 	t.Helper()
-	g, err := runtime.New(runtime.Config{Brokers: []string{k.Addr}, GroupID: k.Group("g"), Topics: []string{k.Topic("in")}, DeadLetterTopic: deadTopic,
-		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second, HeartbeatInterval: 200 * time.Millisecond},
-		stage, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	return memberWith(t, k, stage, deadTopic, nil)
+}
+
+// memberWith is member with its configuration adjusted.
+func memberWith(t *testing.T, k *testenv.Kafka, stage runtime.Stage, deadTopic string, adjust func(*runtime.Config)) (stop func() error) {
+	t.Helper()
+	cfg := runtime.Config{Brokers: []string{k.Addr}, GroupID: k.Group("g"), Topics: []string{k.Topic("in")}, DeadLetterTopic: deadTopic,
+		CommitInterval: 20 * time.Millisecond, SessionTimeout: 2 * time.Second, RebalanceTimeout: 2 * time.Second, HeartbeatInterval: 200 * time.Millisecond}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	g, err := runtime.New(cfg, stage, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,6 +240,21 @@ func TestWatermarkHoldsBackCommitUntilDone(t *testing.T) {
 	defer r2.mu.Unlock()
 	if r2.handled["0/4"] != 0 || r2.handled["0/5"] != 1 || r2.handled["0/19"] != 1 {
 		t.Fatalf("redelivered %v, want offsets 5..19 only", r2.handled)
+	}
+}
+
+// One record in flight for long (a slow destination's transaction) holds
+// back the commit but not the partition: records done after it do not count
+// against MaxInFlight, so the partition's other records keep flowing.
+func TestALongHeldRecordDoesNotPinThePartition(t *testing.T) {
+	k := setup(t, 1)
+	produce(t, k.Addr, k.Topic("in"), 200)
+	r := newRecorder("a")
+	r.hold = func(m kafka.Message) bool { return m.Offset == 5 }
+	memberWith(t, k, r, k.Topic("dead"), func(c *runtime.Config) { c.MaxInFlight = 10 })
+	testenv.Eventually(t, 20*time.Second, "all 200 records handled past the held one (MaxInFlight 10)", func() bool { return r.count() == 200 })
+	if committedToEnd(t, k, k.Group("g"), k.Topic("in"), 1) {
+		t.Fatal("committed past a record not done")
 	}
 }
 

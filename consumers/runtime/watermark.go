@@ -13,6 +13,7 @@ type watermark struct {
 	offsets []int64 // fetched, not yet below the watermark, ascending
 	done    []bool
 	next    int64 // the watermark when nothing is pending
+	undone  int   // how many of offsets are not done
 }
 
 func newWatermark(start int64) *watermark { return &watermark{next: start} }
@@ -26,6 +27,7 @@ func (w *watermark) add(offset int64) {
 	}
 	w.offsets = append(w.offsets, offset)
 	w.done = append(w.done, false)
+	w.undone++
 }
 
 // markDone records offset as handled.
@@ -33,8 +35,9 @@ func (w *watermark) markDone(offset int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	i := sort.Search(len(w.offsets), func(i int) bool { return w.offsets[i] >= offset })
-	if i < len(w.offsets) && w.offsets[i] == offset {
+	if i < len(w.offsets) && w.offsets[i] == offset && !w.done[i] {
 		w.done[i] = true
+		w.undone--
 	}
 	j := 0
 	for j < len(w.done) && w.done[j] {
@@ -47,9 +50,18 @@ func (w *watermark) markDone(offset int64) {
 	}
 }
 
-// value returns the offset to commit and how many records are in flight.
-func (w *watermark) value() (commit int64, inFlight int) {
+// value returns the offset to commit, how many fetched records are not done
+// (in flight), and how many are tracked above the watermark (in flight, and
+// done after one that is not).
+func (w *watermark) value() (commit int64, inFlight, tracked int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.next, len(w.offsets)
+	return w.next, w.undone, len(w.offsets)
 }
+
+// maxTrackedPerInFlight bounds the records tracked above a partition's
+// watermark, done or not, as a multiple of Config.MaxInFlight: a record in
+// flight for long (a slow destination's transaction) lets the partition go on
+// for this many more records (a million by default, 9 bytes each), and a
+// crash replays at most as many.
+const maxTrackedPerInFlight = 100
