@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -296,3 +297,15 @@ func serverOf(userID string) string {
 }
 
 func ptr(s string) *string { return &s }
+
+// ExpectedPDUs is what dest must receive, in order: the PDUs of the events
+// destined to it (a stand-in for a server a check does not wait for).
+func (p *Plan) ExpectedPDUs(dest string) []json.RawMessage {
+	var out []json.RawMessage
+	for _, ev := range p.Events {
+		if slices.Contains(ev.Destinations, dest) {
+			out = append(out, ev.PDU)
+		}
+	}
+	return out
+}
