@@ -16,13 +16,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/federation/keyserver"
 	"github.com/fedpipe/fedpipe/federation/signing"
-	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/internal/testenv"
-	"github.com/fedpipe/fedpipe/schema"
+	"github.com/fedpipe/fedpipe/producers/outbox"
 )
 
 // The tier against a real Synapse (scripts/synapse; FEDPIPE_TEST_SYNAPSE names
@@ -133,9 +131,8 @@ func TestSynapseFetchesAndVerifiesFedpipesKey(t *testing.T) {
 	t.Logf("Synapse refused the forged key response of %s:\n%s", name, strings.Join(lines, "\n"))
 }
 
-// The end-to-end tier: fedpipe's sender delivers to Synapse a to-device
-// message (a raw edu record on the outbound topic, the path the to-device
-// producer will use), a local user's presence (the whole presence pipeline)
+// The end-to-end tier: fedpipe delivers to Synapse a to-device message
+// (through the whole to-device pipeline), a local user's presence (the whole presence pipeline)
 // and the PDUs of a room Synapse's user is joined to in fedpipe's view.
 // Synapse authenticates every transaction with the key it fetches from
 // fedpipe and answers 200; the to-device message reaches the user's /sync,
@@ -159,20 +156,11 @@ func TestSynapseReceivesFedpipesTransactions(t *testing.T) {
 	h.join(room, alice)
 	h.usersync("w1", syncs(alice, true))
 
-	// A to-device message from alice to bob's device.
+	// A to-device message from alice to bob's device, through the to-device
+	// pipeline: the outbox, the relay, the router and the sender's store.
 	msgID := "m" + run
-	content, _ := json.Marshal(map[string]any{
-		"sender": alice, "type": "org.fedpipe.test", "message_id": msgID,
-		"messages": map[string]any{bob.UserID: map[string]any{bob.DeviceID: map[string]any{"hello": "synapse", "run": run}}},
-	})
-	rec, err := schema.OutboundRecord{V: schema.SchemaVersion, Kind: schema.KindEDU, Destination: syn.ServerName, EDUType: "m.direct_to_device", Content: content}.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := kafkaio.NewWriter(p.cfg.Kafka.Brokers, schema.Topic(p.cfg.Kafka.TopicPrefix, "outbound"))
-	defer w.Close()
-	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte(syn.ServerName), Value: rec,
-		Headers: []kafka.Header{{Key: schema.HeaderKind, Value: []byte(schema.KindEDU)}}}); err != nil {
+	if _, err := outbox.SendToDeviceBatch(context.Background(), p.in.pool, us, outbox.ToDevice{Sender: alice, Type: "org.fedpipe.test", MessageID: msgID,
+		Messages: map[string]map[string]json.RawMessage{bob.UserID: {bob.DeviceID: json.RawMessage(`{"hello":"synapse","run":"` + run + `"}`)}}}); err != nil {
 		t.Fatal(err)
 	}
 
