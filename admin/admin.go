@@ -173,26 +173,43 @@ func (s *Server) Close() error {
 }
 
 // Handler serves every admin route; other paths answer Synapse's 404
-// M_UNRECOGNIZED. The caller mounts /metrics beside it.
+// M_UNRECOGNIZED, and a route's path with another method 405
+// M_UNRECOGNIZED (with Allow), as Synapse does. The caller mounts /metrics
+// beside it.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	route := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+	allowed := map[string][]string{} // path pattern → its methods
+	route := func(method, path string, h func(http.ResponseWriter, *http.Request) error) {
+		pattern := method + " " + path
 		mux.Handle(pattern, s.instrument(pattern, s.authenticated(h)))
+		allowed[path] = append(allowed[path], method)
 	}
 	const syn = "/_synapse/admin/v1/federation/destinations"
-	route("GET "+syn, s.listDestinations)
-	route("GET "+syn+"/{destination}", s.getDestination)
-	route("GET "+syn+"/{destination}/rooms", s.destinationRooms)
-	route("POST "+syn+"/{destination}/reset_connection", s.resetConnection)
+	route("GET", syn, s.listDestinations)
+	route("GET", syn+"/{destination}", s.getDestination)
+	route("GET", syn+"/{destination}/rooms", s.destinationRooms)
+	route("POST", syn+"/{destination}/reset_connection", s.resetConnection)
 	const own = "/_fedpipe/admin/v1"
-	route("POST "+own+"/federation/destinations/{destination}/pause", s.pause(true))
-	route("POST "+own+"/federation/destinations/{destination}/resume", s.pause(false))
-	route("GET "+own+"/wait_for_position", s.waitForPosition)
-	route("GET "+own+"/deadletters", s.deadLetters)
-	route("POST "+own+"/deadletters/redrive", s.redrive)
-	route("GET "+own+"/status", s.statusJSON)
-	route("GET /{$}", s.page)
+	route("POST", own+"/federation/destinations/{destination}/pause", s.pause(true))
+	route("POST", own+"/federation/destinations/{destination}/resume", s.pause(false))
+	route("GET", own+"/wait_for_position", s.waitForPosition)
+	route("GET", own+"/deadletters", s.deadLetters)
+	route("POST", own+"/deadletters/redrive", s.redrive)
+	route("GET", own+"/status", s.statusJSON)
+	route("GET", "/{$}", s.page)
+	paths := http.NewServeMux() // a route's path asked with another method
+	for path, methods := range allowed {
+		allow := strings.Join(methods, ", ")
+		paths.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, &apiError{http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "Unrecognized request: use " + allow})
+		})
+	}
 	mux.Handle("/", s.instrument("unrecognized", func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := paths.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
+			return
+		}
 		writeError(w, &apiError{http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request"})
 	}))
 	return mux
