@@ -2,6 +2,8 @@ package embedded
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -75,7 +77,9 @@ func StartPostgres(ctx context.Context, cfg PostgresConfig, logger *slog.Logger)
 	}
 	if p.cred != nil {
 		if err := reachable(filepath.Dir(cfg.DataDir), p.cred, cfg.RunAs); err != nil {
-			return nil, err
+			if p.cfg.DataDir, err = relocate(cfg.DataDir, err, logger); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := p.initOnce(ctx); err != nil {
@@ -89,8 +93,43 @@ func StartPostgres(ctx context.Context, cfg PostgresConfig, logger *slog.Logger)
 		_ = p.Stop(context.Background())
 		return nil, err
 	}
-	logger.Info("private PostgreSQL started", "port", cfg.Port, "data_dir", cfg.DataDir)
+	logger.Info("private PostgreSQL started", "port", cfg.Port, "data_dir", p.cfg.DataDir)
 	return p, nil
+}
+
+// DataDir is where the cluster lives: PostgresConfig.DataDir, or where
+// StartPostgres moved it (see relocate).
+func (p *Postgres) DataDir() string { return p.cfg.DataDir }
+
+// relocate finds a home for a cluster whose data directory the server's user
+// cannot reach (a checkout under /root, as root): a directory of its own
+// under /var/tmp named after the data directory, so the same data_dir finds
+// it again, and a note in the data directory saying where it went.
+func relocate(dataDir string, unreachable error, logger *slog.Logger) (string, error) {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(abs))
+	moved := filepath.Join(os.TempDir(), "fedpipe-postgres-"+hex.EncodeToString(sum[:6]))
+	if os.TempDir() != "/var/tmp" && dirExists("/var/tmp") {
+		moved = filepath.Join("/var/tmp", filepath.Base(moved)) // survives a reboot
+	}
+	parent := filepath.Dir(abs)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", fmt.Errorf("private PostgreSQL: %w", err)
+	}
+	note := filepath.Join(parent, filepath.Base(abs)+".location")
+	if err := os.WriteFile(note, []byte(moved+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("private PostgreSQL: noting where the cluster lives: %w", err)
+	}
+	logger.Warn("private PostgreSQL moved where its server user can reach it", "reason", unreachable, "data_dir", moved, "noted_in", note)
+	return moved, nil
+}
+
+func dirExists(d string) bool {
+	st, err := os.Stat(d)
+	return err == nil && st.IsDir()
 }
 
 // URL is the connection URL of the fedpipe database.
