@@ -31,6 +31,7 @@ func commands() map[string]command {
 		"status":  {"a running fedpipe's status page as tables, asked of admin.listen (status [--url URL])", cmdStatus},
 		"soak":    {"crash soak: SIGKILL and restart the stage process under load, check every delivery (docs/operations.md)", cmdSoak},
 		"version": {"print fedpipe's version: module version, VCS revision, Go version", cmdVersion},
+		"rebuild": {"rebuild router: the router's membership tables from the compacted state topic", cmdRebuild},
 	}
 	addPipelineCommands(cmds)
 	return cmds

@@ -124,11 +124,12 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"keys":           {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
 		"status":         {[]string{"config", "url"}, []string{"admin.listen", "admin.token"}},
 		"version":        {nil, nil},
+		"rebuild router": {[]string{"config"}, infra},
 		"offsets show":   {[]string{"config", "group", "topic", "all-topics"}, []string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
 		"offsets reset": {[]string{"config", "group", "topic", "all-topics", "to-earliest", "to-latest", "to-offset", "shift-by", "to-datetime", "by-duration", "execute"},
 			[]string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
 	}
-	subcommands := map[string][]string{"config": {"check", "example"}, "topics": {"create"}, "offsets": {"show", "reset"}}
+	subcommands := map[string][]string{"config": {"check", "example"}, "topics": {"create"}, "offsets": {"show", "reset"}, "rebuild": {"router"}}
 	for name := range commands() {
 		if _, ok := want[name]; !ok && subcommands[name] == nil {
 			t.Errorf("command %s has no expected flags here", name)

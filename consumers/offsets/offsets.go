@@ -174,9 +174,10 @@ func (t *Tool) Plan(ctx context.Context, group string, sel Selection, target Tar
 	return rows, nil
 }
 
-// Execute commits the planned offsets for the group, refusing with an
-// *ActiveGroupError while it has members.
-func (t *Tool) Execute(ctx context.Context, group string, plan []Row) error {
+// Inactive returns an *ActiveGroupError naming the members when group has
+// any: a tool that writes what the group's members write must not run beside
+// them.
+func (t *Tool) Inactive(ctx context.Context, group string) error {
 	desc, err := t.describe(ctx, group)
 	if err != nil {
 		return err
@@ -184,12 +185,21 @@ func (t *Tool) Execute(ctx context.Context, group string, plan []Row) error {
 	if len(desc.members) > 0 {
 		return &ActiveGroupError{Group: group, State: desc.state, Members: desc.members}
 	}
+	return nil
+}
+
+// Execute commits the planned offsets for the group, refusing with an
+// *ActiveGroupError while it has members.
+func (t *Tool) Execute(ctx context.Context, group string, plan []Row) error {
+	if err := t.Inactive(ctx, group); err != nil {
+		return err
+	}
 	commits := map[string][]kafka.OffsetCommit{}
 	for _, r := range plan {
 		commits[r.Topic] = append(commits[r.Topic], kafka.OffsetCommit{Partition: r.Partition, Offset: r.New})
 	}
 	var errs []error
-	err = whileCoordinatorMoves(ctx, func() error {
+	err := whileCoordinatorMoves(ctx, func() error {
 		resp, err := t.client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1, Topics: commits})
 		if err != nil {
 			return err
