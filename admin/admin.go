@@ -51,6 +51,8 @@ type Config struct {
 	Stages []string
 	// Instance names this process.
 	Instance string
+	// ServerName is our server name: a resend sends our events only.
+	ServerName string
 	// Groups are the consumer groups shown on the status page.
 	Groups []Group
 	// DeadLetterTopic is <prefix>.deadletter.
@@ -192,6 +194,7 @@ func (s *Server) Handler() http.Handler {
 	const own = "/_fedpipe/admin/v1"
 	route("POST", own+"/federation/destinations/{destination}/pause", s.pause(true))
 	route("POST", own+"/federation/destinations/{destination}/resume", s.pause(false))
+	route("POST", own+"/federation/destinations/{destination}/resend", s.resend)
 	route("GET", own+"/wait_for_position", s.waitForPosition)
 	route("GET", own+"/deadletters", s.deadLetters)
 	route("POST", own+"/deadletters/redrive", s.redrive)

@@ -49,7 +49,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := admin.New(admin.Config{Token: token, Brokers: brokers, Stages: []string{"router"}, Instance: "test",
+	srv, err := admin.New(admin.Config{Token: token, Brokers: brokers, Stages: []string{"router"}, Instance: "test", ServerName: "hs.test",
 		Groups:          []admin.Group{{ID: "fp-router", Topics: []string{"fp.room", "fp.presence"}}},
 		DeadLetterTopic: "fp.deadletter", RedriveTopics: []string{"fp.room", "fp.usersync"},
 		RoomTopic: "fp.room", RouterGroup: "fp-router", MaxWait: time.Minute}, pool, log, reg)
@@ -259,7 +259,8 @@ func (s *signals) SetPaused(dest string, p bool) {
 		s.add("resume " + dest)
 	}
 }
-func (s *signals) add(v string) { s.mu.Lock(); s.seen = append(s.seen, v); s.mu.Unlock() }
+func (s *signals) CatchUp(dest string) { s.add("catch_up " + dest) }
+func (s *signals) add(v string)        { s.mu.Lock(); s.seen = append(s.seen, v); s.mu.Unlock() }
 func (s *signals) has(v string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -572,5 +573,38 @@ func TestStatusJSON(t *testing.T) {
 	}
 	if errs := out["errors"].([]any); len(errs) != 0 {
 		t.Errorf("errors %v", errs)
+	}
+}
+
+// resend records for catch-up the latest of our events after the position
+// in each room the destination is joined to, and tells the sender members.
+func TestResend(t *testing.T) {
+	e := newEnv(t)
+	e.seed()
+	sig := e.listen()
+	e.exec(`INSERT INTO events (event_id, room_id, room_version, sender, origin, type, json) VALUES
+		('$1', '!r1:hs.test', '10', '@a:hs.test', 'hs.test', 'm.room.message', '{}'),
+		('$2', '!r1:hs.test', '10', '@a:hs.test', 'hs.test', 'm.room.message', '{}'),
+		('$3', '!r1:hs.test', '10', '@x:a.test', 'a.test', 'm.room.message', '{}'),
+		('$4', '!r2:hs.test', '10', '@a:hs.test', 'hs.test', 'm.room.message', '{}'),
+		('$5', '!r3:hs.test', '10', '@a:hs.test', 'hs.test', 'm.room.message', '{}')`)
+	e.exec(`INSERT INTO router_room_members (room_id, user_id) VALUES ('!r1:hs.test', '@x:a.test'), ('!r2:hs.test', '@y:a.test'), ('!r3:hs.test', '@z:b.test')`)
+	const own = "/_fedpipe/admin/v1/federation/destinations/"
+	e.wantError("POST", own+"unknown.test/resend", `{"from_position":0}`, http.StatusNotFound, "M_NOT_FOUND")
+	e.wantError("POST", own+"a.test/resend", `{}`, http.StatusBadRequest, "M_INVALID_PARAM")
+	e.wantError("POST", own+"a.test/resend", `{"from_position":1,"from_ts":1}`, http.StatusBadRequest, "M_INVALID_PARAM")
+	e.wantError("POST", own+"a.test/resend", `{"from_position":-1}`, http.StatusBadRequest, "M_INVALID_PARAM")
+	e.wantError("POST", own+"a.test/resend", `{"from_position":"0"}`, http.StatusBadRequest, "M_BAD_JSON")
+	code, out := e.call("POST", own+"a.test/resend", `{"from_ts":0}`)
+	if code != 200 || out["rooms"] != 2.0 {
+		t.Fatalf("resend: %d %v; want the two rooms a.test is in", code, out)
+	}
+	testenv.Eventually(t, time.Second, "the sender told to catch a.test up", func() bool { return sig.has("catch_up a.test") })
+	var rooms string
+	if err := e.pool.QueryRow(context.Background(), `SELECT string_agg(room_id || '=' || event_id, ' ' ORDER BY room_id) FROM sender_catchup WHERE destination = 'a.test'`).Scan(&rooms); err != nil {
+		t.Fatal(err)
+	}
+	if rooms != "!r1:hs.test=$2 !r2:hs.test=$4" {
+		t.Fatalf("catch-up rows %q: want each of a.test's rooms' latest event of ours", rooms)
 	}
 }

@@ -2,11 +2,14 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -280,5 +283,54 @@ func (s *Server) change(ctx context.Context, dest, op, update string) error {
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("%s of %s: %w", op, dest, err)
 	}
+	return nil
+}
+
+// ResendRequest is the body of POST …/destinations/{destination}/resend:
+// exactly one of from_position (a stream position) and from_ts (ms since the
+// epoch, the time events were stored).
+type ResendRequest struct {
+	FromPosition *int64 `json:"from_position"`
+	FromTS       *int64 `json:"from_ts"`
+}
+
+// POST /_fedpipe/admin/v1/federation/destinations/{destination}/resend: a
+// remote that lost data gets, through catch-up (paced, one room per
+// transaction), the latest of our events since the position or time in
+// every room it is joined to; it fetches the earlier ones itself.
+func (s *Server) resend(w http.ResponseWriter, r *http.Request) error {
+	dest := r.PathValue("destination")
+	if _, err := s.destination(r.Context(), dest); err != nil {
+		return err
+	}
+	var req ResendRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return &apiError{http.StatusBadRequest, "M_BAD_JSON", "Invalid request body: " + err.Error()}
+	}
+	if (req.FromPosition == nil) == (req.FromTS == nil) {
+		return &apiError{http.StatusBadRequest, "M_INVALID_PARAM", "give exactly one of from_position and from_ts"}
+	}
+	from := int64(0)
+	switch {
+	case req.FromPosition != nil && *req.FromPosition >= 0:
+		from = *req.FromPosition
+	case req.FromTS != nil && *req.FromTS >= 0:
+		pos, err := sender.PositionAt(r.Context(), s.pool, time.UnixMilli(*req.FromTS))
+		if err != nil {
+			return err
+		}
+		from = pos
+	default:
+		return &apiError{http.StatusBadRequest, "M_INVALID_PARAM", "from_position and from_ts must not be negative"}
+	}
+	rooms, err := sender.Resend(r.Context(), s.pool, dest, s.cfg.ServerName, from)
+	if err != nil {
+		return err
+	}
+	s.m.actions.WithLabelValues("resend").Inc()
+	s.log.Info("destination to be sent again from a position by an operator", "destination", dest, "from_position", from, "rooms", rooms)
+	writeJSON(w, http.StatusOK, map[string]any{"destination": dest, "from_position": from, "rooms": rooms})
 	return nil
 }

@@ -32,6 +32,7 @@ func commands() map[string]command {
 		"soak":    {"crash soak: SIGKILL and restart the stage process under load, check every delivery (docs/operations.md)", cmdSoak},
 		"version": {"print fedpipe's version: module version, VCS revision, Go version", cmdVersion},
 		"rebuild": {"rebuild router: the router's membership tables from the compacted state topic", cmdRebuild},
+		"resend":  {"send a remote that lost data what it missed since a position or time, through catch-up", cmdResend},
 	}
 	addPipelineCommands(cmds)
 	return cmds

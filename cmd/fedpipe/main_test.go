@@ -125,6 +125,7 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"status":         {[]string{"config", "url"}, []string{"admin.listen", "admin.token"}},
 		"version":        {nil, nil},
 		"rebuild router": {[]string{"config"}, infra},
+		"resend":         {[]string{"config", "destination", "from-position", "from-time"}, append([]string{"server_name"}, infra...)},
 		"offsets show":   {[]string{"config", "group", "topic", "all-topics"}, []string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
 		"offsets reset": {[]string{"config", "group", "topic", "all-topics", "to-earliest", "to-latest", "to-offset", "shift-by", "to-datetime", "by-duration", "execute"},
 			[]string{"log_level", "kafka.brokers", "kafka.embedded_port"}},

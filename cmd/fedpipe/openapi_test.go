@@ -29,6 +29,7 @@ var adminRoutes = []ingest.Route{
 	{Method: http.MethodPost, Pattern: "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection"},
 	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/pause"},
 	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/resume"},
+	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/resend"},
 	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/wait_for_position"},
 	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/deadletters"},
 	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/deadletters/redrive"},

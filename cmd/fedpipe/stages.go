@@ -286,14 +286,14 @@ func requireBearer(token string, h http.Handler) http.Handler {
 func adminConfig(cfg config.Config, brokers, stages []string) admin.Config {
 	prefix := cfg.Kafka.TopicPrefix
 	t := func(stream string) string { return schema.Topic(prefix, stream) }
-	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance,
+	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance, ServerName: cfg.ServerName,
 		Groups: []admin.Group{
 			{ID: groupID(prefix, presenceGroup), Topics: []string{t("usersync")}},
 			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice"), t("typing"), t("devicelists"), t("receipts")}},
 			{ID: groupID(prefix, senderGroup), Topics: []string{t("outbound")}},
 		},
 		DeadLetterTopic: t("deadletter"),
-		RedriveTopics:   []string{t("usersync"), t("room"), t("presence"), t("outbound")},
+		RedriveTopics:   []string{t("usersync"), t("room"), t("presence"), t("outbound"), t("todevice"), t("typing"), t("devicelists"), t("receipts")},
 		RoomTopic:       t("room"), RouterGroup: groupID(prefix, routerGroup), StallAfter: cfg.Kafka.StallAfter}
 }
 

@@ -47,6 +47,9 @@ type Controller interface {
 	ResetBackoff(dest string)
 	// SetPaused stops (true) or restarts (false) sending to the destination.
 	SetPaused(dest string, paused bool)
+	// CatchUp makes the destination catch up from the store (rooms to send
+	// again were recorded) before it sends live again.
+	CatchUp(dest string)
 }
 
 // Execer runs a statement; pgx.Tx, *pgx.Conn and *pgxpool.Pool implement it.
@@ -148,6 +151,8 @@ func (l *ControlListener) handle(payload string) {
 		l.ctl.SetPaused(s.Destination, true)
 	case OpResume:
 		l.ctl.SetPaused(s.Destination, false)
+	case OpCatchUp:
+		l.ctl.CatchUp(s.Destination)
 	default:
 		l.signals.WithLabelValues("invalid").Inc()
 		l.log.Warn("ignoring an operator signal of unknown op", "payload", payload)

@@ -26,6 +26,12 @@ func (c *recordingController) ResetBackoff(dest string) {
 	c.calls = append(c.calls, "reset "+dest)
 }
 
+func (c *recordingController) CatchUp(dest string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, "catch_up "+dest)
+}
+
 func (c *recordingController) SetPaused(dest string, paused bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -32,6 +32,21 @@ func (m *Manager) SetPaused(dest string, paused bool) {
 	d.behind = true
 }
 
+// CatchUp makes dest catch up from the store before it sends live again:
+// at once when no worker runs, else once the running one is done (dest is
+// behind: new PDUs go to the store meanwhile).
+func (m *Manager) CatchUp(dest string) {
+	m.mu.Lock()
+	d, ok := m.dests[dest]
+	m.mu.Unlock()
+	if ok {
+		d.mu.Lock()
+		d.behind = true
+		d.mu.Unlock()
+	}
+	m.wakeFromStore(dest)
+}
+
 // wakeFromStore starts a catch-up worker for dest if this member owns it and
 // none runs (a running one reads the store at its next catch-up).
 func (m *Manager) wakeFromStore(dest string) {

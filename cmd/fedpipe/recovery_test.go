@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -120,4 +121,64 @@ func TestRebuildRouterFromTheStateTopic(t *testing.T) {
 		t.Fatal("deliveries wrong after the rebuild")
 	}
 	t.Logf("%s", strings.TrimSpace(out[strings.LastIndex(out, "rebuilt"):]))
+}
+
+// fedpipe resend: a remote that lost its data gets, through catch-up, the
+// latest of our events in each room it is joined to, and no other server
+// gets anything.
+func TestResendToADestinationThatLostItsData(t *testing.T) {
+	p := newPipeline(t, remotes(3))
+	p.start("relay", "router", "sender")
+	plan := p.plan(20, 1000, 5)
+	if _, err := plan.Ingest(context.Background(), loadgen.PoolPersister(p.in.pool), 100, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.waitDelivered(plan, 60*time.Second)
+	var want []string
+	rows, err := p.in.pool.Query(context.Background(), `SELECT DISTINCT ON (room_id) json FROM events
+		WHERE origin = 'local.test' AND room_id IN (SELECT room_id FROM router_room_members WHERE server = 'remote0.test')
+		ORDER BY room_id, stream_ordering DESC`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, id)
+	}
+	rows.Close()
+	if len(want) == 0 {
+		t.Fatal("remote0.test shares no room: the plan tests nothing")
+	}
+	p.recv.Reset() // remote0.test lost its data (and the others' view is cleared too)
+	code, out := runCode("resend", "--destination=remote0.test", "--from-position=0", "--server_name=local.test",
+		"--kafka.brokers="+p.k.Addr, "--kafka.topic_prefix="+p.cfg.Kafka.TopicPrefix, "--database.url="+p.cfg.Database.URL, "--data_dir="+p.cfg.DataDir, "--log_level=warn")
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("of %d rooms recorded", len(want))) {
+		t.Fatalf("resend exits %d:\n%s", code, out)
+	}
+	got := func() []string { // the PDUs, byte for byte as stored
+		var pdus []string
+		for _, pdu := range p.recv.PDUs("remote0.test") {
+			pdus = append(pdus, string(pdu))
+		}
+		sort.Strings(pdus)
+		return pdus
+	}
+	sort.Strings(want)
+	t.Cleanup(func() {
+		var n int
+		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_catchup WHERE destination = 'remote0.test'`).Scan(&n)
+		if t.Failed() {
+			t.Logf("catch-up rows left: %d; got %d PDUs, want %d; requests %d", n, len(got()), len(want), p.recv.Requests("remote0.test"))
+		}
+	})
+	testenv.Eventually(t, 60*time.Second, "remote0.test sent the latest event of each of its rooms", func() bool {
+		return strings.Join(got(), "\n") == strings.Join(want, "\n")
+	})
+	if n := len(p.recv.PDUs("remote1.test")) + len(p.recv.PDUs("remote2.test")); n != 0 {
+		t.Fatalf("the other servers got %d PDUs", n)
+	}
+	t.Logf("%s", strings.TrimSpace(out))
 }

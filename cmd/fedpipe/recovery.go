@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/fedpipe/fedpipe/consumers/offsets"
 	"github.com/fedpipe/fedpipe/consumers/router"
+	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -47,5 +49,45 @@ func cmdRebuildRouter(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	fmt.Fprintf(stdout, "rebuilt the router's membership from %d records of %s in %s: %d rooms, %d joined members\n",
 		sum.Records, topic, sum.Elapsed.Round(time.Millisecond), sum.Rooms, sum.Members)
+	return nil
+}
+
+// cmdResend makes a destination that lost data catch up from a stream
+// position or a time (sender.Resend), as the admin API's resend route does.
+func cmdResend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("resend", " --destination D (--from-position N | --from-time T)",
+		"Send a remote that lost data, through catch-up (paced, one room per transaction), the latest of our events since a\n"+
+			"stream position or a time in every room it is joined to; it fetches the earlier ones from the homeserver.", stderr)
+	cfgPath := configFlags(fs, append([]string{"server_name"}, infraKeys...)...)
+	dest := fs.String("destination", "", "the remote server name")
+	fromPos := fs.Int64("from-position", -1, "stream position (events after it)")
+	fromTime := fs.String("from-time", "", "time events were stored from, RFC 3339 (2026-12-01T10:00:00Z)")
+	cfg, err := loadConfig(fs, cfgPath, args)
+	if err != nil {
+		return err
+	}
+	if *dest == "" || (*fromPos < 0) == (*fromTime == "") {
+		return errors.New("resend: give --destination and exactly one of --from-position and --from-time")
+	}
+	in, err := startInfra(ctx, cfg, newLogger(cfg.LogLevel, stderr), false)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	from := *fromPos
+	if *fromTime != "" {
+		t, err := time.Parse(time.RFC3339, *fromTime)
+		if err != nil {
+			return fmt.Errorf("resend: --from-time: %w", err)
+		}
+		if from, err = sender.PositionAt(ctx, in.pool, t); err != nil {
+			return err
+		}
+	}
+	rooms, err := sender.Resend(ctx, in.pool, *dest, cfg.ServerName, from)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: the latest event since position %d of %d rooms recorded for catch-up; the sender member owning it was told\n", *dest, from, rooms)
 	return nil
 }
