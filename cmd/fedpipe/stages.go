@@ -117,150 +117,196 @@ type stageOptions struct {
 
 // startStages starts each named stage and the admin listener in g.
 func (in *infra) startStages(ctx context.Context, g *errgroup.Group, stages []string, opts *stageOptions) error {
+	if opts == nil {
+		opts = &stageOptions{}
+	}
+	start := map[string]func(context.Context, *errgroup.Group, *stageOptions) error{
+		"relay": in.startRelay, "presence": in.startPresence, "router": in.startRouter,
+		"sender": in.startSender, "ingest": in.startIngest,
+		"keys": func(ctx context.Context, g *errgroup.Group, _ *stageOptions) error { return in.serveKeys(ctx, g) },
+	}
+	for _, s := range stages {
+		f, ok := start[s]
+		if !ok {
+			return fmt.Errorf("unknown stage %q", s)
+		}
+		if err := f(ctx, g, opts); err != nil {
+			return err
+		}
+	}
+	return in.startAdmin(ctx, g, stages)
+}
+
+// routerTopics are the streams the router group reads.
+var routerTopics = []string{"room", "presence", "todevice", "typing", "devicelists", "receipts"}
+
+// groupConfig is the consumer-group configuration of stage id over topics.
+func (in *infra) groupConfig(id string, topics ...string) runtime.Config {
+	cfg := in.cfg
+	return runtime.Config{Brokers: in.brokers, GroupID: groupID(cfg.Kafka.TopicPrefix, id), Topics: topics,
+		DeadLetterTopic: schema.Topic(cfg.Kafka.TopicPrefix, "deadletter"), Instance: cfg.Instance,
+		StallAfter: cfg.Kafka.StallAfter, RebalanceTimeout: cfg.Kafka.RebalanceTimeout, DrainTimeout: cfg.Kafka.DrainTimeout}
+}
+
+// startRelay runs the relay: the stream tables to their topics.
+func (in *infra) startRelay(ctx context.Context, g *errgroup.Group, _ *stageOptions) error {
 	cfg := in.cfg
 	prefix := cfg.Kafka.TopicPrefix
 	deadLetters := schema.Topic(prefix, "deadletter")
-	groupConfig := func(id string, topics ...string) runtime.Config {
-		return runtime.Config{Brokers: in.brokers, GroupID: groupID(prefix, id), Topics: topics, DeadLetterTopic: deadLetters, Instance: cfg.Instance,
-			StallAfter: cfg.Kafka.StallAfter, RebalanceTimeout: cfg.Kafka.RebalanceTimeout, DrainTimeout: cfg.Kafka.DrainTimeout}
+	rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
+		in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
+		relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
+		relay.WithToDevice(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "todevice"))),
+		relay.WithDeviceLists(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "devicelists"))),
+		relay.WithReceipts(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "receipts"))),
+		relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
 	}
-	for _, s := range stages {
-		switch s {
-		case "relay":
-			rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
-				in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
-				relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
-				relay.WithToDevice(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "todevice"))),
-				relay.WithDeviceLists(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "devicelists"))),
-				relay.WithReceipts(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "receipts"))),
-				relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
-			if err != nil {
-				return fmt.Errorf("relay: %w", err)
-			}
-			g.Go(func() error { return rl.Run(ctx) })
-		case "presence":
-			log := in.log.With("stage", "presence")
-			pc := cfg.Presence
-			var now func() time.Time
-			if opts != nil {
-				now = opts.presenceNow
-			}
-			st, err := presence.New(presence.Config{ServerName: cfg.ServerName, Prefix: prefix, InstanceTimeout: pc.InstanceTimeout, SweepInterval: pc.SweepInterval, Now: now,
-				Timers: presence.Timers{SyncTimeout: pc.SyncTimeout, Idle: pc.IdleTimeout, Granularity: presence.DefaultTimers.Granularity, Ping: pc.PingInterval}},
-				in.pool, log, in.reg)
-			if err != nil {
-				return err
-			}
-			grp, err := runtime.New(groupConfig(presenceGroup, schema.Topic(prefix, "usersync")), st, log, in.reg)
-			if err != nil {
-				return fmt.Errorf("presence group: %w", err)
-			}
-			g.Go(func() error { return st.Run(ctx) })
-			g.Go(func() error { return grp.Run(ctx) })
-		case "router":
-			log := in.log.With("stage", "router")
-			out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
-				runtime.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters), schema.Topic(prefix, "outbound"), "router", cfg.Instance))
-			rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
-				RoomsPerPartition: cfg.Router.RoomsPerPartition, Brokers: in.brokers, GroupID: groupID(prefix, routerGroup)}, in.pool, out, log, in.reg)
-			if err != nil {
-				return fmt.Errorf("router: %w", err)
-			}
-			grp, err := runtime.New(groupConfig(routerGroup, schema.Topic(prefix, "room"), schema.Topic(prefix, "presence"), schema.Topic(prefix, "todevice"), schema.Topic(prefix, "typing"), schema.Topic(prefix, "devicelists"), schema.Topic(prefix, "receipts")), rt, log, in.reg)
-			if err != nil {
-				return fmt.Errorf("router group: %w", err)
-			}
-			pruner, err := router.NewHistoryPruner(router.HistoryConfig{Keep: cfg.Router.MembershipHistory, Interval: cfg.Router.PruneInterval},
-				in.pool, in.brokers, schema.Topic(prefix, "room"), log, in.reg)
-			if err != nil {
-				return err
-			}
-			g.Go(func() error { return out.Run(ctx) })
-			g.Go(func() error { return grp.Run(ctx) })
-			g.Go(func() error { return pruner.Run(ctx) })
-		case "sender":
-			log := in.log.With("stage", "sender")
-			ccfg := client.Config{Origin: cfg.ServerName, CAFile: cfg.Federation.CAFile, InsecureSkipVerify: cfg.Federation.InsecureSkipVerify,
-				AllowedNetworks: cfg.Federation.AllowedNetworks, RequestTimeout: cfg.Federation.RequestTimeout}
-			if opts != nil && opts.clientConfig != nil {
-				opts.clientConfig(&ccfg)
-			}
-			// .well-known requests dial like federation requests: internal
-			// addresses refused at dial time, redirects included.
-			wk, err := client.NewDiscoveryHTTPClient(ccfg)
-			if err != nil {
-				return fmt.Errorf("federation client: %w", err)
-			}
-			res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static}, discovery.WithHTTPClient(wk))
-			if err != nil {
-				return fmt.Errorf("discovery: %w", err)
-			}
-			cl, err := client.New(ccfg, in.key, res, log)
-			if err != nil {
-				return fmt.Errorf("federation client: %w", err)
-			}
-			parts, err := outboundPartitions(ctx, in.brokers, schema.Topic(prefix, "outbound"), cfg.Kafka.OutboundPartitions, log)
-			if err != nil {
-				return fmt.Errorf("sender: %w", err)
-			}
-			qcfg := queue.Config{Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax,
-				MaxTransactionBytes: cfg.Federation.MaxTransactionBytes}
-			if opts != nil && opts.senderQueue != nil {
-				opts.senderQueue(&qcfg)
-			}
-			snd, err := sender.New(sender.Config{OutboundPartitions: parts, Queue: qcfg},
-				in.pool, cl, log, in.reg)
-			if err != nil {
-				return fmt.Errorf("sender: %w", err)
-			}
-			grp, err := runtime.New(groupConfig(senderGroup, schema.Topic(prefix, "outbound")), snd, log, in.reg)
-			if err != nil {
-				return fmt.Errorf("sender group: %w", err)
-			}
-			ctl, err := sender.NewControlListener(in.pool, snd.Controller(), log, in.reg)
-			if err != nil {
-				return fmt.Errorf("sender control: %w", err)
-			}
-			g.Go(func() error { return snd.Run(ctx) })
-			g.Go(func() error { return grp.Run(ctx) })
-			g.Go(func() error { return ctl.Run(ctx) })
-		case "ingest":
-			if cfg.Ingest.Listen == "" {
-				continue
-			}
-			// Closed when the process ends, after the listener has stopped.
-			usersync := kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "usersync"))
-			typing := kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "typing"))
-			in.closers = append(in.closers, func(context.Context) error { return errors.Join(usersync.Close(), typing.Close()) })
-			h, err := ingest.NewHandler(ingest.Config{Token: cfg.Ingest.Token, MaxBodyBytes: cfg.Ingest.MaxBodyBytes, UserSync: usersync, Typing: typing, ServerName: cfg.ServerName},
-				in.pool, in.log.With("stage", "ingest"), in.reg)
-			if err != nil {
-				return fmt.Errorf("ingest: %w", err)
-			}
-			if err := serveHTTP(ctx, g, "ingest", cfg.Ingest.Listen, h, in); err != nil {
-				return err
-			}
-		case "keys":
-			if err := in.serveKeys(ctx, g); err != nil {
-				return err
-			}
-		}
-	}
-	if cfg.Admin.Listen != "" {
-		api, err := admin.New(adminConfig(cfg, in.brokers, stages), in.pool, in.log.With("stage", "admin"), in.reg)
-		if err != nil {
-			return err
-		}
-		in.closers = append(in.closers, func(context.Context) error { return api.Close() })
-		g.Go(func() error { return api.Run(ctx) })
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", requireBearer(cfg.Admin.Token, promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg})))
-		mux.Handle("/", api.Handler()) // checks admin.token itself, answering Synapse's error shapes
-		if err := serveHTTP(ctx, g, "admin", cfg.Admin.Listen, mux, in); err != nil {
-			return err
-		}
-	}
+	g.Go(func() error { return rl.Run(ctx) })
 	return nil
+}
+
+// startPresence runs a member of the presence group.
+func (in *infra) startPresence(ctx context.Context, g *errgroup.Group, opts *stageOptions) error {
+	cfg := in.cfg
+	prefix := cfg.Kafka.TopicPrefix
+	log := in.log.With("stage", "presence")
+	pc := cfg.Presence
+	st, err := presence.New(presence.Config{ServerName: cfg.ServerName, Prefix: prefix, InstanceTimeout: pc.InstanceTimeout, SweepInterval: pc.SweepInterval, Now: opts.presenceNow,
+		Timers: presence.Timers{SyncTimeout: pc.SyncTimeout, Idle: pc.IdleTimeout, Granularity: presence.DefaultTimers.Granularity, Ping: pc.PingInterval}},
+		in.pool, log, in.reg)
+	if err != nil {
+		return err
+	}
+	grp, err := runtime.New(in.groupConfig(presenceGroup, schema.Topic(prefix, "usersync")), st, log, in.reg)
+	if err != nil {
+		return fmt.Errorf("presence group: %w", err)
+	}
+	g.Go(func() error { return st.Run(ctx) })
+	g.Go(func() error { return grp.Run(ctx) })
+	return nil
+}
+
+// startRouter runs a member of the router group, its writer and its history pruner.
+func (in *infra) startRouter(ctx context.Context, g *errgroup.Group, _ *stageOptions) error {
+	cfg := in.cfg
+	prefix := cfg.Kafka.TopicPrefix
+	deadLetters := schema.Topic(prefix, "deadletter")
+	log := in.log.With("stage", "router")
+	out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
+		runtime.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters), schema.Topic(prefix, "outbound"), "router", cfg.Instance))
+	rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
+		RoomsPerPartition: cfg.Router.RoomsPerPartition, Brokers: in.brokers, GroupID: groupID(prefix, routerGroup)}, in.pool, out, log, in.reg)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	var topics []string
+	for _, t := range routerTopics {
+		topics = append(topics, schema.Topic(prefix, t))
+	}
+	grp, err := runtime.New(in.groupConfig(routerGroup, topics...), rt, log, in.reg)
+	if err != nil {
+		return fmt.Errorf("router group: %w", err)
+	}
+	pruner, err := router.NewHistoryPruner(router.HistoryConfig{Keep: cfg.Router.MembershipHistory, Interval: cfg.Router.PruneInterval},
+		in.pool, in.brokers, schema.Topic(prefix, "room"), log, in.reg)
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return out.Run(ctx) })
+	g.Go(func() error { return grp.Run(ctx) })
+	g.Go(func() error { return pruner.Run(ctx) })
+	return nil
+}
+
+// startSender runs a member of the sender group and its control listener.
+func (in *infra) startSender(ctx context.Context, g *errgroup.Group, opts *stageOptions) error {
+	cfg := in.cfg
+	prefix := cfg.Kafka.TopicPrefix
+	log := in.log.With("stage", "sender")
+	ccfg := client.Config{Origin: cfg.ServerName, CAFile: cfg.Federation.CAFile, InsecureSkipVerify: cfg.Federation.InsecureSkipVerify,
+		AllowedNetworks: cfg.Federation.AllowedNetworks, RequestTimeout: cfg.Federation.RequestTimeout}
+	if opts.clientConfig != nil {
+		opts.clientConfig(&ccfg)
+	}
+	// .well-known requests dial like federation requests: internal
+	// addresses refused at dial time, redirects included.
+	wk, err := client.NewDiscoveryHTTPClient(ccfg)
+	if err != nil {
+		return fmt.Errorf("federation client: %w", err)
+	}
+	res, err := discovery.New(discovery.Config{Static: cfg.Federation.Static}, discovery.WithHTTPClient(wk))
+	if err != nil {
+		return fmt.Errorf("discovery: %w", err)
+	}
+	cl, err := client.New(ccfg, in.key, res, log)
+	if err != nil {
+		return fmt.Errorf("federation client: %w", err)
+	}
+	parts, err := outboundPartitions(ctx, in.brokers, schema.Topic(prefix, "outbound"), cfg.Kafka.OutboundPartitions, log)
+	if err != nil {
+		return fmt.Errorf("sender: %w", err)
+	}
+	qcfg := queue.Config{Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax,
+		MaxTransactionBytes: cfg.Federation.MaxTransactionBytes}
+	if opts.senderQueue != nil {
+		opts.senderQueue(&qcfg)
+	}
+	snd, err := sender.New(sender.Config{OutboundPartitions: parts, Queue: qcfg},
+		in.pool, cl, log, in.reg)
+	if err != nil {
+		return fmt.Errorf("sender: %w", err)
+	}
+	grp, err := runtime.New(in.groupConfig(senderGroup, schema.Topic(prefix, "outbound")), snd, log, in.reg)
+	if err != nil {
+		return fmt.Errorf("sender group: %w", err)
+	}
+	ctl, err := sender.NewControlListener(in.pool, snd.Controller(), log, in.reg)
+	if err != nil {
+		return fmt.Errorf("sender control: %w", err)
+	}
+	g.Go(func() error { return snd.Run(ctx) })
+	g.Go(func() error { return grp.Run(ctx) })
+	g.Go(func() error { return ctl.Run(ctx) })
+	return nil
+}
+
+// startIngest serves the ingest API (none when ingest.listen is empty).
+func (in *infra) startIngest(ctx context.Context, g *errgroup.Group, _ *stageOptions) error {
+	cfg := in.cfg
+	prefix := cfg.Kafka.TopicPrefix
+	if cfg.Ingest.Listen == "" {
+		return nil
+	}
+	// Closed when the process ends, after the listener has stopped.
+	usersync := kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "usersync"))
+	typing := kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "typing"))
+	in.closers = append(in.closers, func(context.Context) error { return errors.Join(usersync.Close(), typing.Close()) })
+	h, err := ingest.NewHandler(ingest.Config{Token: cfg.Ingest.Token, MaxBodyBytes: cfg.Ingest.MaxBodyBytes, UserSync: usersync, Typing: typing, ServerName: cfg.ServerName},
+		in.pool, in.log.With("stage", "ingest"), in.reg)
+	if err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
+	return serveHTTP(ctx, g, "ingest", cfg.Ingest.Listen, h, in)
+}
+
+// startAdmin serves the admin API, the status page and /metrics on admin.listen.
+func (in *infra) startAdmin(ctx context.Context, g *errgroup.Group, stages []string) error {
+	cfg := in.cfg
+	if cfg.Admin.Listen == "" {
+		return nil
+	}
+	api, err := admin.New(adminConfig(cfg, in.brokers, stages), in.pool, in.log.With("stage", "admin"), in.reg)
+	if err != nil {
+		return err
+	}
+	in.closers = append(in.closers, func(context.Context) error { return api.Close() })
+	g.Go(func() error { return api.Run(ctx) })
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", requireBearer(cfg.Admin.Token, promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg})))
+	mux.Handle("/", api.Handler()) // checks admin.token itself, answering Synapse's error shapes
+	return serveHTTP(ctx, g, "admin", cfg.Admin.Listen, mux, in)
 }
 
 // requireBearer answers 401 to requests without "Authorization: Bearer token"
@@ -286,10 +332,14 @@ func requireBearer(token string, h http.Handler) http.Handler {
 func adminConfig(cfg config.Config, brokers, stages []string) admin.Config {
 	prefix := cfg.Kafka.TopicPrefix
 	t := func(stream string) string { return schema.Topic(prefix, stream) }
+	var routerTopicNames []string
+	for _, s := range routerTopics {
+		routerTopicNames = append(routerTopicNames, t(s))
+	}
 	return admin.Config{Token: cfg.Admin.Token, Brokers: brokers, Stages: stages, Instance: cfg.Instance, ServerName: cfg.ServerName,
 		Groups: []admin.Group{
 			{ID: groupID(prefix, presenceGroup), Topics: []string{t("usersync")}},
-			{ID: groupID(prefix, routerGroup), Topics: []string{t("room"), t("presence"), t("todevice"), t("typing"), t("devicelists"), t("receipts")}},
+			{ID: groupID(prefix, routerGroup), Topics: routerTopicNames},
 			{ID: groupID(prefix, senderGroup), Topics: []string{t("outbound")}},
 		},
 		DeadLetterTopic: t("deadletter"),
