@@ -313,7 +313,8 @@ func TestALostFenceCancelsTheSendAndItIsSentAgain(t *testing.T) {
 	want := e.publish(t, "a.test", "!r:me.test", 1)
 	testenv.Eventually(t, 20*time.Second, "the transaction in flight", func() bool { return e.recv.Requests("a.test") == 1 })
 	var killed int
-	if err := e.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted`).Scan(&killed); err != nil || killed != 1 {
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&killed); err != nil || killed != 1 {
 		t.Fatalf("terminated %d fence connections (%v), want 1", killed, err)
 	}
 	testenv.Eventually(t, 8*time.Second, "sent again under a new fence", func() bool { return len(e.recv.PDUs("a.test")) == 1 })

@@ -133,9 +133,9 @@ func (d *destination) readDurable(ctx context.Context, kind Durable) error {
 		return nil
 	}
 	s.unread = false
-	after, epoch := s.after, s.epoch
+	after, epoch, limit := s.after, s.epoch, txn.MaxEDUs-s.reserve
 	d.mu.Unlock()
-	rows, err := d.store.StoredEDUs(ctx, d.name, kind, after, txn.MaxEDUs-s.reserve, d.cfg.MaxTransactionBytes)
+	rows, err := d.store.StoredEDUs(ctx, d.name, kind, after, limit, d.cfg.MaxTransactionBytes)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s = d.durables()[kind]
