@@ -197,8 +197,11 @@ func TestPresenceReachesEachServerSharingARoomOnce(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, "alice's presence routed", func() bool {
 		return out.readAll(t, e, outParts) && len(presenceSent(t, out)) == len(servers)
 	})
-	time.Sleep(200 * time.Millisecond) // a window for extra records to show up
-	out.readAll(t, e, outParts)
+	// Once the group has committed past the presence records, every outbound
+	// record made of them was acknowledged: reading to the ends sees them all.
+	testenv.Eventually(t, 30*time.Second, "the presence records committed and the outbound topic read to its ends", func() bool {
+		return e.caughtUpOn(t, "presence-fanout", presenceTopic) && out.readAll(t, e, outParts)
+	})
 	sent := presenceSent(t, out)
 	for _, srv := range servers {
 		if got := sent[srv]; !slices.Equal(got, []string{"@alice:hs.test=unavailable"}) {
