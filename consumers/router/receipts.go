@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/routing"
@@ -41,7 +42,9 @@ type receiptHandler struct {
 
 	ctx    context.Context // the walks' writes; ends at Close
 	cancel context.CancelFunc
-	walks  sync.WaitGroup
+	// walks supervises the rooms' walks: Close waits for them and returns
+	// their error.
+	walks errgroup.Group
 }
 
 // roomReceipts are a room's receipts waiting for a paced walk of its
@@ -184,8 +187,7 @@ func (h *receiptHandler) wait(r waitingReceipt, done func()) {
 	w.dones = append(w.dones, done)
 	if !w.walking {
 		w.walking = true
-		h.walks.Add(1)
-		go h.walk(r.RoomID)
+		h.walks.Go(func() error { return h.walk(r.RoomID) })
 	}
 }
 
@@ -194,15 +196,14 @@ func (h *receiptHandler) wait(r waitingReceipt, done func()) {
 // (the receipts it had, unless replaced by later ones). A walk cut short by
 // Close leaves its records undone: the next owner of the partition routes
 // them again.
-func (h *receiptHandler) walk(room string) {
-	defer h.walks.Done()
+func (h *receiptHandler) walk(room string) error {
 	for {
 		h.mu.Lock()
 		w := h.waiting[room]
 		if len(w.order) == 0 {
 			delete(h.waiting, room)
 			h.mu.Unlock()
-			return
+			return nil
 		}
 		rs := make([]waitingReceipt, 0, len(w.order))
 		for _, k := range w.order {
@@ -216,7 +217,7 @@ func (h *receiptHandler) walk(room string) {
 			continue
 		}
 		if h.ctx.Err() != nil {
-			return
+			return nil
 		}
 		h.r.m.receiptWalkFailures.Inc()
 		h.r.log.Warn("sending a room's waiting receipts; trying again", "room", room, "receipts", len(rs), "err", err)
@@ -232,7 +233,7 @@ func (h *receiptHandler) walk(room string) {
 		h.mu.Unlock()
 		select {
 		case <-h.ctx.Done():
-			return
+			return nil
 		case <-time.After(time.Second):
 		}
 	}
@@ -298,8 +299,7 @@ func (h *receiptHandler) walkOnce(room string, rs []waitingReceipt, dones []func
 // written to be acknowledged.
 func (h *receiptHandler) Close(ctx context.Context) error {
 	h.cancel()
-	h.walks.Wait()
-	return h.r.out.Settle(ctx)
+	return errors.Join(h.walks.Wait(), h.r.out.Settle(ctx))
 }
 
 // eventOrigin is the sender's server and origin_server_ts (0 when unknown)

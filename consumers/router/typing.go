@@ -3,11 +3,13 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/edu"
@@ -50,7 +52,8 @@ type typingHandler struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	stop   chan struct{}
-	done   chan struct{}
+	// timers is the timers' supervisor: Close waits for it and returns its error.
+	timers errgroup.Group
 }
 
 type typingKey struct{ room, user string }
@@ -60,9 +63,9 @@ type typist struct {
 }
 
 func newTypingHandler(r *Router) *typingHandler {
-	h := &typingHandler{r: r, now: time.Now, typing: map[typingKey]*typist{}, stop: make(chan struct{}), done: make(chan struct{})}
+	h := &typingHandler{r: r, now: time.Now, typing: map[typingKey]*typist{}, stop: make(chan struct{})}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
-	go h.timers()
+	h.timers.Go(h.tick)
 	return h
 }
 
@@ -137,17 +140,17 @@ func typingRecords(servers []string, ours string, k typingKey, typing bool, inst
 	return msgs, nil
 }
 
-// timers announces, every TypingTick, typing: false for users whose timeout
+// tick announces, every TypingTick, typing: false for users whose timeout
 // passed and typing: true again for those typing for TypingPing since the
-// last announcement, until Close.
-func (h *typingHandler) timers() {
-	defer close(h.done)
+// last announcement, until Close. A failed announcement is logged and
+// counted, not returned: remote servers time typing users out themselves.
+func (h *typingHandler) tick() error {
 	t := time.NewTicker(h.r.cfg.TypingTick)
 	defer t.Stop()
 	for {
 		select {
 		case <-h.stop:
-			return
+			return nil
 		case <-t.C:
 		}
 		h.expire()
@@ -191,12 +194,10 @@ func (h *typingHandler) Close(ctx context.Context) error {
 	default:
 		close(h.stop)
 	}
-	select {
-	case <-h.done:
-	case <-ctx.Done(): // the timers are stuck (the store hangs): cut them off
-		h.cancel()
-		<-h.done
-	}
+	// Timers stuck past ctx (the store hangs) are cut off.
+	stopCutting := context.AfterFunc(ctx, h.cancel)
+	err := h.timers.Wait()
+	stopCutting()
 	defer h.cancel()
-	return h.r.out.Settle(ctx)
+	return errors.Join(err, h.r.out.Settle(ctx))
 }
