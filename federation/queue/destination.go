@@ -122,8 +122,8 @@ func (d *destination) enqueuePresence(ctx context.Context, states []edu.Presence
 		done() // no state left worth sending
 		return nil
 	}
-	item := newPresenceItem(len(states), done)
-	return d.enqueueMerged(ctx, edu.TypePresence, len(states), done, func() []*presenceItem {
+	item := newMergedItem(len(states), done)
+	return d.enqueueMerged(ctx, edu.TypePresence, len(states), done, func() []*mergedItem {
 		superseded := d.pending.presence.add(states, item)
 		d.m.presenceSuperseded.Add(float64(len(superseded)))
 		return superseded
@@ -135,7 +135,7 @@ func (d *destination) enqueuePresence(ctx context.Context, states []edu.Presence
 // superseded, or drops them (counted) when d is failing or catching up. A
 // destination that is due again but behind starts catching up, then sends
 // them.
-func (d *destination) enqueueMerged(ctx context.Context, eduType string, n int, done func(), add func() []*presenceItem) error {
+func (d *destination) enqueueMerged(ctx context.Context, eduType string, n int, done func(), add func() []*mergedItem) error {
 	if err := d.refresh(ctx); err != nil {
 		return err
 	}

@@ -25,27 +25,27 @@ const maxPresenceUsers = 50
 // later state's delivery instead would hold every superseded record undone,
 // and a burst of updates would fill the partition's in-flight window.
 
-// presenceItem counts the states of one enqueued presence item that are
+// mergedItem counts the states (or receipts) of one enqueued item that are
 // still pending or in flight; its done is called when the last is delivered,
 // superseded or dropped.
-type presenceItem struct {
+type mergedItem struct {
 	left atomic.Int64
 	done func()
 }
 
-func newPresenceItem(states int, done func()) *presenceItem {
-	p := &presenceItem{done: done}
+func newMergedItem(states int, done func()) *mergedItem {
+	p := &mergedItem{done: done}
 	p.left.Store(int64(states))
 	return p
 }
 
-func (p *presenceItem) release() {
+func (p *mergedItem) release() {
 	if p.left.Add(-1) == 0 && p.done != nil {
 		p.done()
 	}
 }
 
-func releaseAll(items []*presenceItem) {
+func releaseAll(items []*mergedItem) {
 	for _, p := range items {
 		p.release()
 	}
@@ -54,7 +54,7 @@ func releaseAll(items []*presenceItem) {
 // pendingPresence is a user's latest state not yet taken into a transaction.
 type pendingPresence struct {
 	state edu.PresenceState
-	item  *presenceItem
+	item  *mergedItem
 }
 
 // presenceSlot is the EDU slot of presence: the latest unsent state per user,
@@ -67,7 +67,7 @@ type presenceSlot struct {
 // add merges states into the slot and returns the items whose states they
 // superseded (one entry per state), to be released once the destination's
 // lock is given up.
-func (s *presenceSlot) add(states []edu.PresenceState, item *presenceItem) (superseded []*presenceItem) {
+func (s *presenceSlot) add(states []edu.PresenceState, item *mergedItem) (superseded []*mergedItem) {
 	if s.states == nil {
 		s.states = map[string]pendingPresence{}
 	}
@@ -90,7 +90,7 @@ func (s *presenceSlot) take(max int) []eduItem {
 		return nil
 	}
 	states := make([]edu.PresenceState, 0, n)
-	items := make([]*presenceItem, 0, n)
+	items := make([]*mergedItem, 0, n)
 	for _, u := range s.users[:n] {
 		p := s.states[u]
 		delete(s.states, u)
@@ -110,7 +110,7 @@ func (s *presenceSlot) drain() []eduItem {
 	if len(s.users) == 0 {
 		return nil
 	}
-	items := make([]*presenceItem, 0, len(s.states))
+	items := make([]*mergedItem, 0, len(s.states))
 	for _, p := range s.states {
 		items = append(items, p.item)
 	}

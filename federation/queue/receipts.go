@@ -34,12 +34,12 @@ type receiptSlot struct {
 
 type pendingReceipt struct {
 	r    Receipt
-	item *presenceItem
+	item *mergedItem
 }
 
 // add merges rs into the slot and returns the items of the receipts they
 // replaced, to be released once the destination's lock is given up.
-func (s *receiptSlot) add(rs []Receipt, item *presenceItem) (superseded []*presenceItem) {
+func (s *receiptSlot) add(rs []Receipt, item *mergedItem) (superseded []*mergedItem) {
 	if s.pending == nil {
 		s.pending = map[receiptKey]pendingReceipt{}
 	}
@@ -61,7 +61,7 @@ func (s *receiptSlot) take(max int) []eduItem {
 	var out []eduItem
 	for len(s.order) > 0 && len(out) < min(max, maxReceiptEDUs) {
 		content := edu.Receipt{}
-		var items []*presenceItem
+		var items []*mergedItem
 		var rest []receiptKey
 		for _, k := range s.order {
 			p := s.pending[k]
@@ -94,7 +94,7 @@ func (s *receiptSlot) drain() []eduItem {
 	if len(s.order) == 0 {
 		return nil
 	}
-	items := make([]*presenceItem, 0, len(s.pending))
+	items := make([]*mergedItem, 0, len(s.pending))
 	for _, p := range s.pending {
 		items = append(items, p.item)
 	}
@@ -107,8 +107,8 @@ func (s *receiptSlot) len() int { return min(len(s.order), maxReceiptEDUs) }
 // enqueueReceipts merges rs into d's receipts as enqueuePresence merges
 // presence: dropped and counted while d is failing or catching up.
 func (d *destination) enqueueReceipts(ctx context.Context, rs []Receipt, done func()) error {
-	item := newPresenceItem(len(rs), done)
-	return d.enqueueMerged(ctx, edu.TypeReceipt, len(rs), done, func() []*presenceItem {
+	item := newMergedItem(len(rs), done)
+	return d.enqueueMerged(ctx, edu.TypeReceipt, len(rs), done, func() []*mergedItem {
 		return d.pending.receipts.add(rs, item)
 	})
 }

@@ -82,7 +82,7 @@ func TestPresenceSlotDoneAccounting(t *testing.T) {
 		for _, u := range users {
 			states = append(states, edu.PresenceState{UserID: u, Presence: edu.Online, StatusMsg: name})
 		}
-		releaseAll(s.add(states, newPresenceItem(len(users), func() { done[name]++ })))
+		releaseAll(s.add(states, newMergedItem(len(users), func() { done[name]++ })))
 	}
 	add("A", "@a", "@b")
 	add("B", "@b") // supersedes A's @b: A still has @a pending
@@ -129,7 +129,7 @@ func TestPresenceSlotDoneAccounting(t *testing.T) {
 func TestPresenceSlotTakesAtMost50Users(t *testing.T) {
 	var s presenceSlot
 	for i := 0; i < 120; i++ {
-		s.add([]edu.PresenceState{{UserID: fmt.Sprintf("@u%d", i), Presence: edu.Online}}, newPresenceItem(1, nil))
+		s.add([]edu.PresenceState{{UserID: fmt.Sprintf("@u%d", i), Presence: edu.Online}}, newMergedItem(1, nil))
 	}
 	var sizes []int
 	for s.len() > 0 {
