@@ -52,15 +52,19 @@ func (s *Store) StoreDeviceLists(ctx context.Context, recs []schema.OutboundReco
 }
 
 // deviceListEDUs reads dest's pending device-list updates after position
-// after, the newest of each key only, and builds their EDUs: a device update's stream_id is its position,
-// and its prev_id the stream_id of the user's update before it, the last one
-// the destination accepted or one earlier in this page ([] when none). A
-// destination failing for over DeviceListCollapseAfter is collapsed first.
+// after, the newest of each key only, and builds their EDUs: a device
+// update's stream_id is its position, and its prev_id the stream_id of the
+// user's device update before it that the destination accepted or may have:
+// the last one it acknowledged, one left marked as being sent (its sender
+// died mid-send), or one earlier in this page ([] when none). A destination
+// failing for over DeviceListCollapseAfter is collapsed first.
 func (s *Store) deviceListEDUs(ctx context.Context, dest string, after int64, limit, maxBytes int) ([]queue.StoredEDU, error) {
 	if err := s.collapseDeviceLists(ctx, dest); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT d.position, d.user_id, d.kind, d.device_id, d.content, COALESCE(c.last_stream_id, 0)
+	rows, err := s.pool.Query(ctx, `SELECT d.position, d.user_id, d.kind, d.device_id, d.content,
+			GREATEST(COALESCE(c.last_stream_id, 0), COALESCE((SELECT max(m.position) FROM sender_device_lists m
+				WHERE m.destination = d.destination AND m.user_id = d.user_id AND m.kind = 'device' AND m.sending AND m.position < d.position), 0))
 		FROM sender_device_lists d LEFT JOIN sender_device_list_chain c USING (destination, user_id)
 		WHERE d.destination = $1 AND d.position > $2 AND NOT EXISTS (
 			SELECT 1 FROM sender_device_lists n WHERE n.destination = d.destination AND n.user_id = d.user_id
@@ -83,9 +87,7 @@ func (s *Store) deviceListEDUs(ctx context.Context, dest string, after int64, li
 			break
 		}
 		size += len(content)
-		if _, ok := prev[user]; !ok {
-			prev[user] = last
-		}
+		prev[user] = max(prev[user], last)
 		e, err := deviceListEDU(pos, user, kind, device, content, prev[user])
 		if err != nil {
 			// Stored from a checked record, it fails only if the row was
@@ -120,6 +122,15 @@ func deviceListEDU(pos int64, user, kind, device, content string, prev int64) (t
 		u.PrevID = []int64{prev}
 	}
 	return u.EDU()
+}
+
+// markDeviceLists marks dest's updates at positions as in a transaction
+// being sent, or clears the marks (see deviceListEDUs).
+func (s *Store) markDeviceLists(ctx context.Context, dest string, positions []int64, sending bool) error {
+	if _, err := s.pool.Exec(ctx, `UPDATE sender_device_lists SET sending = $3 WHERE destination = $1 AND position = ANY($2)`, dest, positions, sending); err != nil {
+		return fmt.Errorf("marking %d device-list updates of %s: %w", len(positions), dest, err)
+	}
+	return nil
 }
 
 // collapseDeviceLists cuts the pending updates of dest, when it has been

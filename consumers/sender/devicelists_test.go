@@ -124,3 +124,48 @@ func TestDeviceListStoreKeepsTheChain(t *testing.T) {
 		t.Fatalf("other.test pending %v", got)
 	}
 }
+
+// Updates left marked as being sent (their sender was killed mid-send, or
+// before it deleted them) may be at the destination: the user's updates that
+// supersede them chain on the newest such one instead of restarting with
+// prev_id []. Marks cleared (the destination refused the transaction) do not
+// count, nor do marks above an update.
+func TestDeviceListMarksOutliveTheirSender(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	s := sender.NewStore(pool)
+	put := func(recs ...schema.OutboundRecord) {
+		t.Helper()
+		if err := s.StoreDeviceLists(ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark := func(sending bool, positions ...int64) {
+		t.Helper()
+		if err := s.MarkSending(ctx, "r.test", queue.DeviceLists, positions, sending); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(want ...string) {
+		t.Helper()
+		if got, _ := pending(t, s, "r.test"); strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("pending\n got %v\nwant %v", got, want)
+		}
+	}
+	put(deviceUpdate("r.test", "@u:hs", "D", 10), deviceUpdate("r.test", "@u:hs", "E", 11), deviceUpdate("r.test", "@v:hs", "D", 12))
+	mark(true, 10, 11, 12)
+	mark(false, 12) // @v's transaction was refused
+	// The sender dies; @u re-keys D and @v re-keys D.
+	put(deviceUpdate("r.test", "@u:hs", "D", 20), deviceUpdate("r.test", "@v:hs", "D", 21))
+	check("@u:hs/E@11<[10]", "@u:hs/D@20<[11]", "@v:hs/D@21<[]")
+	// Sent again as they were: E@11, still marked, keeps its prev_id.
+	if err := s.AckEDUs(ctx, "r.test", queue.DeviceLists, []int64{11, 20, 21}); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	put(deviceUpdate("r.test", "@u:hs", "E", 30))
+	check("@u:hs/E@30<[20]")
+}

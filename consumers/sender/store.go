@@ -199,6 +199,17 @@ func (s *Store) StoredEDUs(ctx context.Context, dest string, kind queue.Durable,
 	return out, rows.Err()
 }
 
+// MarkSending marks dest's stored device-list updates at positions as in a
+// transaction being sent, or clears the marks. To-device messages carry no
+// chain: they are not marked (a receiver drops one sent again by its
+// message_id).
+func (s *Store) MarkSending(ctx context.Context, dest string, kind queue.Durable, positions []int64, sending bool) error {
+	if kind != queue.DeviceLists {
+		return nil
+	}
+	return s.markDeviceLists(ctx, dest, positions, sending)
+}
+
 // AckEDUs implements queue.Store: the EDUs are deleted and the destination's
 // acknowledged position raised, in one transaction.
 func (s *Store) AckEDUs(ctx context.Context, dest string, kind queue.Durable, positions []int64) error {

@@ -148,7 +148,7 @@ func (d *destination) readDurable(ctx context.Context, kind Durable) error {
 	}
 	for _, r := range rows {
 		pos := r.Position
-		s.items = append(s.items, eduItem{typ: r.EDU.Type, count: 1, durable: true, edu: r.EDU,
+		s.items = append(s.items, eduItem{typ: r.EDU.Type, count: 1, durable: true, kind: kind, pos: pos, edu: r.EDU,
 			done: func() { d.acked(kind, pos) }})
 		s.after = pos
 	}
@@ -189,6 +189,31 @@ func (d *destination) flushAcks(ctx context.Context) {
 			continue
 		}
 		d.m.durableAcked.WithLabelValues(Durable(kind).String()).Add(float64(len(positions)))
+	}
+}
+
+// markSending tells the store that the device-list updates of in are in a
+// transaction about to be sent (sending), or in one the destination did not
+// accept (!sending). A mark left by a sender that died mid-send says the
+// destination may have accepted the update: the next update of its user
+// names it as prev_id, so a kill between the destination's answer and
+// flushAcks does not restart the user's chain (prev_id []). Marking is best
+// effort: when it fails, the update is sent all the same.
+func (d *destination) markSending(ctx context.Context, in batch, sending bool) {
+	var positions []int64
+	for _, it := range in.edus {
+		if it.durable && it.kind == DeviceLists {
+			positions = append(positions, it.pos)
+		}
+	}
+	if len(positions) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := d.store.MarkSending(ctx, d.name, DeviceLists, positions, sending); err != nil {
+		d.m.storeErrors.Inc()
+		d.log.Warn("marking device-list updates as being sent; sending them all the same", "destination", d.name, "count", len(positions), "sending", sending, "err", err)
 	}
 }
 

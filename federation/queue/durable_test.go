@@ -164,3 +164,39 @@ func TestDeviceListsKeepTheirSlotsUnderAToDeviceStorm(t *testing.T) {
 		}
 	}
 }
+
+// Device-list updates are marked in the store as being sent while their
+// transaction is in flight (a sender killed then leaves the mark, and the
+// user's next update chains on them); a transaction the destination refuses
+// clears the marks, and one it accepts acknowledges the updates. To-device
+// messages carry no chain and are not marked.
+func TestDeviceListUpdatesMarkedWhileInFlight(t *testing.T) {
+	f := setupWith(t, func(c *queue.Config) { c.Owns = func(string) bool { return true } })
+	f.tr.mu.Lock()
+	f.tr.failing["a.test"] = errDown
+	f.tr.mu.Unlock()
+	for i := 1; i <= 3; i++ {
+		f.store.store(queue.DeviceLists, "a.test", queue.StoredEDU{Position: int64(i), EDU: txn.EDU{Type: edu.TypeDeviceListUpdate, Content: json.RawMessage(fmt.Sprintf(`{"stream_id":%d}`, i))}})
+	}
+	if err := f.m.NotifyStored(context.Background(), "a.test", queue.DeviceLists); err != nil {
+		t.Fatal(err)
+	}
+	f.storeToDevice(t, "a.test", 10, 12)
+	testenv.Eventually(t, 5*time.Second, "a.test backing off", func() bool { return f.retry("a.test").Interval > 0 })
+	if m := f.store.marked("a.test"); len(m) != 0 {
+		t.Fatalf("positions %v still marked as being sent after the destination refused them", m)
+	}
+	release := f.hold(t)
+	f.tr.mu.Lock()
+	delete(f.tr.failing, "a.test")
+	f.tr.mu.Unlock()
+	f.clk.advance(time.Hour)
+	f.waitInFlight(t, "a.test")
+	if m := f.store.marked("a.test"); fmt.Sprint(m) != "[1 2 3]" {
+		t.Fatalf("marked as being sent while in flight: %v, want [1 2 3] (device lists only)", m)
+	}
+	release()
+	testenv.Eventually(t, 5*time.Second, "the store emptied", func() bool {
+		return f.store.storedCount(queue.DeviceLists, "a.test") == 0 && f.store.storedCount(queue.ToDevice, "a.test") == 0
+	})
+}

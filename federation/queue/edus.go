@@ -28,9 +28,12 @@ type eduItem struct {
 	// (presence is aged to it); edu is unused then.
 	render func(built time.Time) (txn.EDU, error)
 	done   func()
-	// durable: the EDU is kept in the store until delivered (to-device);
-	// done acknowledges it there, and shedding leaves it alone.
+	// durable: the EDU is kept in the store until delivered (to-device,
+	// device lists) as kind at position pos; done acknowledges it there, and
+	// shedding leaves it alone.
 	durable bool
+	kind    Durable
+	pos     int64
 }
 
 // build returns the EDU for a transaction built at built.

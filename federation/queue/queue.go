@@ -77,6 +77,12 @@ type Store interface {
 	// AckEDUs forgets dest's stored EDUs of kind at positions: the
 	// destination accepted them (or refused them as malformed).
 	AckEDUs(ctx context.Context, dest string, kind Durable, positions []int64) error
+	// MarkSending marks dest's stored EDUs of kind at positions as in a
+	// transaction being sent (sending), or clears the mark when the
+	// destination did not accept it. A mark outliving its sender (killed
+	// mid-send) means the destination may hold the EDU: a device-list update
+	// chains the user's next update on it. The queue marks only DeviceLists.
+	MarkSending(ctx context.Context, dest string, kind Durable, positions []int64, sending bool) error
 	// DueDestinations lists up to limit destinations with catch-up rows or
 	// stored EDUs whose backoff has ended and that are not paused, in name order after the name after ("" from the
 	// start): the caller pages through them, so destinations other members

@@ -122,6 +122,8 @@ type memStore struct {
 	last    map[string]int64           // last successful position
 	// stored holds each destination's stored EDUs by kind, in position order.
 	stored map[queue.Durable]map[string][]queue.StoredEDU
+	// sending holds each destination's stored positions marked as being sent.
+	sending map[string]map[int64]bool
 }
 
 func (s *memStore) LoadRetry(_ context.Context, d string) (queue.RetryState, error) {
@@ -254,6 +256,37 @@ func (s *memStore) AckEDUs(_ context.Context, d string, kind queue.Durable, posi
 	defer s.mu.Unlock()
 	s.stored[kind][d] = slices.DeleteFunc(s.stored[kind][d], func(m queue.StoredEDU) bool { return slices.Contains(positions, m.Position) })
 	return nil
+}
+
+func (s *memStore) MarkSending(_ context.Context, d string, kind queue.Durable, positions []int64, sending bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sending == nil {
+		s.sending = map[string]map[int64]bool{}
+	}
+	if s.sending[d] == nil {
+		s.sending[d] = map[int64]bool{}
+	}
+	for _, p := range positions {
+		if sending {
+			s.sending[d][p] = true
+		} else {
+			delete(s.sending[d], p)
+		}
+	}
+	return nil
+}
+
+// marked is dest's positions marked as being sent, in order.
+func (s *memStore) marked(d string) []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []int64
+	for p := range s.sending[d] {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
 }
 
 type clock struct {

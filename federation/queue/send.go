@@ -80,7 +80,16 @@ func (d *destination) deliver(ctx context.Context, b batch) (failed bool, err er
 		if t.Empty() {
 			continue
 		}
+		d.markSending(ctx, in, true)
 		resp, err := d.transmit(ctx, t)
+		// Stopped or fenced off mid-send, d cannot know whether the
+		// destination accepted t: the marks stay, as a crash leaves them.
+		// Any other failure is an answer (or none, which the retries
+		// took as one): t was not accepted.
+		uncertain := errors.Is(err, errStopped) || ctx.Err() != nil || errors.Is(err, errFenceLost)
+		if err != nil && !uncertain {
+			d.markSending(ctx, in, false)
+		}
 		switch {
 		case err == nil:
 			d.delivered(ctx, t, resp, in)
