@@ -31,6 +31,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/router"
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/internal/httpmux"
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
 )
 
@@ -177,9 +178,9 @@ func (s *Server) Close() error {
 // Handler serves every admin route; other paths answer Synapse's 404
 // M_UNRECOGNIZED, and a route's path with another method 405
 // M_UNRECOGNIZED (with Allow), as Synapse does. The caller mounts /metrics
-// beside it.
+// beside it. It is an *httpmux.Mux, whose Routes are those served.
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
+	mux := httpmux.New()
 	allowed := map[string][]string{} // path pattern → its methods
 	route := func(method, path string, h func(http.ResponseWriter, *http.Request) error) {
 		pattern := method + " " + path

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -33,12 +34,14 @@ type infra struct {
 	closers []func(context.Context) error
 	// listeners maps a listener name (ingest, admin) to the address it bound.
 	listeners map[string]string
+	// handlers maps a listener name to what it serves.
+	handlers map[string]http.Handler
 }
 
 // startInfra brings up brokers and database (embedded when not configured), applies
 // the migrations, creates the topics and loads the signing key. Close undoes it.
 func startInfra(ctx context.Context, cfg config.Config, log *slog.Logger, needKey bool) (_ *infra, err error) {
-	in := &infra{cfg: cfg, log: log, reg: prometheus.NewRegistry(), brokers: cfg.Kafka.Brokers, listeners: map[string]string{}}
+	in := &infra{cfg: cfg, log: log, reg: prometheus.NewRegistry(), brokers: cfg.Kafka.Brokers, listeners: map[string]string{}, handlers: map[string]http.Handler{}}
 	in.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {

@@ -14,26 +14,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"gopkg.in/yaml.v3"
-
-	"github.com/fedpipe/fedpipe/producers/ingest"
 )
-
-// adminRoutes are the routes the admin listener serves (stages.go, admin/admin.go).
-var adminRoutes = []ingest.Route{
-	{Method: http.MethodGet, Pattern: "/metrics"},
-	{Method: http.MethodGet, Pattern: "/"},
-	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/status"},
-	{Method: http.MethodGet, Pattern: "/_synapse/admin/v1/federation/destinations"},
-	{Method: http.MethodGet, Pattern: "/_synapse/admin/v1/federation/destinations/{destination}"},
-	{Method: http.MethodGet, Pattern: "/_synapse/admin/v1/federation/destinations/{destination}/rooms"},
-	{Method: http.MethodPost, Pattern: "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection"},
-	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/pause"},
-	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/resume"},
-	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/federation/destinations/{destination}/resend"},
-	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/wait_for_position"},
-	{Method: http.MethodGet, Pattern: "/_fedpipe/admin/v1/deadletters"},
-	{Method: http.MethodPost, Pattern: "/_fedpipe/admin/v1/deadletters/redrive"},
-}
 
 // openAPI is the part of docs/openapi.yaml the test reads.
 type openAPI struct {
@@ -73,26 +54,39 @@ func loadOpenAPI(t *testing.T) (openAPI, []byte) {
 	return doc, asJSON
 }
 
-// The routes fedpipe serves and the OpenAPI document are the same, every
-// documented operation is served, and every example request in the document
-// is valid under its own schema and accepted by the running API.
+// The routes fedpipe's listeners serve (as their muxes registered them) and
+// the OpenAPI document are the same, every documented operation is served,
+// and every example request in the document is valid under its own schema
+// and accepted by the running API.
 func TestOpenAPIDocumentMatchesTheServedRoutes(t *testing.T) {
 	doc, asJSON := loadOpenAPI(t)
 	documented := map[string]string{} // "METHOD path" → listener tag
 	for path, ops := range doc.Paths {
 		for method, op := range ops {
 			if len(op.Tags) != 1 {
-				t.Fatalf("%s %s: want one tag naming its listener (ingest or admin), got %v", method, path, op.Tags)
+				t.Fatalf("%s %s: want one tag naming its listener (ingest, admin or federation), got %v", method, path, op.Tags)
 			}
 			documented[strings.ToUpper(method)+" "+path] = op.Tags[0]
 		}
 	}
+
+	// A running pipeline serves every documented operation (as its
+	// listeners' muxes registered them), answers each (not 404/405), and
+	// accepts every example.
+	p := newPipeline(t, remotes(1))
+	p.in.cfg.ServerName = "hs.test" // the examples' users are of hs.test
+	p.in.cfg.Admin.Listen = "127.0.0.1:0"
+	p.in.cfg.Federation.Listen = "127.0.0.1:0"
+	p.start("ingest", "keys")
 	served := map[string]string{}
-	for _, r := range ingest.Routes {
-		served[r.Method+" "+r.Pattern] = "ingest"
-	}
-	for _, r := range adminRoutes {
-		served[r.Method+" "+r.Pattern] = "admin"
+	for _, listener := range []string{"ingest", "admin", "federation"} {
+		h, ok := p.in.handlers[listener].(interface{ Routes() []string })
+		if !ok {
+			t.Fatalf("the %s listener's handler (%T) cannot list its routes", listener, p.in.handlers[listener])
+		}
+		for _, r := range h.Routes() {
+			served[r] = listener
+		}
 	}
 	for k, l := range served {
 		if documented[k] != l {
@@ -105,12 +99,6 @@ func TestOpenAPIDocumentMatchesTheServedRoutes(t *testing.T) {
 		}
 	}
 
-	// A running pipeline answers every documented operation (not 404/405),
-	// and accepts every example.
-	p := newPipeline(t, remotes(1))
-	p.in.cfg.ServerName = "hs.test" // the examples' users are of hs.test
-	p.in.cfg.Admin.Listen = "127.0.0.1:0"
-	p.start("ingest")
 	// A fresh Apache Kafka broker elects the new topics' leaders a moment after
 	// creating them; the admin routes read every partition's offsets.
 	var topics []string
@@ -123,7 +111,8 @@ func TestOpenAPIDocumentMatchesTheServedRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	seedAdminExamples(t, p)
-	base := map[string]string{"ingest": "http://" + p.in.listeners["ingest"], "admin": "http://" + p.in.listeners["admin"]}
+	base := map[string]string{"ingest": "http://" + p.in.listeners["ingest"], "admin": "http://" + p.in.listeners["admin"],
+		"federation": "http://" + p.in.listeners["federation"]}
 	compiler := jsonschema.NewCompiler()
 	compiler.DefaultDraft(jsonschema.Draft4) // OpenAPI 3.0 schema objects
 	root, err := jsonschema.UnmarshalJSON(bytes.NewReader(asJSON))
@@ -195,7 +184,7 @@ func TestOpenAPIDocumentMatchesTheServedRoutes(t *testing.T) {
 			t.Errorf("%s: the documented example answered %d: %s", k, resp.StatusCode, answer.String())
 		}
 	}
-	if len(keys) < len(ingest.Routes)+len(adminRoutes) {
+	if len(keys) < len(served) {
 		t.Fatalf("checked %d operations", len(keys))
 	}
 }

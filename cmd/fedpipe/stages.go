@@ -25,6 +25,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/discovery"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/internal/config"
+	"github.com/fedpipe/fedpipe/internal/httpmux"
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/producers/ingest"
 	"github.com/fedpipe/fedpipe/producers/relay"
@@ -303,8 +304,8 @@ func (in *infra) startAdmin(ctx context.Context, g *errgroup.Group, stages []str
 	}
 	in.closers = append(in.closers, func(context.Context) error { return api.Close() })
 	g.Go(func() error { return api.Run(ctx) })
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", requireBearer(cfg.Admin.Token, promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg})))
+	mux := httpmux.New()
+	mux.Handle("GET /metrics", requireBearer(cfg.Admin.Token, promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{Registry: in.reg})))
 	mux.Handle("/", api.Handler()) // checks admin.token itself, answering Synapse's error shapes
 	return serveHTTP(ctx, g, "admin", cfg.Admin.Listen, mux, in)
 }
@@ -361,6 +362,7 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 func serveListener(ctx context.Context, g *errgroup.Group, name string, ln net.Listener, h http.Handler, in *infra) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	in.listeners[name] = ln.Addr().String()
+	in.handlers[name] = h
 	in.log.Info("listening", "listener", name, "addr", ln.Addr().String())
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

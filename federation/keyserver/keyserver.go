@@ -23,6 +23,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/canonicaljson"
 	"github.com/fedpipe/fedpipe/federation/discovery"
 	"github.com/fedpipe/fedpipe/federation/signing"
+	"github.com/fedpipe/fedpipe/internal/httpmux"
 )
 
 // DefaultValidity is how long a published response stays valid (valid_until_ts),
@@ -131,7 +132,7 @@ func Response(cfg Config, now time.Time) ([]byte, error) {
 // so that a fetched copy is never close to expiry. It is safe for concurrent use.
 type Handler struct {
 	cfg Config
-	mux *http.ServeMux
+	mux *httpmux.Mux
 
 	mu      sync.Mutex
 	body    []byte
@@ -149,17 +150,20 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
+	h := &Handler{cfg: cfg, mux: httpmux.New()}
 	h.mux.HandleFunc("GET /_matrix/key/v2/server", h.serveKeys)
 	// Deprecated by the specification, but old servers still ask for it;
 	// the key id is a hint, the answer is the same.
-	h.mux.HandleFunc("GET /_matrix/key/v2/server/{keyID}", h.serveKeys)
+	h.mux.HandleFunc("GET /_matrix/key/v2/server/{keyId}", h.serveKeys)
 	h.mux.HandleFunc("/", unrecognized)
 	return h, nil
 }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// Routes are the routes h serves ("METHOD path").
+func (h *Handler) Routes() []string { return h.mux.Routes() }
 
 func (h *Handler) serveKeys(w http.ResponseWriter, _ *http.Request) {
 	body, err := h.current()

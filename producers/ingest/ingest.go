@@ -50,18 +50,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fedpipe/fedpipe/internal/httpmux"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 )
 
 // Path is the route of the ingest endpoint.
 const Path = "/_fedpipe/v1/events"
-
-// Route is a method and path pattern the ingest handler serves.
-type Route struct{ Method, Pattern string }
-
-// Routes are the routes NewHandler serves; docs/openapi.yaml documents the
-// same ones (cmd/fedpipe's OpenAPI test holds them together).
-var Routes = []Route{{http.MethodPost, Path}, {http.MethodPost, UserSyncPath}, {http.MethodPut, PresencePath}, {http.MethodPost, ToDevicePath}, {http.MethodPut, TypingPath}, {http.MethodPost, DeviceListsPath}, {http.MethodPost, ReceiptsPath}}
 
 // DefaultMaxBodyBytes is the default request body limit: room for a few hundred
 // PDUs of the specification's maximum size.
@@ -144,7 +138,9 @@ func makePersistEndpoint(pool *pgxpool.Pool) endpoint.Endpoint {
 }
 
 // NewHandler returns the ingest API's HTTP handler, serving Path, and
-// UserSyncPath and PresencePath (404 unless cfg.UserSync is set).
+// UserSyncPath and PresencePath (404 unless cfg.UserSync is set). It is an
+// *httpmux.Mux: its Routes are those docs/openapi.yaml documents (cmd/fedpipe's
+// OpenAPI test holds them together).
 func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer prometheus.Registerer) (http.Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -162,7 +158,7 @@ func NewHandler(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, registerer 
 		encodeResponse,
 		httptransport.ServerErrorEncoder(encodeError(logger, m)),
 	)
-	mux := http.NewServeMux()
+	mux := httpmux.New()
 	mux.Handle("POST "+Path, authenticate(cfg.Token, m, server))
 	mux.HandleFunc(Path, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Allow", http.MethodPost)

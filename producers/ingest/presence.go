@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/internal/httpmux"
 	"github.com/fedpipe/fedpipe/producers/usersync"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -67,7 +68,7 @@ type wirePresence struct {
 }
 
 // registerPresence serves the presence input routes on mux.
-func registerPresence(mux *http.ServeMux, cfg Config, logger *slog.Logger, m *metrics) {
+func registerPresence(mux *httpmux.Mux, cfg Config, logger *slog.Logger, m *metrics) {
 	notAllowed := func(method string) http.HandlerFunc {
 		return func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Allow", method)

@@ -10,6 +10,7 @@ import (
 	httptransport "github.com/go-kit/kit/transport/http"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/internal/httpmux"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/producers/typing"
 )
@@ -32,7 +33,7 @@ type wireTyping struct {
 	Timeout int64 `json:"timeout"`
 }
 
-func registerTyping(mux *http.ServeMux, cfg Config, logger *slog.Logger, m *metrics) {
+func registerTyping(mux *httpmux.Mux, cfg Config, logger *slog.Logger, m *metrics) {
 	mux.HandleFunc(TypingPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Allow", http.MethodPut)
 		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "only PUT is allowed")
