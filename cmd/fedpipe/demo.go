@@ -27,7 +27,7 @@ import (
 // prints progress and a per-server report, and fails when any expected
 // delivery is missing or anything unexpected, out of order or unknown arrives.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "", "Run every stage plus simulated remote homeservers on loopback and a load generator, then report deliveries.", stderr)
+	fs := newFlagSet("demo", "", "Run every stage but keys, plus simulated remote homeservers on loopback and a load generator, then report deliveries.", stderr)
 	path := configFlags(fs)
 	rooms := fs.Int("rooms", 20, "rooms to create")
 	servers := fs.Int("servers", 5, "simulated remote homeservers")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/fedpipe/fedpipe/internal/config"
@@ -18,17 +19,26 @@ import (
 // command (one file serves every stage); a command's flags are only the keys
 // it reads.
 var (
-	infraKeys = []string{"instance", "data_dir", "log_level", "kafka", "database", "admin"}
+	infraKeys = append(slices.Clip(toolKeys), "admin")
+	// toolKeys are what a one-off command (rebuild, resend) stands on: the
+	// infra without the admin listener, which it never opens.
+	toolKeys  = []string{"instance", "data_dir", "log_level", "kafka", "database"}
 	stageKeys = map[string][]string{
 		"relay":    {"relay"},
 		"presence": {"server_name", "presence"},
 		"router":   {"server_name", "router"},
-		"sender":   {"server_name", "signing_key_path", "federation"},
+		"sender":   append([]string{"server_name", "signing_key_path"}, senderFederationKeys...),
 		"ingest":   {"server_name", "ingest"},
-		"keys":     {"server_name", "signing_key_path", "federation"},
+		"keys":     append([]string{"server_name", "signing_key_path"}, keysFederationKeys...),
 	}
-	migrateKeys = []string{"database.url"}
-	topicsKeys  = []string{"log_level", "kafka.brokers", "kafka.topic_prefix", "kafka.partitions", "kafka.outbound_partitions", "kafka.replication_factor"}
+	// The federation section is the sender's (sending) and the keys
+	// stage's (the listener publishing our keys): each reads its own keys,
+	// together all of them (TestEveryCommandsHelp holds them so).
+	senderFederationKeys = []string{"federation.static", "federation.ca_file", "federation.insecure_skip_verify", "federation.allowed_networks",
+		"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes"}
+	keysFederationKeys = []string{"federation.listen", "federation.tls_cert", "federation.tls_key", "federation.key_validity"}
+	migrateKeys        = []string{"database.url"}
+	topicsKeys         = []string{"log_level", "kafka.brokers", "kafka.topic_prefix", "kafka.partitions", "kafka.outbound_partitions", "kafka.replication_factor"}
 )
 
 // newFlagSet returns the flag set of `fedpipe <name>`; its --help prints

@@ -106,7 +106,16 @@ func flagsOf(out string) map[string]string {
 func TestEveryCommandsHelp(t *testing.T) {
 	// Per command: its own flags, then the configuration keys it reads ("" is every key).
 	type flags struct{ own, keys []string }
-	infra := []string{"instance", "data_dir", "log_level", "kafka", "database", "admin"}
+	tool := []string{"instance", "data_dir", "log_level", "kafka", "database"}
+	infra := append(slices.Clip(tool), "admin")
+	sending := []string{"federation.static", "federation.ca_file", "federation.insecure_skip_verify", "federation.allowed_networks",
+		"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes"}
+	publishing := []string{"federation.listen", "federation.tls_cert", "federation.tls_key", "federation.key_validity"}
+	for _, k := range config.Keys() {
+		if strings.HasPrefix(k, "federation.") && !slices.Contains(sending, k) && !slices.Contains(publishing, k) {
+			t.Errorf("configuration key %s is read by neither the sender nor the keys stage here: list it under the one that reads it", k)
+		}
+	}
 	want := map[string]flags{
 		"keygen":         {[]string{"out"}, nil},
 		"config example": {nil, nil},
@@ -118,14 +127,14 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"relay":          {[]string{"config"}, append([]string{"relay"}, infra...)},
 		"presence":       {[]string{"config"}, append([]string{"server_name", "presence"}, infra...)},
 		"router":         {[]string{"config"}, append([]string{"server_name", "router"}, infra...)},
-		"sender":         {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
+		"sender":         {[]string{"config"}, append(append([]string{"server_name", "signing_key_path"}, sending...), infra...)},
 		"ingest":         {[]string{"config"}, append([]string{"server_name", "ingest"}, infra...)},
 		"soak":           {[]string{"dir", "keep", "seed", "kills", "rooms", "servers", "events", "stall_bound", "drain", "progress", "log_level", "bin", "brokers", "broker_restart"}, nil},
-		"keys":           {[]string{"config"}, append([]string{"server_name", "signing_key_path", "federation"}, infra...)},
+		"keys":           {[]string{"config"}, append(append([]string{"server_name", "signing_key_path"}, publishing...), infra...)},
 		"status":         {[]string{"config", "url"}, []string{"admin.listen", "admin.token"}},
 		"version":        {nil, nil},
-		"rebuild router": {[]string{"config"}, infra},
-		"resend":         {[]string{"config", "destination", "from-position", "from-time"}, append([]string{"server_name"}, infra...)},
+		"rebuild router": {[]string{"config"}, tool},
+		"resend":         {[]string{"config", "destination", "from-position", "from-time"}, append([]string{"server_name"}, tool...)},
 		"offsets show":   {[]string{"config", "group", "topic", "all-topics"}, []string{"log_level", "kafka.brokers", "kafka.embedded_port"}},
 		"offsets reset": {[]string{"config", "group", "topic", "all-topics", "to-earliest", "to-latest", "to-offset", "shift-by", "to-datetime", "by-duration", "execute"},
 			[]string{"log_level", "kafka.brokers", "kafka.embedded_port"}},

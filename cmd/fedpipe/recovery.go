@@ -24,7 +24,7 @@ func cmdRebuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func cmdRebuildRouter(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("rebuild router", "", "Rebuild the router's membership tables (router_rooms, router_room_members, router_membership_changes) from the\n"+
 		"compacted <prefix>.state topic, sending nothing. Refused while the router group has members: stop them first.", stderr)
-	cfg, err := loadConfig(fs, configFlags(fs, infraKeys...), args)
+	cfg, err := loadConfig(fs, configFlags(fs, toolKeys...), args)
 	if err != nil {
 		return err
 	}
@@ -58,7 +58,7 @@ func cmdResend(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlagSet("resend", " --destination D (--from-position N | --from-time T)",
 		"Send a remote that lost data, through catch-up (paced, one room per transaction), the latest of our events since a\n"+
 			"stream position or a time in every room it is joined to; it fetches the earlier ones from the homeserver.", stderr)
-	cfgPath := configFlags(fs, append([]string{"server_name"}, infraKeys...)...)
+	cfgPath := configFlags(fs, append([]string{"server_name"}, toolKeys...)...)
 	dest := fs.String("destination", "", "the remote server name")
 	fromPos := fs.Int64("from-position", -1, "stream position (events after it)")
 	fromTime := fs.String("from-time", "", "time events were stored from, RFC 3339 (2026-12-01T10:00:00Z)")
