@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
@@ -17,8 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/fedpipe/fedpipe/federation/client"
+	"github.com/fedpipe/fedpipe/federation/discovery"
 	"github.com/fedpipe/fedpipe/federation/keyserver"
 	"github.com/fedpipe/fedpipe/federation/signing"
+	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 )
@@ -302,4 +308,44 @@ func serveTLS(t *testing.T, addr string, syn *testenv.Synapse, h http.Handler) {
 		_ = srv.Close()
 		<-done
 	})
+}
+
+// A transaction signed with a key other than the one fedpipe publishes (same
+// key id, other key) is refused by Synapse with 401 M_UNAUTHORIZED, which the
+// client reports as a backoff: docs/synapse.md says so.
+func TestSynapseRefusesATransactionSignedWithAnotherKey(t *testing.T) {
+	syn := testenv.SynapseServer(t)
+	p := synapsePipeline(t, syn)
+	p.startWith(&stageOptions{}, "keys")
+	us := p.in.cfg.ServerName
+	seed := make([]byte, 32)
+	if _, err := rand.Read(seed); err != nil {
+		t.Fatal(err)
+	}
+	other, err := signing.NewKey(p.key.Version(), seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := discovery.New(discovery.Config{Static: p.in.cfg.Federation.Static})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Config{Origin: us, CAFile: syn.CACert, AllowedNetworks: []string{"127.0.0.0/8"}}, other, res, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := syn.LogOffset(t)
+	tx := &txn.Transaction{ID: "forged" + strconv.FormatInt(time.Now().UnixNano(), 36), Origin: us, Destination: syn.ServerName, OriginServerTS: time.Now().UnixMilli()}
+	if err := tx.AddEDU(txn.EDU{Type: "m.typing", Content: json.RawMessage(`{"room_id":"!r:` + us + `","user_id":"@a:` + us + `","typing":true}`)}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err = cl.SendTransaction(ctx, tx)
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Status != http.StatusUnauthorized || ce.Errcode != "M_UNAUTHORIZED" || txn.OutcomeOf(err) != txn.Backoff {
+		t.Fatalf("a transaction signed with another key: %v; want 401 M_UNAUTHORIZED, a backoff", err)
+	}
+	why := grep(syn.LogSince(t, off), regexp.MustCompile(`(?i)invalid signature|signature`))
+	t.Logf("Synapse %s refused it: %v\n%s", syn.Version, err, strings.Join(why, "\n"))
 }

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/producers/outbox"
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// A ban of a server's last joined user and an invite of a user whose server
+// has no one in the room go to the servers joined before each event, the
+// first time and again when the room topic is replayed after a SIGKILL of the
+// process running router and sender (its group's offsets reset to the
+// earliest, as an operator replays after a crash): the banned user's server
+// gets the ban (twice: once per routing) and nothing after it, the invitee's
+// server nothing ever, the server still joined everything (twice).
+func TestBanAndInviteRouteAlikeAfterACrashAndReplay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills a fedpipe process")
+	}
+	bin := buildFedpipe(t)
+	p := newPipeline(t, remotes(3))
+	p.start("relay")
+	startChild := func() *exec.Cmd {
+		cmd := exec.Command(bin, "run", "--stages=router,sender")
+		cmd.Env = p.env()
+		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	child := startChild()
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+
+	room, alice := "!replay:local.test", "@alice:local.test"
+	bob, carol, zed := "@bob:remote0.test", "@carol:remote1.test", "@zed:remote2.test"
+	(&presenceHarness{pipeline: p}).join(room, alice, bob, carol)
+	n := 0
+	event := func(typ string, stateKey *string, content string, deltas ...outbox.StateDelta) outbox.EventWithDeltas {
+		n++
+		sum := sha256.Sum256([]byte(fmt.Sprint("replay", n)))
+		id := "$" + base64.RawURLEncoding.EncodeToString(sum[:])
+		pdu := map[string]any{"type": typ, "room_id": room, "sender": alice, "content": json.RawMessage(content)}
+		if stateKey != nil {
+			pdu["state_key"] = *stateKey
+		}
+		raw, err := json.Marshal(pdu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range deltas {
+			deltas[i].EventID = id
+		}
+		return outbox.EventWithDeltas{Event: outbox.Event{EventID: id, RoomID: room, RoomVersion: "10", Sender: alice, Type: typ, StateKey: stateKey, PDU: raw}, Deltas: deltas}
+	}
+	message := func(body string) outbox.EventWithDeltas {
+		return event("m.room.message", nil, fmt.Sprintf(`{"msgtype":"m.text","body":%q}`, body))
+	}
+	member := func(target, membership string) outbox.EventWithDeltas {
+		return event("m.room.member", &target, fmt.Sprintf(`{"membership":%q}`, membership),
+			outbox.StateDelta{Type: "m.room.member", StateKey: target, Membership: membership})
+	}
+	if _, err := outbox.PersistBatch(context.Background(), p.in.pool, []outbox.EventWithDeltas{
+		message("m1"), member(bob, "ban"), message("m2"), member(zed, "invite"), message("m3"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// received describes dest's PDUs of alice's: "m1", "ban @bob:remote0.test", ...
+	received := func(dest string) map[string]int {
+		got := map[string]int{}
+		for _, raw := range p.recv.PDUs(dest) {
+			var e struct {
+				Sender   string `json:"sender"`
+				StateKey string `json:"state_key"`
+				Content  struct {
+					Body       string `json:"body"`
+					Membership string `json:"membership"`
+				} `json:"content"`
+			}
+			if err := json.Unmarshal(raw, &e); err != nil {
+				t.Fatal(err)
+			}
+			if e.Sender != alice {
+				continue
+			}
+			if e.Content.Membership != "" {
+				got[e.Content.Membership+" "+e.StateKey]++
+			} else {
+				got[e.Content.Body]++
+			}
+		}
+		return got
+	}
+	prefix, broker := p.cfg.Kafka.TopicPrefix, p.cfg.Kafka.Brokers[0]
+	settled := func(what string) {
+		t.Helper()
+		testenv.Eventually(t, 90*time.Second, what, func() bool {
+			return groupCaughtUp(t, broker, groupID(prefix, routerGroup), schema.Topic(prefix, "room")) &&
+				groupCaughtUp(t, broker, groupID(prefix, senderGroup), schema.Topic(prefix, "outbound"))
+		})
+	}
+	check := func(times int) {
+		t.Helper()
+		want := map[string]map[string]int{
+			"remote0.test": {"m1": times, "ban " + bob: times},
+			"remote1.test": {"m1": times, "ban " + bob: times, "m2": times, "invite " + zed: times, "m3": times},
+			"remote2.test": {},
+		}
+		for dest, w := range want {
+			if got := received(dest); fmt.Sprint(got) != fmt.Sprint(w) {
+				t.Errorf("%s received %v, want %v", dest, got, w)
+			}
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	testenv.Eventually(t, 60*time.Second, "m3 at remote1.test", func() bool { return received("remote1.test")["m3"] > 0 })
+	settled("router and sender caught up")
+	check(1)
+
+	// The crash, then the replay of everything the router consumed.
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	group := groupID(prefix, routerGroup)
+	testenv.Eventually(t, 60*time.Second, "the router group's offsets reset (refused until the killed member expires)", func() bool {
+		cmd := exec.Command(bin, "offsets", "reset", "--group="+group, "--all-topics", "--to-earliest", "--execute")
+		cmd.Env = p.env()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Logf("offsets reset: %v: %s", err, out)
+		}
+		return err == nil
+	})
+	child = startChild()
+	testenv.Eventually(t, 60*time.Second, "m3 at remote1.test again", func() bool { return received("remote1.test")["m3"] > 1 })
+	settled("router and sender caught up after the replay")
+	check(2)
+}
