@@ -47,10 +47,15 @@ func TestPositionsNeedsRewind(t *testing.T) {
 	}
 }
 
-// TestReplayRoutesLikeTheFirstTime drives the rules the way the router does,
-// with a history kept here, and checks a full replay routes every event as the
-// first pass did.
-func TestReplayRoutesLikeTheFirstTime(t *testing.T) {
+// TestReplayRulesOnAModelHistory checks the routing rules (Positions,
+// NeedsRewind, Delta, RoomState, PDUDestinations) on a model history kept here:
+// a loop written in this test, shaped like the router's, routes a room's
+// records once and again from the kick, the ban and the start, and each
+// replay must route every event as the first pass did. It checks the rules,
+// not the router: the real router's replay is covered by consumers/router's
+// TestHandlerReplayAfterDeltasStored and TestHandlerReplayOfBanAndInvite and
+// by cmd/fedpipe's TestBanAndInviteRouteAlikeAfterACrashAndReplay.
+func TestReplayRulesOnAModelHistory(t *testing.T) {
 	type rec struct {
 		pos        int64
 		origin     string // an event from origin when set, else a delta
