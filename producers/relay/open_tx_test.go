@@ -48,7 +48,7 @@ func topicCount(t *testing.T, addr, topic string) int64 {
 func TestNothingPublishedPastAnOpenTransaction(t *testing.T) {
 	e := setup(t, nil)
 	ctx := context.Background()
-	stop := e.relay(ctx)
+	stop, _ := e.relay()
 	defer stop()
 	const room = "!open:hs.test"
 	for i := 1; i <= 4; i++ {

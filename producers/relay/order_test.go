@@ -150,9 +150,7 @@ func TestPresenceIsPublishedAfterTheRoomRecordsBelowIt(t *testing.T) {
 	var log ackLog
 	reg := runOrdered(t, e, &log, e.room, 0)
 	testenv.Eventually(t, 20*time.Second, "the presence stream published", func() bool {
-		var pos int64
-		_ = e.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'presence'), 0)`).Scan(&pos)
-		return pos >= last
+		return storedPosition(t, e.pool, "presence") >= last
 	})
 	checkRoomFirst(t, log.snapshot(), events)
 
@@ -222,7 +220,9 @@ func TestPresenceWaitsForRoomRecordsBelowIt(t *testing.T) {
 		t.Fatalf("%d presence records published while the event below them is not", n)
 	}
 	var stored int
-	_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM relay_positions WHERE stream = 'presence'`).Scan(&stored)
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM relay_positions WHERE stream = 'presence'`).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
 	if stored != 0 {
 		t.Fatal("presence position stored while the event below it is not published")
 	}

@@ -50,18 +50,24 @@ func TestPublishesPresenceLatestPerUserWithoutSkippingLateCommits(t *testing.T) 
 		}
 		want[fmt.Sprintf("@u%d:hs.test", i)] = "offline"
 	}
-	stop := e.relay(ctx)
-	defer stop()
-	// Nothing is published while a transaction that took an earlier position
-	// is open (the relay waits for it).
-	time.Sleep(300 * time.Millisecond) // a window in which a relay that skipped ahead would publish
-	var published int64
-	_ = e.pool.QueryRow(ctx, `SELECT position FROM relay_positions WHERE stream = 'presence'`).Scan(&published)
 	var latePos int64
 	if err := late.QueryRow(ctx, `SELECT stream_id FROM presence_stream WHERE user_id = '@late:hs.test'`).Scan(&latePos); err != nil {
 		t.Fatal(err)
 	}
-	if published >= latePos {
+	stop, reg := e.relay()
+	defer stop()
+	// Nothing is published while a transaction that took an earlier position
+	// is open (the relay waits for it). Rather than a window of time, wait
+	// until the relay has asked twice whether the transactions holding
+	// unpublished positions have ended: every check comes after the late
+	// transaction began (the relay started after it), so the first found it
+	// running and the second is the relay looking again and still waiting. A
+	// relay that skipped ahead stores a position past it instead, which ends
+	// the wait too and fails below.
+	testenv.Eventually(t, 10*time.Second, "the relay to check the open transaction twice (or to publish past it)", func() bool {
+		return testenv.Value(t, reg, "fedpipe_relay_visibility_checks_total") >= 2 || storedPosition(t, e.pool, "presence") >= latePos
+	})
+	if published := storedPosition(t, e.pool, "presence"); published >= latePos {
 		t.Fatalf("presence published up to %d while the transaction of position %d was open", published, latePos)
 	}
 	if err := late.Commit(ctx); err != nil {
