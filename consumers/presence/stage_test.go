@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
@@ -164,7 +165,9 @@ func TestSyncStopTimesOutAfter30s(t *testing.T) {
 	e.send(t, syncing("w1", "@a:hs.test", false))
 	testenv.Eventually(t, 30*time.Second, "sync stop applied", func() bool {
 		var n int
-		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM presence_syncing WHERE user_id = '@a:hs.test'`).Scan(&n)
+		if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM presence_syncing WHERE user_id = '@a:hs.test'`).Scan(&n); err != nil {
+			t.Fatal(err) // not 0, which would pass
+		}
 		return n == 0
 	})
 	e.clock.Advance(29 * time.Second)
@@ -196,7 +199,13 @@ func TestClearAndVanishedInstance(t *testing.T) {
 	e.send(t, schema.UserSyncRecord{Kind: schema.KindInstanceAlive, Instance: "w2"})
 	testenv.Eventually(t, 30*time.Second, "w2's alive applied", func() bool {
 		var seen int64
-		_ = e.pool.QueryRow(context.Background(), `SELECT last_seen_ms FROM presence_instances WHERE instance = 'w2'`).Scan(&seen)
+		err := e.pool.QueryRow(context.Background(), `SELECT last_seen_ms FROM presence_instances WHERE instance = 'w2'`).Scan(&seen)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 		return seen == e.clock.Now().UnixMilli()
 	})
 	e.clock.Advance(20 * time.Second)
@@ -314,7 +323,9 @@ func TestBurstOfOneUserIsCoalescedAtTheSource(t *testing.T) {
 	want := fmt.Sprintf("update %d", updates)
 	var status string
 	testenv.Eventually(t, 60*time.Second, "the last update applied", func() bool {
-		_ = e.pool.QueryRow(context.Background(), `SELECT COALESCE(status_msg, '') FROM presence_stream WHERE user_id = '@storm:hs.test'`).Scan(&status)
+		if err := e.pool.QueryRow(context.Background(), `SELECT COALESCE(status_msg, '') FROM presence_stream WHERE user_id = '@storm:hs.test'`).Scan(&status); err != nil {
+			t.Fatal(err) // the user's row was written before the burst
+		}
 		return status == want
 	})
 	// Every stream write takes one position of the sequence. The stage applies
