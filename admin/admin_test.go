@@ -589,6 +589,9 @@ func TestResend(t *testing.T) {
 		('$4', '!r2:hs.test', '10', '@a:hs.test', 'hs.test', 'm.room.message', '{}'),
 		('$5', '!r3:hs.test', '10', '@a:hs.test', 'hs.test', 'm.room.message', '{}')`)
 	e.exec(`INSERT INTO router_room_members (room_id, user_id) VALUES ('!r1:hs.test', '@x:a.test'), ('!r2:hs.test', '@y:a.test'), ('!r3:hs.test', '@z:b.test')`)
+	// What a.test and b.test accepted: a.test's is forgotten above position 1 (a replay then sends it again).
+	e.exec(`INSERT INTO sender_destination_rooms (destination, room_id, acked_position) VALUES
+		('a.test', '!r1:hs.test', 1000), ('a.test', '!r2:hs.test', 1), ('b.test', '!r3:hs.test', 1000)`)
 	const own = "/_fedpipe/admin/v1/federation/destinations/"
 	e.wantError("POST", own+"unknown.test/resend", `{"from_position":0}`, http.StatusNotFound, "M_NOT_FOUND")
 	e.wantError("POST", own+"a.test/resend", `{}`, http.StatusBadRequest, "M_INVALID_PARAM")
@@ -598,6 +601,13 @@ func TestResend(t *testing.T) {
 	code, out := e.call("POST", own+"a.test/resend", `{"from_ts":0}`)
 	if code != 200 || out["rooms"] != 2.0 {
 		t.Fatalf("resend: %d %v; want the two rooms a.test is in", code, out)
+	}
+	var accepted string
+	if err := e.pool.QueryRow(context.Background(), `SELECT string_agg(destination || room_id || '=' || acked_position, ' ' ORDER BY destination, room_id) FROM sender_destination_rooms`).Scan(&accepted); err != nil {
+		t.Fatal(err)
+	}
+	if accepted != "a.test!r1:hs.test=0 a.test!r2:hs.test=0 b.test!r3:hs.test=1000" {
+		t.Fatalf("accepted positions after the resend: %s; want a.test's lowered to the resend's start (0), b.test's kept", accepted)
 	}
 	testenv.Eventually(t, time.Second, "the sender told to catch a.test up", func() bool { return sig.has("catch_up a.test") })
 	var rooms string

@@ -17,8 +17,9 @@ const OpCatchUp = "catch_up"
 // joined to is recorded for catch-up (sender_catchup), and the member owning
 // dest is signalled to catch up. As after an outage, each room's latest event
 // is sent (one room per transaction, destinations woken paced) and the remote
-// fetches the events before it from the homeserver. It returns how many rooms
-// were recorded.
+// fetches the events before it from the homeserver. What dest accepted after
+// from is forgotten (sender_destination_rooms), so that a replay sends it
+// again too. It returns how many rooms were recorded.
 func Resend(ctx context.Context, pool *pgxpool.Pool, dest, ours string, from int64) (rooms int64, err error) {
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO sender_catchup (destination, room_id, position, event_id)
@@ -33,6 +34,11 @@ func Resend(ctx context.Context, pool *pgxpool.Pool, dest, ours string, from int
 			return err
 		}
 		rooms = tag.RowsAffected()
+		// What it accepted since is gone: a replay may send it again.
+		if _, err := tx.Exec(ctx, `UPDATE sender_destination_rooms SET acked_position = $2, updated_at = now()
+			WHERE destination = $1 AND acked_position > $2`, dest, from); err != nil {
+			return err
+		}
 		return Signal(ctx, tx, OpCatchUp, dest)
 	})
 	if err != nil {

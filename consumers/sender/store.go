@@ -64,17 +64,48 @@ func (s *Store) SaveRetry(ctx context.Context, dest string, r queue.RetryState) 
 	return nil
 }
 
-// RecordSuccess implements queue.Store.
-func (s *Store) RecordSuccess(ctx context.Context, dest string, position int64) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO sender_destinations (destination, last_successful_position) VALUES ($1, $2)
+// RecordSuccess implements queue.Store: each room's accepted position and
+// the destination's last successful position, in one statement.
+func (s *Store) RecordSuccess(ctx context.Context, dest string, acked []queue.RoomPosition) error {
+	rooms, positions := make([]string, len(acked)), make([]int64, len(acked))
+	for i, a := range acked {
+		rooms[i], positions[i] = a.RoomID, a.Position
+	}
+	_, err := s.pool.Exec(ctx, `WITH a AS (
+			SELECT room_id, max(position) AS position FROM unnest($2::text[], $3::bigint[]) AS u(room_id, position) GROUP BY room_id
+		), rooms AS (
+			INSERT INTO sender_destination_rooms (destination, room_id, acked_position) SELECT $1, room_id, position FROM a ORDER BY room_id
+			ON CONFLICT (destination, room_id) DO UPDATE SET acked_position = GREATEST(sender_destination_rooms.acked_position, EXCLUDED.acked_position), updated_at = now()
+		)
+		INSERT INTO sender_destinations (destination, last_successful_position) SELECT $1, max(position) FROM a
 		ON CONFLICT (destination) DO UPDATE SET last_successful_position = GREATEST(sender_destinations.last_successful_position, EXCLUDED.last_successful_position),
 			updated_at = now()
 		WHERE sender_destinations.last_successful_position IS DISTINCT FROM GREATEST(sender_destinations.last_successful_position, EXCLUDED.last_successful_position)`,
-		dest, position)
+		dest, rooms, positions)
 	if err != nil {
 		return fmt.Errorf("recording last successful position of %s: %w", dest, err)
 	}
 	return nil
+}
+
+// AckedRooms implements queue.Store.
+func (s *Store) AckedRooms(ctx context.Context, dest string) (map[string]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT room_id, acked_position FROM sender_destination_rooms WHERE destination = $1`, dest)
+	if err != nil {
+		return nil, fmt.Errorf("reading the rooms %s accepted: %w", dest, err)
+	}
+	acked, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (queue.RoomPosition, error) {
+		var a queue.RoomPosition
+		return a, r.Scan(&a.RoomID, &a.Position)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the rooms %s accepted: %w", dest, err)
+	}
+	out := make(map[string]int64, len(acked))
+	for _, a := range acked {
+		out[a.RoomID] = a.Position
+	}
+	return out, nil
 }
 
 // RecordCatchUp implements queue.Store, keeping the latest position per room.

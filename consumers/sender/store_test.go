@@ -121,14 +121,18 @@ func TestStoreKeepsBackoffAndTheLatestMissedEventPerRoom(t *testing.T) {
 		t.Fatal("failure_ts kept after a success")
 	}
 
-	for _, p := range []int64{pos3, pos1} { // never moves back
-		if err := s.RecordSuccess(ctx, "a.test", p); err != nil {
+	for _, acked := range [][]queue.RoomPosition{{{RoomID: "!r", Position: pos1}, {RoomID: "!s", Position: pos3}, {RoomID: "!r", Position: pos1 + 1}},
+		{{RoomID: "!r", Position: pos1}, {RoomID: "!s", Position: pos1}}} { // never moves back
+		if err := s.RecordSuccess(ctx, "a.test", acked); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var last int64
 	if err := pool.QueryRow(ctx, "SELECT last_successful_position FROM sender_destinations WHERE destination = 'a.test'").Scan(&last); err != nil || last != pos3 {
 		t.Fatalf("last successful position %d, %v; want %d", last, err, pos3)
+	}
+	if rooms, err := s.AckedRooms(ctx, "a.test"); err != nil || fmt.Sprint(rooms) != fmt.Sprint(map[string]int64{"!r": pos1 + 1, "!s": pos3}) {
+		t.Fatalf("rooms accepted %v, %v; want !r at %d and !s at %d", rooms, err, pos1+1, pos3)
 	}
 
 	// Paused by an operator: loaded as such, never due, and kept by SaveRetry.

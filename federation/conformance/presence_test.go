@@ -44,7 +44,8 @@ type healthyStore struct{ queue.Store }
 func (healthyStore) LoadRetry(context.Context, string) (queue.RetryState, error) {
 	return queue.RetryState{}, nil
 }
-func (healthyStore) RecordSuccess(context.Context, string, int64) error { return nil }
+func (healthyStore) RecordSuccess(context.Context, string, []queue.RoomPosition) error { return nil }
+func (healthyStore) AckedRooms(context.Context, string) (map[string]int64, error)      { return nil, nil }
 func (healthyStore) StoredEDUs(context.Context, string, queue.Durable, int64, int, int) ([]queue.StoredEDU, error) {
 	return nil, nil
 }

@@ -103,7 +103,7 @@ func (d *destination) catchUpRoom(ctx context.Context, c CatchUp) (ended bool, e
 		d.m.pdusSent.Inc()
 		d.m.catchUpSent.Inc()
 		d.succeed(ctx)
-		d.recordSuccess(ctx, c.Position)
+		d.recordSuccess(ctx, []RoomPosition{{RoomID: c.RoomID, Position: c.Position}})
 	}
 	if err := d.store.ClearCatchUp(ctx, d.name, c); err != nil && ctx.Err() == nil {
 		// Harmless: the room is sent again at the next catch-up.

@@ -34,6 +34,10 @@ type destination struct {
 	// finished: catch-up ends only when none happened since its last read.
 	recording int
 	recorded  uint64
+	// accepted is, per room, the greatest position of d's PDUs the destination
+	// accepted (read from the store when d first gets a PDU, nil before):
+	// a PDU at or below it is a replay and is not sent again.
+	accepted map[string]int64
 	// acks are the positions of stored EDUs delivered, by Durable kind, to
 	// delete from the store (flushAcks).
 	acks     [2][]int64
@@ -58,11 +62,25 @@ func newDestination(name string, e *env) *destination {
 }
 
 // enqueuePDU queues p, or records it for catch-up when d is not sending live.
+// A PDU the destination already has (it accepted its room at or past p's
+// position: a replayed record) is done at once. Within a room the records
+// reach d in position order (the relay publishes in stream order, the router
+// routes a room in order), so nothing not yet sent is below that position but
+// what catch-up meant to leave to the remote's backfill.
 func (d *destination) enqueuePDU(ctx context.Context, p PDU, done func()) error {
 	if err := d.refresh(ctx); err != nil {
 		return err
 	}
+	if err := d.loadAcked(ctx); err != nil {
+		return err
+	}
 	d.mu.Lock()
+	if a, ok := d.accepted[p.RoomID]; ok && p.Position <= a {
+		d.mu.Unlock()
+		d.m.alreadyAcked.Inc()
+		done()
+		return nil
+	}
 	if d.retry.Failing(d.cfg.Now()) || d.catchingUp || d.behind {
 		// The catch-up sends the room's latest event.
 		d.behind = true
@@ -181,6 +199,30 @@ func (d *destination) refresh(ctx context.Context) error {
 	}
 	if err := d.load(ctx); err != nil {
 		return fmt.Errorf("loading backoff of %s: %w", d.name, err)
+	}
+	return nil
+}
+
+// loadAcked reads, once, what the destination accepted of each room. The
+// read runs outside d.mu; what d recorded meanwhile is kept.
+func (d *destination) loadAcked(ctx context.Context) error {
+	d.mu.Lock()
+	loaded := d.accepted != nil
+	d.mu.Unlock()
+	if loaded {
+		return nil
+	}
+	acked, err := d.store.AckedRooms(ctx, d.name)
+	if err != nil {
+		return fmt.Errorf("loading what %s accepted: %w", d.name, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.accepted == nil {
+		d.accepted = make(map[string]int64, len(acked))
+	}
+	for room, pos := range acked {
+		d.accepted[room] = max(d.accepted[room], pos)
 	}
 	return nil
 }

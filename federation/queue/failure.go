@@ -155,13 +155,22 @@ func (d *destination) succeed(ctx context.Context) {
 	}
 }
 
-// recordSuccess stores d's last successful position. A failure only leaves
-// the operator's view behind; it is logged and counted.
-func (d *destination) recordSuccess(ctx context.Context, position int64) {
-	if position <= 0 {
+// recordSuccess notes what the destination accepted of each room, in memory
+// and in the store (with its last successful position). A failed write only
+// leaves the operator's view behind, and lets a replay after a restart send
+// those PDUs again; it is logged and counted.
+func (d *destination) recordSuccess(ctx context.Context, acked []RoomPosition) {
+	if len(acked) == 0 {
 		return
 	}
-	if err := d.store.RecordSuccess(ctx, d.name, position); err != nil && ctx.Err() == nil {
+	d.mu.Lock()
+	if d.accepted != nil {
+		for _, a := range acked {
+			d.accepted[a.RoomID] = max(d.accepted[a.RoomID], a.Position)
+		}
+	}
+	d.mu.Unlock()
+	if err := d.store.RecordSuccess(ctx, d.name, acked); err != nil && ctx.Err() == nil {
 		d.m.storeErrors.Inc()
 		d.log.Warn("recording last successful position", "destination", d.name, "err", err)
 	}

@@ -57,9 +57,14 @@ type Store interface {
 	// SaveRetry stores the destination's backoff; a zero state clears it.
 	// It leaves Paused as it is stored.
 	SaveRetry(ctx context.Context, dest string, r RetryState) error
-	// RecordSuccess notes that the destination accepted a transaction holding
-	// PDUs up to stream position (the last successful position never moves back).
-	RecordSuccess(ctx context.Context, dest string, position int64) error
+	// RecordSuccess notes that the destination accepted PDUs of rooms up to
+	// the stream positions given (per room, and the destination's last
+	// successful position, the greatest; neither ever moves back).
+	RecordSuccess(ctx context.Context, dest string, acked []RoomPosition) error
+	// AckedRooms returns, per room, the greatest stream position of the
+	// destination's accepted PDUs in it (RecordSuccess, or lowered by an
+	// operator's resend).
+	AckedRooms(ctx context.Context, dest string) (map[string]int64, error)
 	// RecordCatchUp remembers, per room, the latest event the destination missed.
 	RecordCatchUp(ctx context.Context, dest string, rooms []CatchUp) error
 	// CatchUpRooms returns up to limit of the destination's missed rooms with
@@ -88,6 +93,12 @@ type Store interface {
 	// start): the caller pages through them, so destinations other members
 	// own (or that are busy) cannot hide the rest behind the limit.
 	DueDestinations(ctx context.Context, now time.Time, after string, limit int) ([]string, error)
+}
+
+// RoomPosition is a stream position in a room.
+type RoomPosition struct {
+	RoomID   string
+	Position int64
 }
 
 // PDU is an event for a destination.

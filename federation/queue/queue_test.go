@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -118,8 +119,9 @@ type memStore struct {
 	mu      sync.Mutex
 	retry   map[string]queue.RetryState
 	catchUp map[string]map[string]queue.CatchUp
-	pdus    map[string]json.RawMessage // event id → PDU
-	last    map[string]int64           // last successful position
+	pdus    map[string]json.RawMessage  // event id → PDU
+	last    map[string]int64            // last successful position
+	rooms   map[string]map[string]int64 // per destination, per room, the position accepted
 	// stored holds each destination's stored EDUs by kind, in position order.
 	stored map[queue.Durable]map[string][]queue.StoredEDU
 	// sending holds each destination's stored positions marked as being sent.
@@ -138,14 +140,27 @@ func (s *memStore) SaveRetry(_ context.Context, d string, r queue.RetryState) er
 	s.retry[d] = r
 	return nil
 }
-func (s *memStore) RecordSuccess(_ context.Context, d string, position int64) error {
+func (s *memStore) RecordSuccess(_ context.Context, d string, acked []queue.RoomPosition) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.last == nil {
 		s.last = map[string]int64{}
+		s.rooms = map[string]map[string]int64{}
 	}
-	s.last[d] = max(s.last[d], position)
+	if s.rooms[d] == nil {
+		s.rooms[d] = map[string]int64{}
+	}
+	for _, a := range acked {
+		s.last[d] = max(s.last[d], a.Position)
+		s.rooms[d][a.RoomID] = max(s.rooms[d][a.RoomID], a.Position)
+	}
 	return nil
+}
+
+func (s *memStore) AckedRooms(_ context.Context, d string) (map[string]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.rooms[d]), nil
 }
 
 // setPaused is what an operator does through the admin API.

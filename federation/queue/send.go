@@ -194,12 +194,12 @@ func (d *destination) delivered(ctx context.Context, t *txn.Transaction, resp tx
 		d.m.pduRejected.Inc()
 		d.log.Warn("destination rejected a PDU", "destination", d.name, "event_id", id, "error", reason)
 	}
-	var last int64
+	acked := make([]RoomPosition, 0, len(in.pdus))
 	for _, it := range in.pdus {
-		last = max(last, it.Position)
+		acked = append(acked, RoomPosition{RoomID: it.RoomID, Position: it.Position})
 	}
 	d.succeed(ctx)
-	d.recordSuccess(ctx, last)
+	d.recordSuccess(ctx, acked)
 	in.done()
 }
 
