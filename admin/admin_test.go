@@ -33,6 +33,8 @@ type env struct {
 	pool    *pgxpool.Pool
 	brokers []string
 	reg     *prometheus.Registry
+	// routes are the routes the handler serves ("METHOD path").
+	routes []string
 }
 
 func newEnv(t *testing.T) *env {
@@ -57,9 +59,10 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Close() })
-	hs := httptest.NewServer(srv.Handler())
+	h := srv.Handler()
+	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, pool: pool, brokers: brokers, reg: reg}
+	return &env{t: t, url: hs.URL, pool: pool, brokers: brokers, reg: reg, routes: h.(interface{ Routes() []string }).Routes()}
 }
 
 func (e *env) exec(sql string, args ...any) {
@@ -131,11 +134,19 @@ func names(out map[string]any) []string {
 
 func TestEveryRouteWantsTheToken(t *testing.T) {
 	e := newEnv(t)
-	routes := []struct{ method, path string }{
-		{"GET", syn}, {"GET", syn + "/a.test"}, {"GET", syn + "/a.test/rooms"}, {"POST", syn + "/a.test/reset_connection"},
-		{"POST", "/_fedpipe/admin/v1/federation/destinations/a.test/pause"}, {"POST", "/_fedpipe/admin/v1/federation/destinations/a.test/resume"},
-		{"GET", "/_fedpipe/admin/v1/wait_for_position?stream=events&position=0"}, {"GET", "/_fedpipe/admin/v1/deadletters"},
-		{"POST", "/_fedpipe/admin/v1/deadletters/redrive"}, {"GET", "/_fedpipe/admin/v1/status"}, {"GET", "/"},
+	// Every route the handler serves, as its mux registered them.
+	query := map[string]string{"/_fedpipe/admin/v1/wait_for_position": "?stream=events&position=0"}
+	var routes []struct{ method, path string }
+	for _, route := range e.routes {
+		method, path, _ := strings.Cut(route, " ")
+		path = strings.ReplaceAll(path, "{destination}", "a.test") + query[path]
+		if strings.Contains(path, "{") {
+			t.Fatalf("route %s: no value for its parameter here", route)
+		}
+		routes = append(routes, struct{ method, path string }{method, path})
+	}
+	if len(routes) < 12 {
+		t.Fatalf("the handler lists %d routes: %v", len(routes), e.routes)
 	}
 	for _, r := range routes {
 		for _, c := range []struct{ auth, errcode string }{{"", "M_MISSING_TOKEN"}, {"Bearer guess", "M_UNKNOWN_TOKEN"}, {"Basic czNjcmV0", "M_MISSING_TOKEN"}} {
