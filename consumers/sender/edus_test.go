@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
@@ -33,7 +34,10 @@ func (e *env) publishEDU(t *testing.T, dest, eduType, key string, content json.R
 }
 
 // counter sums a counter of the stage's registry over the series whose
-// label has value (every series when label is "").
+// label has value (every series when label is ""). A metric the registry does
+// not hold fails the test, so a renamed metric does not read as 0; a labelled
+// counter that is registered but has no such series (never incremented)
+// reads 0.
 func (e *env) counter(t *testing.T, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := e.reg.Gather()
@@ -41,10 +45,12 @@ func (e *env) counter(t *testing.T, name, label, value string) float64 {
 		t.Fatal(err)
 	}
 	var sum float64
+	found := false
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
+		found = true
 		for _, m := range mf.GetMetric() {
 			if label == "" {
 				sum += m.GetCounter().GetValue()
@@ -56,7 +62,24 @@ func (e *env) counter(t *testing.T, name, label, value string) float64 {
 			}
 		}
 	}
+	if !found && !registered(e.reg, name) {
+		t.Fatalf("metric %s is not registered", name)
+	}
 	return sum
+}
+
+// registered reports whether reg holds a metric named name, with series or
+// without. A vector that was never incremented has no series, and Gather
+// leaves it out, so ask the registry: it refuses a probe collector whose name
+// is taken (whatever its labels and help) and accepts it otherwise, and an
+// accepted probe is unregistered at once.
+func registered(reg *prometheus.Registry, name string) bool {
+	probe := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "a test's probe for a registered name"})
+	if err := reg.Register(probe); err != nil {
+		return true
+	}
+	reg.Unregister(probe)
+	return false
 }
 
 // Keyed EDUs (typing) carry their coalescing key in the record: a
