@@ -2,12 +2,14 @@ package sender_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
@@ -42,15 +44,15 @@ func (e *env) memberOf(t *testing.T, group string, backoff time.Duration) (stop 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = s.Run(ctx) }()
-	go func() { defer wg.Done(); _ = g.Run(ctx) }()
+	stopRun := runMember(t, s, g)
 	var once sync.Once
-	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
-	t.Cleanup(stop)
-	return stop
+	return func() {
+		once.Do(func() {
+			if err := stopRun(); err != nil {
+				t.Errorf("sender member of %s: %v", group, err)
+			}
+		})
+	}
 }
 
 // committed sums the group's committed offsets over the outbound partitions.
@@ -70,9 +72,15 @@ func (e *env) committed(t *testing.T) int64 {
 	return sum
 }
 
+// retryInterval reads dest's stored backoff, 0 when no row is stored; any
+// other query error fails the test rather than reading as 0.
 func (e *env) retryInterval(dest string) int64 {
+	e.t.Helper()
 	var ms int64
-	_ = e.pool.QueryRow(context.Background(), "SELECT retry_interval_ms FROM sender_destinations WHERE destination = $1", dest).Scan(&ms)
+	err := e.pool.QueryRow(context.Background(), "SELECT retry_interval_ms FROM sender_destinations WHERE destination = $1", dest).Scan(&ms)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		e.t.Fatalf("reading the backoff of %s: %v", dest, err)
+	}
 	return ms
 }
 

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/consumers/sender"
@@ -29,6 +29,7 @@ import (
 )
 
 type env struct {
+	t    testing.TB
 	k    *testenv.Kafka
 	addr string
 	pool *pgxpool.Pool
@@ -62,7 +63,7 @@ func setup(t *testing.T, dests ...string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{k: k, addr: addr, pool: pool, recv: recv, cl: cl}
+	return &env{t: t, k: k, addr: addr, pool: pool, recv: recv, cl: cl}
 }
 
 func (e *env) run(t *testing.T, backoff time.Duration) {
@@ -78,12 +79,30 @@ func (e *env) run(t *testing.T, backoff time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = s.Run(ctx) }()
-	go func() { defer wg.Done(); _ = g.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	runMember(t, s, g)
+}
+
+// runMember runs the sender s and its group member g beside the test until
+// stop is called or the test ends, both cancelled at once; an error of either
+// (other than its cancellation) fails the test.
+func runMember(t *testing.T, s *sender.Sender, g *runtime.Group) (stop func() error) {
+	t.Helper()
+	return testenv.Background(t, "sender member", func(ctx context.Context) error {
+		eg, ctx := errgroup.WithContext(ctx)
+		eg.Go(func() error {
+			if err := s.Run(ctx); err != nil {
+				return fmt.Errorf("sender: %w", err)
+			}
+			return nil
+		})
+		eg.Go(func() error {
+			if err := g.Run(ctx); err != nil {
+				return fmt.Errorf("sender group: %w", err)
+			}
+			return nil
+		})
+		return eg.Wait()
+	})
 }
 
 // publish persists an event (for catch-up) and writes its outbound record.
@@ -135,16 +154,16 @@ func TestForbiddenDestinationBacksOffAndCatchesUp(t *testing.T) {
 	e.run(t, 300*time.Millisecond)
 	e.publish(t, "a.test", "!r1:me.test", 1)
 	testenv.Eventually(t, 20*time.Second, "backoff persisted", func() bool {
-		var ms int64
-		_ = e.pool.QueryRow(context.Background(), "SELECT retry_interval_ms FROM sender_destinations WHERE destination='a.test'").Scan(&ms)
-		return ms > 0
+		return e.retryInterval("a.test") > 0
 	})
 	e.publish(t, "a.test", "!r1:me.test", 2)
 	last1 := e.publish(t, "a.test", "!r1:me.test", 3)
 	last2 := e.publish(t, "a.test", "!r2:me.test", 4)
 	testenv.Eventually(t, 20*time.Second, "catch-up rows for both rooms", func() bool {
 		var n int
-		_ = e.pool.QueryRow(context.Background(), "SELECT count(*) FROM sender_catchup WHERE destination='a.test'").Scan(&n)
+		if err := e.pool.QueryRow(context.Background(), "SELECT count(*) FROM sender_catchup WHERE destination='a.test'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
 		return n == 2
 	})
 	e.recv.ClearFault("a.test")
