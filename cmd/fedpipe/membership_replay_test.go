@@ -52,63 +52,14 @@ func TestBanAndInviteRouteAlikeAfterACrashAndReplay(t *testing.T) {
 	room, alice := "!replay:local.test", "@alice:local.test"
 	bob, carol, zed := "@bob:remote0.test", "@carol:remote1.test", "@zed:remote2.test"
 	(&presenceHarness{pipeline: p}).join(room, alice, bob, carol)
-	n := 0
-	event := func(typ string, stateKey *string, content string, deltas ...outbox.StateDelta) outbox.EventWithDeltas {
-		n++
-		sum := sha256.Sum256([]byte(fmt.Sprint("replay", n)))
-		id := "$" + base64.RawURLEncoding.EncodeToString(sum[:])
-		pdu := map[string]any{"type": typ, "room_id": room, "sender": alice, "content": json.RawMessage(content)}
-		if stateKey != nil {
-			pdu["state_key"] = *stateKey
-		}
-		raw, err := json.Marshal(pdu)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range deltas {
-			deltas[i].EventID = id
-		}
-		return outbox.EventWithDeltas{Event: outbox.Event{EventID: id, RoomID: room, RoomVersion: "10", Sender: alice, Type: typ, StateKey: stateKey, PDU: raw}, Deltas: deltas}
-	}
-	message := func(body string) outbox.EventWithDeltas {
-		return event("m.room.message", nil, fmt.Sprintf(`{"msgtype":"m.text","body":%q}`, body))
-	}
-	member := func(target, membership string) outbox.EventWithDeltas {
-		return event("m.room.member", &target, fmt.Sprintf(`{"membership":%q}`, membership),
-			outbox.StateDelta{Type: "m.room.member", StateKey: target, Membership: membership})
-	}
+	w := &roomWriter{t: t, room: room, sender: alice}
 	if _, err := outbox.PersistBatch(context.Background(), p.in.pool, []outbox.EventWithDeltas{
-		message("m1"), member(bob, "ban"), message("m2"), member(zed, "invite"), message("m3"),
+		w.message("m1"), w.member(bob, "ban"), w.message("m2"), w.member(zed, "invite"), w.message("m3"),
 	}); err != nil {
 		t.Fatal(err)
 	}
 
-	// received describes dest's PDUs of alice's: "m1", "ban @bob:remote0.test", ...
-	received := func(dest string) map[string]int {
-		got := map[string]int{}
-		for _, raw := range p.recv.PDUs(dest) {
-			var e struct {
-				Sender   string `json:"sender"`
-				StateKey string `json:"state_key"`
-				Content  struct {
-					Body       string `json:"body"`
-					Membership string `json:"membership"`
-				} `json:"content"`
-			}
-			if err := json.Unmarshal(raw, &e); err != nil {
-				t.Fatal(err)
-			}
-			if e.Sender != alice {
-				continue
-			}
-			if e.Content.Membership != "" {
-				got[e.Content.Membership+" "+e.StateKey]++
-			} else {
-				got[e.Content.Body]++
-			}
-		}
-		return got
-	}
+	received := func(dest string) map[string]int { return received(t, p, dest, alice) }
 	prefix, broker := p.cfg.Kafka.TopicPrefix, p.cfg.Kafka.Brokers[0]
 	settled := func(what string) {
 		t.Helper()
@@ -184,4 +135,71 @@ func scrape(t *testing.T, url, name string) float64 {
 	}
 	m := mf.GetMetric()[0]
 	return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+}
+
+// roomWriter makes events of one room by one local sender, with ids of their
+// own, for outbox.PersistBatch.
+type roomWriter struct {
+	t            *testing.T
+	room, sender string
+	n            int
+}
+
+func (w *roomWriter) event(typ string, stateKey *string, content string, deltas ...outbox.StateDelta) outbox.EventWithDeltas {
+	w.t.Helper()
+	w.n++
+	sum := sha256.Sum256([]byte(fmt.Sprint(w.room, w.n)))
+	id := "$" + base64.RawURLEncoding.EncodeToString(sum[:])
+	pdu := map[string]any{"type": typ, "room_id": w.room, "sender": w.sender, "content": json.RawMessage(content)}
+	if stateKey != nil {
+		pdu["state_key"] = *stateKey
+	}
+	raw, err := json.Marshal(pdu)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	for i := range deltas {
+		deltas[i].EventID = id
+	}
+	return outbox.EventWithDeltas{Event: outbox.Event{EventID: id, RoomID: w.room, RoomVersion: "10", Sender: w.sender, Type: typ, StateKey: stateKey, PDU: raw}, Deltas: deltas}
+}
+
+// message is an m.room.message with body.
+func (w *roomWriter) message(body string) outbox.EventWithDeltas {
+	return w.event("m.room.message", nil, fmt.Sprintf(`{"msgtype":"m.text","body":%q}`, body))
+}
+
+// member is a membership event of target, with its state delta.
+func (w *roomWriter) member(target, membership string) outbox.EventWithDeltas {
+	return w.event("m.room.member", &target, fmt.Sprintf(`{"membership":%q}`, membership),
+		outbox.StateDelta{Type: "m.room.member", StateKey: target, Membership: membership})
+}
+
+// received counts dest's PDUs sent by sender: by body for a message,
+// "membership state_key" for a member event.
+func received(t *testing.T, p *pipeline, dest, sender string) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for _, raw := range p.recv.PDUs(dest) {
+		var e struct {
+			Sender   string `json:"sender"`
+			StateKey string `json:"state_key"`
+			Content  struct {
+				Body       string `json:"body"`
+				Membership string `json:"membership"`
+			} `json:"content"`
+		}
+		if err := json.Unmarshal(raw, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Sender != sender {
+			continue
+		}
+		if e.Content.Membership != "" {
+			got[e.Content.Membership+" "+e.StateKey]++
+		} else {
+			got[e.Content.Body]++
+		}
+	}
+	return got
 }
