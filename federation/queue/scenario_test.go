@@ -8,13 +8,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 )
 
 // metric reads a gauge or a counter (summed over labels matching label=value
-// when label is set) from the fixture's registry.
+// when label is set) from the fixture's registry. A metric the registry does
+// not hold fails the test, so a renamed metric does not read as 0; a labelled
+// metric that is registered but has no such series (never incremented) reads
+// 0.
 func (f *fixture) metric(t *testing.T, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := f.reg.Gather()
@@ -22,10 +27,12 @@ func (f *fixture) metric(t *testing.T, name, label, value string) float64 {
 		t.Fatal(err)
 	}
 	var sum float64
+	found := false
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
+		found = true
 	metrics:
 		for _, m := range mf.GetMetric() {
 			if label != "" {
@@ -38,7 +45,24 @@ func (f *fixture) metric(t *testing.T, name, label, value string) float64 {
 			sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
 		}
 	}
+	if !found && !registered(f.reg, name) {
+		t.Fatalf("metric %s is not registered", name)
+	}
 	return sum
+}
+
+// registered reports whether reg holds a metric named name, with series or
+// without. A vector that was never incremented has no series, and Gather
+// leaves it out, so ask the registry: it refuses a probe collector whose name
+// is taken (whatever its labels and help) and accepts it otherwise, and an
+// accepted probe is unregistered at once.
+func registered(reg *prometheus.Registry, name string) bool {
+	probe := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "a test's probe for a registered name"})
+	if err := reg.Register(probe); err != nil {
+		return true
+	}
+	reg.Unregister(probe)
+	return false
 }
 
 func (f *fixture) retry(dest string) queue.RetryState {
