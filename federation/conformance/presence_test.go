@@ -67,11 +67,7 @@ func TestTransactionsWithTheQueuesPresenceMatchTheSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = m.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	testenv.Background(t, "queue manager", m.Run)
 
 	var done atomic.Int64
 	typing, _ := edu.Typing{RoomID: "!r:example.org", UserID: "@u1:example.org", Typing: true}.EDU()
