@@ -155,17 +155,10 @@ func memberWith(t *testing.T, k *testenv.Kafka, stage runtime.Stage, deadTopic s
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- g.Run(ctx) }()
-	var once sync.Once
-	var runErr error
-	stop = func() error {
-		once.Do(func() { cancel(); runErr = <-errc })
-		return runErr
-	}
-	t.Cleanup(func() { _ = stop() })
-	return stop
+	// A clean stop returns nil from Run (a cancelled member leaves its group
+	// and returns no error); when the test ends, an error fails it, also for
+	// the members whose stop the test does not check itself.
+	return testenv.Background(t, "group member", g.Run)
 }
 
 func TestHandlesAndCommits(t *testing.T) {
@@ -370,9 +363,8 @@ func (w *slowWriter) WriteMessages(_ context.Context, msgs ...kafka.Message) err
 func TestBatchWriterOrderAndDone(t *testing.T) {
 	w := &slowWriter{fails: 2}
 	b := runtime.NewBatchWriter(w, 7, time.Millisecond, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = b.Run(ctx) }()
+	testenv.Background(t, "batch writer", b.Run)
+	ctx := context.Background()
 	var mu sync.Mutex
 	var doneOrder []int
 	for i := 0; i < 50; i++ {
