@@ -139,3 +139,58 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric %s among %s", name, strings.Join(names, " "))
 	return 0
 }
+
+// A replay of the usersync topic rebuilds presence: with the presence
+// stage stopped and its tables emptied (as an operator rebuilding them
+// would), its group reset to the earliest, the restarted stage computes the
+// same states and syncing sessions from the records.
+func TestUsersyncReplayRebuildsPresence(t *testing.T) {
+	p := newPipeline(t, nil)
+	h := &presenceHarness{pipeline: p}
+	p.start("ingest")
+	stopPresence := p.start("presence")
+	alice, bob, carol := "@alice:local.test", "@bob:local.test", "@carol:local.test"
+	lunch := "lunch"
+	h.usersync("w1", syncs(alice, true), syncs(bob, true), syncs(carol, true))
+	h.usersync("w2", syncs(carol, true))
+	h.setPresence(bob, "unavailable", &lunch)
+	h.usersync("w2", syncs(carol, false))
+	state := func() string {
+		t.Helper()
+		var s string
+		err := p.in.pool.QueryRow(context.Background(), `SELECT
+			COALESCE((SELECT string_agg(user_id || '=' || state || COALESCE('/' || status_msg, ''), ' ' ORDER BY user_id) FROM presence_state), '') || ' | ' ||
+			COALESCE((SELECT string_agg(instance || ':' || user_id, ' ' ORDER BY instance, user_id) FROM presence_syncing), '')`).Scan(&s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	const want = "@alice:local.test=online @bob:local.test=unavailable/lunch @carol:local.test=online | w1:@alice:local.test w1:@bob:local.test w1:@carol:local.test"
+	testenv.Eventually(t, 30*time.Second, "the presence stage's states", func() bool {
+		return state() == want
+	})
+	prefix, broker := p.cfg.Kafka.TopicPrefix, p.cfg.Kafka.Brokers[0]
+	group := groupID(prefix, presenceGroup)
+	testenv.Eventually(t, 30*time.Second, "the presence group caught up", func() bool {
+		return groupCaughtUp(t, broker, group, schema.Topic(prefix, "usersync"))
+	})
+
+	if err := stopPresence(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.in.pool.Exec(context.Background(), `TRUNCATE presence_state, presence_syncing, presence_instances`); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runCode("offsets", "reset", "--group="+group, "--all-topics", "--to-earliest", "--execute", "--kafka.brokers="+broker, "--log_level=warn")
+	if code != 0 {
+		t.Fatalf("offsets reset exits %d:\n%s", code, out)
+	}
+	p.start("presence")
+	testenv.Eventually(t, 30*time.Second, "the presence group through the replayed usersync topic", func() bool {
+		return groupCaughtUp(t, broker, group, schema.Topic(prefix, "usersync"))
+	})
+	if got := state(); got != want {
+		t.Fatalf("rebuilt from the replay:\n%s\nwant\n%s", got, want)
+	}
+}
