@@ -253,10 +253,45 @@ func TestPresenceChangesArrivingTogetherAreRoutedTogether(t *testing.T) {
 			records[string(m.Key)]++
 		}
 	}
-	if records["s1.test"] > users/10 || records["s2.test"] > users/10 {
-		t.Errorf("%d presence changes became %v outbound records", users, records)
+	// The bound, from the router's batching rule (presence.go, runtime.Batch):
+	// a presence partition's records are kept and routed together until the
+	// last record the partition held when it was fetched (its high-water
+	// mark) or 1,000 are kept, and each routing (a flush) gives a destination
+	// one outbound record per run of at most 200 states (maxStatesPerRecord;
+	// these states are far below the byte bound). publishPresence writes the
+	// 300 records in one WriteMessages call whose writer (e.writer) puts up
+	// to BatchSize 1,000 records of a partition in one produce request, so
+	// each presence partition's records are appended at once: every fetch
+	// sees its high-water mark at or past their end, and the partition is
+	// flushed once. Over F flushes holding k_f of a destination's n users,
+	// it gets sum ceil(k_f/200) <= F + floor(n/200) records: at most
+	// partitions + 1 for s1.test (300 users), partitions for s2.test (150).
+	// Without batching it would be one record per change: 300 and 150.
+	const statesPerRecord = 200 // the router's maxStatesPerRecord
+	parts := partitionCount(t, e.addr, presenceTopic)
+	for d, n := range map[string]int{"s1.test": users, "s2.test": users / 2} {
+		limit := parts + n/statesPerRecord
+		if records[d] > limit || records[d] < (n+statesPerRecord-1)/statesPerRecord {
+			t.Errorf("%d presence changes of %d users in %s's rooms became %d outbound records to it, want at most %d (%d partitions flushed once each, runs of %d states)",
+				users, n, d, records[d], limit, parts, statesPerRecord)
+		}
 	}
 	t.Logf("%d presence changes: outbound records per server %v", users, records)
+}
+
+// partitionCount is the number of partitions of topic.
+func partitionCount(t *testing.T, addr, topic string) int {
+	t.Helper()
+	conn, err := kafka.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(parts)
 }
 
 // storeJoins writes joins as a router stores them (store.save) before the
