@@ -15,7 +15,7 @@ build:
 
 test:
 	@./scripts/ensure-postgres >/dev/null
-	@./scripts/install-test-tools || true  # chromium and docker-compose: their tests skip without them
+	@./scripts/install-test-tools || true  # chromium, docker-compose, kcat: their tests skip without them
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
 	FEDPIPE_TEST_DATABASE_URL="$$(./scripts/ensure-postgres)" $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
