@@ -46,8 +46,8 @@ func seedAdminExamples(t *testing.T, p *pipeline) {
 	}
 }
 
-// statusPipeline is a running pipeline with one destination failing, a
-// poison record dead-lettered by the router, and a usersync record no
+// statusPipeline is a running pipeline with one destination failing, one
+// paused, a poison record dead-lettered by the router, and a usersync record no
 // presence member consumes (a stalled partition).
 func statusPipeline(t *testing.T) *pipeline {
 	t.Helper()
@@ -80,6 +80,20 @@ func statusPipeline(t *testing.T) *pipeline {
 		_ = p.in.pool.QueryRow(ctx, "SELECT count(*) FROM sender_destinations WHERE destination = 'remote0.test' AND retry_interval_ms > 0").Scan(&n)
 		return n == 1
 	})
+	// An operator paused remote2.test (known once it accepted something).
+	testenv.Eventually(t, 60*time.Second, "remote2.test paused through the admin API", func() bool {
+		req, err := http.NewRequest(http.MethodPost, "http://"+p.in.listeners["admin"]+"/_fedpipe/admin/v1/federation/destinations/remote2.test/pause", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer adm1n")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 	return p
 }
 
@@ -105,7 +119,7 @@ func TestStatusCommandAndPageInABrowser(t *testing.T) {
 	base := "http://" + p.in.listeners["admin"]
 	// The stall shows once two samples a second apart have seen the partition
 	// waiting: ask until everything is there.
-	want := []string{"stages: relay,router,sender,ingest", prefix + "-router", "remote0.test", "backing off", "DEAD LETTERS",
+	want := []string{"stages: relay,router,sender,ingest", prefix + "-router", "remote0.test", "backing off", "remote2.test", "paused", "DEAD LETTERS",
 		"1 in " + prefix + ".deadletter", "STALLED", prefix + "-presence  " + prefix + ".usersync/"}
 	var out string
 	var missing []string
@@ -182,6 +196,7 @@ func statusPageInABrowser(t *testing.T, p *pipeline) {
 		"stages here: relay, router, sender, ingest",
 		prefix + "-router", prefix + "-sender", prefix + "-presence",
 		"remote0.test\tbacking off",
+		"remote2.test\tpaused",
 		"1 in " + prefix + ".deadletter",
 		prefix + ".room 1;", // the dead letter's source
 		prefix + "-presence\t" + prefix + ".usersync/",
