@@ -235,6 +235,16 @@ func TestDestinationDetailAndRooms(t *testing.T) {
 	e.wantError("GET", syn+"/unknown.test", "", http.StatusNotFound, "M_NOT_FOUND")
 	e.wantError("GET", syn+"/unknown.test/rooms", "", http.StatusNotFound, "M_NOT_FOUND")
 
+	// b.test accepted events of !r1 (before its waiting one) and of !r0.
+	e.exec(`INSERT INTO sender_destination_rooms (destination, room_id, acked_position) VALUES ('b.test', '!r0:x', 4), ('b.test', '!r1:x', 3)`)
+	code, out = e.call("GET", syn+"/b.test/rooms?limit=3", "")
+	if code != 200 || out["total"] != 4.0 || out["next_token"] != "3" {
+		t.Fatalf("rooms: %d %v", code, out)
+	}
+	if rooms := out["rooms"].([]any); len(rooms) != 3 || rooms[0].(map[string]any)["room_id"] != "!r0:x" || rooms[0].(map[string]any)["stream_ordering"] != 4.0 {
+		t.Errorf("rooms %v: want !r0:x first, at what b.test accepted", rooms)
+	}
+	e.exec(`DELETE FROM sender_destination_rooms WHERE room_id = '!r0:x'`)
 	code, out = e.call("GET", syn+"/b.test/rooms?limit=2", "")
 	if code != 200 || out["total"] != 3.0 || out["next_token"] != "2" {
 		t.Fatalf("rooms: %d %v", code, out)

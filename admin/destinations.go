@@ -176,9 +176,9 @@ func (s *Server) getDestination(w http.ResponseWriter, r *http.Request) error {
 }
 
 // GET /_synapse/admin/v1/federation/destinations/{destination}/rooms: the
-// rooms with an event waiting for catch-up and its stream position. (Synapse
-// lists every room shared with the destination; fedpipe keeps only the ones
-// the destination has missed, which is what catch-up will send.)
+// rooms the destination accepted an event of (sender_destination_rooms) or
+// has one waiting in for catch-up, each with the later stream position, as
+// Synapse lists its destination_rooms.
 func (s *Server) destinationRooms(w http.ResponseWriter, r *http.Request) error {
 	dest := r.PathValue("destination")
 	if _, err := s.destination(r.Context(), dest); err != nil {
@@ -193,15 +193,20 @@ func (s *Server) destinationRooms(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	ctx := r.Context()
+	// The rooms it accepted something of or has an event waiting in, each
+	// with the later of the two positions (Synapse's destination_rooms).
+	const roomsOf = `(SELECT room_id, max(position) AS position FROM (
+			SELECT room_id, position FROM sender_catchup WHERE destination = $1
+			UNION ALL SELECT room_id, acked_position FROM sender_destination_rooms WHERE destination = $1) r GROUP BY room_id) rooms`
 	var total int64
-	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM sender_catchup WHERE destination = $1", dest).Scan(&total); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM "+roomsOf, dest).Scan(&total); err != nil {
 		return fmt.Errorf("counting the rooms of %s: %w", dest, err)
 	}
 	type room struct {
 		RoomID         string `json:"room_id"`
 		StreamOrdering int64  `json:"stream_ordering"`
 	}
-	rows, err := s.pool.Query(ctx, "SELECT room_id, position FROM sender_catchup WHERE destination = $1 ORDER BY room_id "+dir+" OFFSET $2 LIMIT $3", dest, from, limit)
+	rows, err := s.pool.Query(ctx, "SELECT room_id, position FROM "+roomsOf+" ORDER BY room_id "+dir+" OFFSET $2 LIMIT $3", dest, from, limit)
 	if err != nil {
 		return fmt.Errorf("listing the rooms of %s: %w", dest, err)
 	}
