@@ -36,13 +36,21 @@ func NewWriter(brokers []string, topic string) *kafka.Writer {
 	}
 }
 
-// NewRelayWriter returns a writer like NewWriter whose batches are limited only
-// by bytes (1 MiB), so that one WriteMessages call of at most that many bytes
-// puts each partition's records into a single record batch, written atomically.
-// The relay relies on it to keep room order through failed writes.
+// RelayBatchRecords is the most records a relay writer puts in one record
+// batch, and so the most the relay writes in one call (relay.Config's
+// MaxRoundRecords). kafka-go allocates a batch's slice of messages at this
+// capacity, 152 bytes each, for every partition a write touches: 2,048 is
+// 304 KiB (a limit of 1<<20 made it 152 MiB per partition and round).
+const RelayBatchRecords = 2048
+
+// NewRelayWriter returns a writer like NewWriter whose batches hold up to
+// 1 MiB and RelayBatchRecords records, so that one WriteMessages call within
+// both puts each partition's records into a single record batch, written
+// atomically. The relay relies on it to keep room order through failed
+// writes.
 func NewRelayWriter(brokers []string, topic string) *kafka.Writer {
 	w := NewWriter(brokers, topic)
-	w.BatchSize = 1 << 20
+	w.BatchSize = RelayBatchRecords
 	w.BatchBytes = 1 << 20
 	return w
 }

@@ -79,7 +79,7 @@ func (r *Relay) round(ctx context.Context) (bool, error) {
 func (r *Relay) publish(ctx context.Context, s metered, pos, upto int64) error {
 	for pos < upto {
 		start := time.Now()
-		b, err := s.read(ctx, r.pool, span{after: pos, upto: upto, limit: r.cfg.BatchSize, maxBytes: r.cfg.MaxRoundBytes, instance: r.cfg.Instance})
+		b, err := s.read(ctx, r.pool, span{after: pos, upto: upto, limit: r.cfg.BatchSize, maxBytes: r.cfg.MaxRoundBytes, maxRecords: r.cfg.MaxRoundRecords, instance: r.cfg.Instance})
 		if err != nil {
 			return err
 		}

@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 )
 
 // Writer is what the relay publishes with: a *kafka.Writer configured with
@@ -32,11 +34,12 @@ type Config struct {
 	PollInterval time.Duration
 	// BatchSize is the most rows of one stream read and published per round trip.
 	BatchSize int
-	// MaxRoundBytes bounds the records of one round trip, so that the records
-	// of a round trip for one partition fit one record batch (the writers must
-	// allow batches of that size and of BatchSize×(1+deltas) records: see
-	// kafkaio.NewRelayWriter).
-	MaxRoundBytes int
+	// MaxRoundBytes and MaxRoundRecords bound the records of one round trip
+	// for one topic, so that a round trip's records for one partition fit one
+	// record batch (the writers must allow batches of that many bytes and
+	// records: kafkaio.NewRelayWriter).
+	MaxRoundBytes   int
+	MaxRoundRecords int
 	// RetryDelay is the first pause after a failed round (doubling to a minute).
 	RetryDelay time.Duration
 }
@@ -52,13 +55,16 @@ func (c *Config) Validate() error {
 	if c.MaxRoundBytes == 0 {
 		c.MaxRoundBytes = 900 << 10 // below Kafka's default 1 MiB message.max.bytes
 	}
+	if c.MaxRoundRecords == 0 {
+		c.MaxRoundRecords = kafkaio.RelayBatchRecords
+	}
 	if c.RetryDelay == 0 {
 		c.RetryDelay = 100 * time.Millisecond
 	}
 	if c.Instance == "" {
 		return errors.New("relay: instance must be set")
 	}
-	if c.PollInterval < 0 || c.BatchSize < 0 {
+	if c.PollInterval < 0 || c.BatchSize < 0 || c.MaxRoundRecords < 0 {
 		return errors.New("relay: poll interval and batch size must be positive")
 	}
 	return nil

@@ -405,3 +405,73 @@ func storedPosition(t testing.TB, pool *pgxpool.Pool, stream string) int64 {
 	}
 	return pos
 }
+
+// countingWriter records how many records each write of a round carried.
+type countingWriter struct {
+	*kafka.Writer
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (w *countingWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+	w.mu.Lock()
+	w.sizes = append(w.sizes, len(msgs))
+	w.mu.Unlock()
+	return w.Writer.WriteMessages(ctx, msgs...)
+}
+
+// A round is cut at MaxRoundRecords records per topic too (the writers'
+// batch count, whose message slice kafka-go allocates in full per partition),
+// an event with its deltas never split across rounds, and every record
+// published in order.
+func TestRoundsBoundedByRecords(t *testing.T) {
+	e := setup(t, nil)
+	ctx := context.Background()
+	var events []outbox.EventWithDeltas
+	for i := 0; i < 40; i++ {
+		member := ""
+		if i%4 == 0 {
+			member = fmt.Sprintf("@u%d:remote.test", i)
+		}
+		events = append(events, ev("!aa:hs.test", i, member))
+	}
+	if _, err := outbox.PersistBatch(ctx, e.pool, events); err != nil {
+		t.Fatal(err)
+	}
+	writer := func(topic string) *countingWriter {
+		return &countingWriter{Writer: &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}}
+	}
+	room, state := writer(e.room), writer(e.state)
+	t.Cleanup(func() { room.Close(); state.Close() }) // after the relay stops: cleanups run last first
+	const most = 7
+	r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond, MaxRoundRecords: most}, e.pool, room, state, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Background(t, "relay", r.Run)
+	msgs := readAll(t, e.addr, e.room, 50)
+	if len(msgs) != 50 {
+		t.Fatalf("%d room records, want 50", len(msgs))
+	}
+	var last int64
+	for _, m := range msgs {
+		rec, err := schema.DecodeRoomRecord(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Position < last {
+			t.Fatalf("out of order at %d", rec.Position)
+		}
+		last = rec.Position
+	}
+	room.mu.Lock()
+	defer room.mu.Unlock()
+	for _, n := range room.sizes {
+		if n > most {
+			t.Fatalf("a round wrote %d room records (rounds: %v), want at most %d", n, room.sizes, most)
+		}
+	}
+	if len(room.sizes) < 50/most {
+		t.Fatalf("rounds of %v room records: want the record bound to split the 50", room.sizes)
+	}
+}

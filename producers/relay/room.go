@@ -47,8 +47,8 @@ func (rs roomStream) read(ctx context.Context, db querier, s span) (batch, error
 }
 
 // roomRecords turns events and their deltas into room and state records,
-// stopping before the event that would take the batch past s.maxBytes (then
-// end is the last event's position).
+// stopping before the event that would take the batch past s.maxBytes or the
+// room records past s.maxRecords (then end is the last event's position).
 func roomRecords(s span, events []schema.RoomRecord, deltas map[int64][]schema.RoomRecord, end int64) (roomMsgs, stateMsgs []kafka.Message, _ int64, _ error) {
 	size := 0
 	for i, ev := range events {
@@ -61,7 +61,7 @@ func roomRecords(s span, events []schema.RoomRecord, deltas map[int64][]schema.R
 		for _, d := range deltas[ev.Position] {
 			evSize += 2*recordSize(m) + len(*d.StateKey)
 		}
-		if i > 0 && size+evSize > s.maxBytes {
+		if i > 0 && (size+evSize > s.maxBytes || s.maxRecords > 0 && len(roomMsgs)+1+len(deltas[ev.Position]) > s.maxRecords) {
 			return roomMsgs, stateMsgs, events[i-1].Position, nil
 		}
 		size += evSize

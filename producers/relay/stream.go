@@ -34,7 +34,8 @@ type querier interface {
 
 // span is what one read covers: the rows after `after` and at or below
 // `upto`, at most `limit` of them and, past the first row, records of about
-// maxBytes at most, so that each partition's records of a batch form one
+// maxBytes and maxRecords (per topic) at most, so that each partition's
+// records of a batch form one
 // record batch, which Kafka writes atomically: a failed write then never
 // leaves a key's later record on a topic without its earlier one, and the
 // retried batch keeps per-key order.
@@ -42,6 +43,7 @@ type span struct {
 	after, upto int64
 	limit       int
 	maxBytes    int
+	maxRecords  int
 	// instance names this process in the records' headers.
 	instance string
 }
@@ -123,7 +125,7 @@ func (t tableStream) read(ctx context.Context, db querier, s span) (batch, error
 		}
 		read++
 		m := s.message(t.kind, pos, key, value)
-		if len(msgs) > 0 && size+recordSize(m) > s.maxBytes {
+		if len(msgs) > 0 && (size+recordSize(m) > s.maxBytes || s.maxRecords > 0 && len(msgs) >= s.maxRecords) {
 			cut = true
 			break
 		}
