@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
@@ -62,24 +61,10 @@ func (e *env) counter(t *testing.T, name, label, value string) float64 {
 			}
 		}
 	}
-	if !found && !registered(e.reg, name) {
+	if !found && !testenv.Registered(e.reg, name) {
 		t.Fatalf("metric %s is not registered", name)
 	}
 	return sum
-}
-
-// registered reports whether reg holds a metric named name, with series or
-// without. A vector that was never incremented has no series, and Gather
-// leaves it out, so ask the registry: it refuses a probe collector whose name
-// is taken (whatever its labels and help) and accepts it otherwise, and an
-// accepted probe is unregistered at once.
-func registered(reg *prometheus.Registry, name string) bool {
-	probe := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "a test's probe for a registered name"})
-	if err := reg.Register(probe); err != nil {
-		return true
-	}
-	reg.Unregister(probe)
-	return false
 }
 
 // Keyed EDUs (typing) carry their coalescing key in the record: a

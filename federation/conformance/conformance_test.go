@@ -19,10 +19,12 @@ import (
 )
 
 // specDir finds the specification's data: FEDPIPE_MATRIX_SPEC, or
-// shared/matrix-spec beside the checkout, walking up from here. Missing data is
-// a failure, not a skip: a suite that checked nothing must not report ok. The
-// files are not copied into the repository (shared/matrix-spec/README.md asks
-// so); point FEDPIPE_MATRIX_SPEC at a matrix-org/matrix-spec checkout instead.
+// shared/matrix-spec beside the checkout, walking up from here. The files are
+// not copied into the repository (shared/matrix-spec/README.md asks so, and
+// that tests skip, saying why, where they are absent): missing data is a skip
+// on a developer's clone, but a failure under CI=true, so that CI never
+// reports ok having checked nothing. Point FEDPIPE_MATRIX_SPEC at a
+// matrix-org/matrix-spec checkout elsewhere.
 func specDir(t *testing.T) string {
 	t.Helper()
 	if d := os.Getenv("FEDPIPE_MATRIX_SPEC"); d != "" {
@@ -43,9 +45,15 @@ func specDir(t *testing.T) string {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			t.Fatal("the Matrix specification's data was not found: no shared/matrix-spec beside the checkout " +
-				"and no FEDPIPE_MATRIX_SPEC; set FEDPIPE_MATRIX_SPEC to a matrix-org/matrix-spec checkout " +
-				"(or run `go test` without ./federation/conformance/...)")
+			// The data is kept beside the project, not in it (its
+			// README asks so): a clone elsewhere skips, saying why,
+			// but CI, where it is present, must not pass unchecked.
+			msg := "the Matrix specification's data was not found: no shared/matrix-spec beside the checkout " +
+				"and no FEDPIPE_MATRIX_SPEC; set FEDPIPE_MATRIX_SPEC to a matrix-org/matrix-spec checkout"
+			if os.Getenv("CI") == "true" {
+				t.Fatal(msg + " (CI=true: conformance must be checked)")
+			}
+			t.Skip(msg)
 		}
 		dir = parent
 	}

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/internal/testenv"
@@ -45,24 +43,10 @@ func (f *fixture) metric(t *testing.T, name, label, value string) float64 {
 			sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
 		}
 	}
-	if !found && !registered(f.reg, name) {
+	if !found && !testenv.Registered(f.reg, name) {
 		t.Fatalf("metric %s is not registered", name)
 	}
 	return sum
-}
-
-// registered reports whether reg holds a metric named name, with series or
-// without. A vector that was never incremented has no series, and Gather
-// leaves it out, so ask the registry: it refuses a probe collector whose name
-// is taken (whatever its labels and help) and accepts it otherwise, and an
-// accepted probe is unregistered at once.
-func registered(reg *prometheus.Registry, name string) bool {
-	probe := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "a test's probe for a registered name"})
-	if err := reg.Register(probe); err != nil {
-		return true
-	}
-	reg.Unregister(probe)
-	return false
 }
 
 func (f *fixture) retry(dest string) queue.RetryState {

@@ -30,3 +30,17 @@ func Value(t testing.TB, reg prometheus.Gatherer, name string) float64 {
 	t.Fatalf("metric %s not registered", name)
 	return 0
 }
+
+// Registered reports whether reg holds a metric named name, with series or
+// without. A vector that was never incremented has no series, and Gather
+// leaves it out, so it asks the registry: it refuses a probe collector whose
+// name is taken (whatever its labels and help) and accepts it otherwise, and
+// an accepted probe is unregistered at once.
+func Registered(reg prometheus.Registerer, name string) bool {
+	probe := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "a test's probe for a registered name"})
+	if err := reg.Register(probe); err != nil {
+		return true
+	}
+	reg.Unregister(probe)
+	return false
+}
