@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -87,7 +89,11 @@ func newPipeline(t testing.TB, remotes []string) *pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = in.Close() })
+	t.Cleanup(func() {
+		if err := in.Close(); err != nil {
+			t.Errorf("closing the pipeline's infrastructure: %v", err)
+		}
+	})
 	return &pipeline{t: t, k: k, cfg: cfg, recv: recv, key: key, in: in, log: log}
 }
 
@@ -119,7 +125,11 @@ func (p *pipeline) startWith(opts *stageOptions, stages ...string) (stop func() 
 		cancel()
 		return g.Wait()
 	}
-	p.t.Cleanup(func() { _ = stop() })
+	p.t.Cleanup(func() {
+		if err := stop(); err != nil {
+			p.t.Errorf("stages %v: %v", stages, err)
+		}
+	})
 	return stop
 }
 
@@ -259,5 +269,18 @@ func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
 			}
 		}
 	}
+	if n == 0 && !testenv.Registered(reg, name) {
+		t.Fatalf("metric %s not registered", name)
+	}
 	return n
+}
+
+// noQueryError fails the test on a query's error, unless it found no row: a
+// poll reads a missing row as its zero value, but a query that cannot run (a
+// renamed table or column) must not read as zero and pass.
+func noQueryError(t testing.TB, err error) {
+	t.Helper()
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatal(err)
+	}
 }

@@ -136,7 +136,7 @@ func deviceListStorm(tb testing.TB, servers, devices int) stormResult {
 				return false
 			}
 		}
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&rows)
+		noQueryError(tb, p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&rows))
 		return rows == 0
 	})
 	r := stormResult{elapsed: time.Since(start), rowsLeft: rows}

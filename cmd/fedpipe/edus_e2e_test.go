@@ -222,7 +222,7 @@ func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
 	}
 	testenv.Eventually(t, 90*time.Second, "200 messages and every device's newest keys at each destination", func() bool {
 		var rows int
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&rows)
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&rows))
 		// Both destinations' own counts: to-device and device-list records
 		// reach a destination's partition through different router
 		// partitions, in no order between them.
@@ -357,15 +357,15 @@ func TestDeviceListsReachSharingServersWithTheirChain(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, "remote0.test backing off with the updates stored", func() bool {
 		var n int
 		var interval int64
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists WHERE destination = 'remote0.test'`).Scan(&n)
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT retry_interval_ms FROM sender_destinations WHERE destination = 'remote0.test'`).Scan(&interval)
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists WHERE destination = 'remote0.test'`).Scan(&n))
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT retry_interval_ms FROM sender_destinations WHERE destination = 'remote0.test'`).Scan(&interval))
 		return n >= 3 && interval > 0
 	})
 	p.recv.ClearFault("remote0.test")
 	testenv.Eventually(t, 60*time.Second, "remote0.test told of D's newest keys and E's deletion", func() bool {
 		c, _ := deviceListChain(t, p.recv, "remote0.test", alice)
 		var n int
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&n)
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&n))
 		return len(c) >= 3 && n == 0
 	})
 	for _, d := range []string{"remote0.test", "remote1.test"} {
@@ -452,7 +452,7 @@ func TestDeviceListChainSurvivesAThirtyMinuteOutage(t *testing.T) {
 	}
 	interval := func() time.Duration {
 		var ms int64
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT retry_interval_ms FROM sender_destinations WHERE destination = 'remote0.test'`).Scan(&ms)
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT retry_interval_ms FROM sender_destinations WHERE destination = 'remote0.test'`).Scan(&ms))
 		return time.Duration(ms) * time.Millisecond
 	}
 	has := func(dest, what string) bool {
@@ -510,7 +510,7 @@ func TestDeviceListChainSurvivesAThirtyMinuteOutage(t *testing.T) {
 	}
 	testenv.Eventually(t, 10*time.Second, "the sender's store emptied", func() bool {
 		var n int
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&n)
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_device_lists`).Scan(&n))
 		return n == 0
 	})
 }
@@ -577,7 +577,7 @@ func TestDurableEDUsThroughRebalances(t *testing.T) {
 			}
 		}
 		var n int
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM sender_to_device) + (SELECT count(*) FROM sender_device_lists)`).Scan(&n)
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM sender_to_device) + (SELECT count(*) FROM sender_device_lists)`).Scan(&n))
 		return n == 0
 	})
 	want := ids("r", 300)

@@ -114,14 +114,14 @@ func presenceStorm(tb testing.TB, users, servers, rooms int) map[string]float64 
 	}
 	testenv.Eventually(tb, 30*time.Minute, "every user online", func() bool {
 		var n int
-		_ = p.in.pool.QueryRow(ctx, `SELECT count(*) FROM presence_stream WHERE state = 'online'`).Scan(&n)
+		noQueryError(tb, p.in.pool.QueryRow(ctx, `SELECT count(*) FROM presence_stream WHERE state = 'online'`).Scan(&n))
 		return n == users
 	})
 	online := time.Since(start)
 	testenv.Eventually(tb, 30*time.Minute, "storm delivered", func() bool {
 		var seq, pos int64
-		_ = p.in.pool.QueryRow(ctx, `SELECT last_value FROM events_stream_seq`).Scan(&seq)
-		_ = p.in.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'presence'), 0)`).Scan(&pos)
+		noQueryError(tb, p.in.pool.QueryRow(ctx, `SELECT last_value FROM events_stream_seq`).Scan(&seq))
+		noQueryError(tb, p.in.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'presence'), 0)`).Scan(&pos))
 		return pos >= seq && groupCaughtUp(tb, p.cfg.Kafka.Brokers[0], groupID(p.cfg.Kafka.TopicPrefix, routerGroup), schema.Topic(p.cfg.Kafka.TopicPrefix, "presence")) &&
 			groupCaughtUp(tb, p.cfg.Kafka.Brokers[0], groupID(p.cfg.Kafka.TopicPrefix, senderGroup), schema.Topic(p.cfg.Kafka.TopicPrefix, "outbound"))
 	})

@@ -169,7 +169,7 @@ func TestResendToADestinationThatLostItsData(t *testing.T) {
 	sort.Strings(want)
 	t.Cleanup(func() {
 		var n int
-		_ = p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_catchup WHERE destination = 'remote0.test'`).Scan(&n)
+		noQueryError(t, p.in.pool.QueryRow(context.Background(), `SELECT count(*) FROM sender_catchup WHERE destination = 'remote0.test'`).Scan(&n))
 		if t.Failed() {
 			t.Logf("catch-up rows left: %d; got %d PDUs, want %d; requests %d", n, len(got()), len(want), p.recv.Requests("remote0.test"))
 		}

@@ -4,11 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
@@ -72,7 +69,7 @@ func TestOutboundReplaySendsNothingAcceptedAndCatchesUpAfter(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, "the sender through the replayed outbound topic", func() bool {
 		return groupCaughtUp(t, broker, sender, schema.Topic(prefix, "outbound"))
 	})
-	if n := metricValue(t, reg, "fedpipe_sender_pdus_already_acknowledged_total"); n != 10 {
+	if n := testenv.Value(t, reg, "fedpipe_sender_pdus_already_acknowledged_total"); n != 10 {
 		t.Errorf("%v replayed PDUs found already accepted, want 10 (five for each server)", n)
 	}
 	for _, d := range []string{"remote0.test", "remote1.test"} {
@@ -116,28 +113,6 @@ func TestOutboundReplaySendsNothingAcceptedAndCatchesUpAfter(t *testing.T) {
 	if got := received(t, p, "remote1.test", alice); got["m6"] != 0 {
 		t.Fatalf("remote1.test received %v: catch-up sends the room's latest event only", got)
 	}
-}
-
-// metricValue is an unlabelled counter or gauge of reg; the test fails when
-// reg has no such metric.
-func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			m := mf.GetMetric()[0]
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	var names []string
-	for _, mf := range mfs {
-		names = append(names, mf.GetName())
-	}
-	t.Fatalf("no metric %s among %s", name, strings.Join(names, " "))
-	return 0
 }
 
 // A replay of the usersync topic rebuilds presence: with the presence

@@ -77,7 +77,7 @@ func statusPipeline(t *testing.T) *pipeline {
 	}
 	testenv.Eventually(t, 60*time.Second, "remote0.test backing off", func() bool {
 		var n int
-		_ = p.in.pool.QueryRow(ctx, "SELECT count(*) FROM sender_destinations WHERE destination = 'remote0.test' AND retry_interval_ms > 0").Scan(&n)
+		noQueryError(t, p.in.pool.QueryRow(ctx, "SELECT count(*) FROM sender_destinations WHERE destination = 'remote0.test' AND retry_interval_ms > 0").Scan(&n))
 		return n == 1
 	})
 	// An operator paused remote2.test (known once it accepted something).
