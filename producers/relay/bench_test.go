@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/producers/relay"
@@ -32,11 +32,9 @@ func BenchmarkRelayThroughput(b *testing.B) {
 	if err := schema.Migrate(ctx, pool); err != nil {
 		b.Fatal(err)
 	}
-	writer := func(topic string) *kafka.Writer {
-		return &kafka.Writer{Addr: kafka.TCP(addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{},
-			BatchTimeout: time.Millisecond, BatchSize: 1000, BatchBytes: 1 << 20}
-	}
-	room, state := writer("fedpipe.room"), writer("fedpipe.state")
+	// The writers fedpipe's relay stage uses: their batch limits decide
+	// kafka-go's allocation per round.
+	room, state := kafkaio.NewRelayWriter([]string{addr}, "fedpipe.room"), kafkaio.NewRelayWriter([]string{addr}, "fedpipe.state")
 	defer room.Close()
 	defer state.Close()
 
