@@ -152,15 +152,7 @@ func TestToDeviceSurvivesSIGKILLWhileBackingOff(t *testing.T) {
 	p := newPipeline(t, remotes(2))
 	p.start("relay")
 	env := append(p.env(), "FEDPIPE_FEDERATION_BACKOFF_INITIAL=2s", "FEDPIPE_FEDERATION_BACKOFF_MAX=2s")
-	startChild := func() *exec.Cmd {
-		cmd := exec.Command(bin, "run", "--stages=router,sender")
-		cmd.Env = env
-		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
-	}
+	startChild := func() *exec.Cmd { return startRouterSender(t, bin, env) }
 	kill := func(c *exec.Cmd) {
 		if err := c.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)

@@ -57,6 +57,19 @@ func (p *pipeline) env() []string {
 	)
 }
 
+// startRouterSender starts `fedpipe run --stages=router,sender` from bin with
+// env, its output in t's log: the process the kill tests kill.
+func startRouterSender(t *testing.T, bin string, env []string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, "run", "--stages=router,sender")
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
+}
+
 // A process running router and sender is killed with SIGKILL in the middle of
 // a 10,000-event run and restarted: every (event, server) delivery happens, and
 // duplicates stay within what was in flight (uncommitted) at the kill.
@@ -68,15 +81,7 @@ func TestSIGKILLMidRunLosesNothing(t *testing.T) {
 	p := newPipeline(t, remotes(5))
 	p.start("relay")
 	plan := p.plan(100, 10000, 3)
-	startChild := func() *exec.Cmd {
-		cmd := exec.Command(bin, "run", "--stages=router,sender")
-		cmd.Env = p.env()
-		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
-	}
+	startChild := func() *exec.Cmd { return startRouterSender(t, bin, p.env()) }
 	child := startChild()
 	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
 	// Ingest while the child works, so the kill lands in the middle of the run.

@@ -37,15 +37,7 @@ func TestBanAndInviteRouteAlikeAfterACrashAndReplay(t *testing.T) {
 	p := newPipeline(t, remotes(3))
 	p.start("relay")
 	admin := fmt.Sprintf("127.0.0.1:%d", testenv.FreeLoopbackPort(t))
-	startChild := func() *exec.Cmd {
-		cmd := exec.Command(bin, "run", "--stages=router,sender")
-		cmd.Env = append(p.env(), "FEDPIPE_ADMIN_LISTEN="+admin)
-		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
-	}
+	startChild := func() *exec.Cmd { return startRouterSender(t, bin, append(p.env(), "FEDPIPE_ADMIN_LISTEN="+admin)) }
 	child := startChild()
 	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
 
@@ -108,7 +100,7 @@ func TestBanAndInviteRouteAlikeAfterACrashAndReplay(t *testing.T) {
 	// remote1, m2, the invite and m3 to remote1; each found accepted.
 	const rerouted = 7
 	testenv.Eventually(t, 60*time.Second, "the replayed PDUs found already accepted", func() bool {
-		return scrape(t, "http://"+admin+"/metrics", "fedpipe_sender_pdus_already_acknowledged_total") == rerouted
+		return scrape(t, "http://"+admin+"/metrics", "fedpipe_sender_pdus_replayed_total") == rerouted
 	})
 	settled("router and sender caught up after the replay")
 	check()

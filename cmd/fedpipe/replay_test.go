@@ -69,7 +69,7 @@ func TestOutboundReplaySendsNothingAcceptedAndCatchesUpAfter(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, "the sender through the replayed outbound topic", func() bool {
 		return groupCaughtUp(t, broker, sender, schema.Topic(prefix, "outbound"))
 	})
-	if n := testenv.Value(t, reg, "fedpipe_sender_pdus_already_acknowledged_total"); n != 10 {
+	if n := testenv.Value(t, reg, "fedpipe_sender_pdus_replayed_total"); n != 10 {
 		t.Errorf("%v replayed PDUs found already accepted, want 10 (five for each server)", n)
 	}
 	for _, d := range []string{"remote0.test", "remote1.test"} {

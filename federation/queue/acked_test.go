@@ -49,7 +49,7 @@ func TestReplayedPDUsTheDestinationAcceptedAreNotSentAgain(t *testing.T) {
 		enqueue(p)
 	}
 	testenv.Eventually(t, 5*time.Second, "the replayed three done", func() bool { return f.done.Load() == 6 })
-	if n := f.metric(t, "fedpipe_sender_pdus_already_acknowledged_total", "", ""); n != 3 {
+	if n := f.metric(t, "fedpipe_sender_pdus_replayed_total", "", ""); n != 3 {
 		t.Fatalf("%v PDUs counted as already accepted, want 3", n)
 	}
 	later := first[2]

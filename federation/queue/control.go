@@ -42,7 +42,7 @@ func (m *Manager) CatchUp(dest string) {
 	if ok {
 		d.mu.Lock()
 		d.behind = true
-		d.accepted = nil // a resend lowers what it accepted: read again
+		d.seen = nil // a resend lowers what it accepted: read again
 		d.mu.Unlock()
 	}
 	m.wakeFromStore(dest)

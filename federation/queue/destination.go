@@ -34,10 +34,11 @@ type destination struct {
 	// finished: catch-up ends only when none happened since its last read.
 	recording int
 	recorded  uint64
-	// accepted is, per room, the greatest position of d's PDUs the destination
-	// accepted (read from the store when d first gets a PDU, nil before):
-	// a PDU at or below it is a replay and is not sent again.
-	accepted map[string]int64
+	// seen is, per room, the greatest position of d's PDUs the destination
+	// accepted (read from the store when d first gets a PDU, nil before) or
+	// that d took since (queued, or recorded for catch-up): a PDU at or below
+	// it is a replay and is not sent again.
+	seen map[string]int64
 	// acks are the positions of stored EDUs delivered, by Durable kind, to
 	// delete from the store (flushAcks).
 	acks     [2][]int64
@@ -62,11 +63,12 @@ func newDestination(name string, e *env) *destination {
 }
 
 // enqueuePDU queues p, or records it for catch-up when d is not sending live.
-// A PDU the destination already has (it accepted its room at or past p's
-// position: a replayed record) is done at once. Within a room the records
-// reach d in position order (the relay publishes in stream order, the router
-// routes a room in order), so nothing not yet sent is below that position but
-// what catch-up meant to leave to the remote's backfill.
+// A PDU the destination already has or will get (it accepted, or d took, an
+// event of p's room at or past p's position: p is a replayed record) is done
+// at once. Within a room the records reach d in position order (the relay
+// publishes in stream order, the router routes a room in order), so only a
+// replay comes at or below that position; and what d took is either sent or
+// recorded for catch-up, never dropped but for a PDU that can never be sent.
 func (d *destination) enqueuePDU(ctx context.Context, p PDU, done func()) error {
 	if err := d.refresh(ctx); err != nil {
 		return err
@@ -75,12 +77,13 @@ func (d *destination) enqueuePDU(ctx context.Context, p PDU, done func()) error 
 		return err
 	}
 	d.mu.Lock()
-	if a, ok := d.accepted[p.RoomID]; ok && p.Position <= a {
+	if a, ok := d.seen[p.RoomID]; ok && p.Position <= a {
 		d.mu.Unlock()
-		d.m.alreadyAcked.Inc()
+		d.m.replayed.Inc()
 		done()
 		return nil
 	}
+	d.seen[p.RoomID] = p.Position
 	if d.retry.Failing(d.cfg.Now()) || d.catchingUp || d.behind {
 		// The catch-up sends the room's latest event.
 		d.behind = true
@@ -207,7 +210,7 @@ func (d *destination) refresh(ctx context.Context) error {
 // read runs outside d.mu; what d recorded meanwhile is kept.
 func (d *destination) loadAcked(ctx context.Context) error {
 	d.mu.Lock()
-	loaded := d.accepted != nil
+	loaded := d.seen != nil
 	d.mu.Unlock()
 	if loaded {
 		return nil
@@ -218,11 +221,11 @@ func (d *destination) loadAcked(ctx context.Context) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.accepted == nil {
-		d.accepted = make(map[string]int64, len(acked))
+	if d.seen == nil {
+		d.seen = make(map[string]int64, len(acked))
 	}
 	for room, pos := range acked {
-		d.accepted[room] = max(d.accepted[room], pos)
+		d.seen[room] = max(d.seen[room], pos)
 	}
 	return nil
 }

@@ -164,9 +164,9 @@ func (d *destination) recordSuccess(ctx context.Context, acked []RoomPosition) {
 		return
 	}
 	d.mu.Lock()
-	if d.accepted != nil {
+	if d.seen != nil {
 		for _, a := range acked {
-			d.accepted[a.RoomID] = max(d.accepted[a.RoomID], a.Position)
+			d.seen[a.RoomID] = max(d.seen[a.RoomID], a.Position)
 		}
 	}
 	d.mu.Unlock()

@@ -16,7 +16,7 @@ type metrics struct {
 	retries, storeErrors, catchUpSent prometheus.Counter
 	fenceWaits, fenceLost, overflows  prometheus.Counter
 	durableAcked                      *prometheus.CounterVec
-	alreadyAcked                      prometheus.Counter
+	replayed                          prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -47,10 +47,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.fenceWaits = c("fedpipe_sender_fence_waits_total", "Times a destination's worker could not take the destination's fence (another member held it, or the store was down) and waited.")
 	m.fenceLost = c("fedpipe_sender_fence_lost_total", "Times a destination's worker lost its fence while it held it (the connection holding it broke); its send was cancelled.")
 	m.overflows = c("fedpipe_sender_queue_overflows_total", "Times a destination's queue passed its bound (Config.MaxPending items, or a PDU older than Config.MaxPendingAge) and the destination went to catch-up instead.")
-	m.alreadyAcked = c("fedpipe_sender_pdus_already_acknowledged_total", "PDUs not sent because their destination had already accepted an event of their room at or after their position (a replay of the room or outbound topic, or the records a crash left uncommitted).")
+	m.replayed = c("fedpipe_sender_pdus_replayed_total", "PDUs not sent again because their destination had accepted, or was already to get, an event of their room at or after their position: replayed records (a replay of the room or outbound topic, or what a crash left uncommitted).")
 	m.durableAcked = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedpipe_sender_stored_edus_delivered_total",
 		Help: "Stored EDUs (kind to_device or device_lists) a destination accepted (or refused as malformed, counted in fedpipe_sender_dropped_total too) and deleted from the store."}, []string{"kind"})
-	for _, col := range []prometheus.Collector{m.durableAcked, m.alreadyAcked, m.overflows, m.fenceWaits, m.fenceLost, m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.presenceSuperseded, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
+	for _, col := range []prometheus.Collector{m.durableAcked, m.replayed, m.overflows, m.fenceWaits, m.fenceLost, m.dropped, m.retries, m.storeErrors, m.catchUpSent, m.txns, m.pdusSent, m.edusSent, m.pduRejected, m.pdusToCatchUp, m.edusDropped, m.presenceSuperseded, m.backoffs, m.catchUps, m.destinations, m.active, m.sendSeconds} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}

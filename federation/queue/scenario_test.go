@@ -124,7 +124,7 @@ func TestUnsendablePDUIsDroppedAndTheRestSent(t *testing.T) {
 	f.pdu(t, "a.test", "!r") // in flight while the next three queue up
 	good1 := f.pdu(t, "a.test", "!r")
 	bad := json.RawMessage(`{"room_id":"!r","n":0.5}`) // floats have no canonical form
-	if err := f.m.EnqueuePDU(context.Background(), "a.test", queue.PDU{RoomID: "!r", EventID: "$bad", Position: 100, JSON: bad}, func() { f.done.Add(1) }); err != nil {
+	if err := f.m.EnqueuePDU(context.Background(), "a.test", queue.PDU{RoomID: "!r", EventID: "$bad", Position: f.pos.Add(1), JSON: bad}, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 	good2 := f.pdu(t, "a.test", "!r")

@@ -355,18 +355,7 @@ func TestBrokerFailureDoesNotAdvance(t *testing.T) {
 // Rounds are cut by bytes as well as by count, and cutting loses or reorders nothing.
 func TestRoundsBoundedByBytes(t *testing.T) {
 	e := setup(t, nil)
-	ctx := context.Background()
-	var events []outbox.EventWithDeltas
-	for i := 0; i < 40; i++ {
-		member := ""
-		if i%4 == 0 {
-			member = fmt.Sprintf("@u%d:remote.test", i)
-		}
-		events = append(events, ev("!aa:hs.test", i, member))
-	}
-	if _, err := outbox.PersistBatch(ctx, e.pool, events); err != nil {
-		t.Fatal(err)
-	}
+	persistForty(t, e)
 	room := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.room, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
 	state := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.state, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
 	t.Cleanup(func() { room.Close(); state.Close() }) // after the relay stops: cleanups run last first
@@ -406,6 +395,23 @@ func storedPosition(t testing.TB, pool *pgxpool.Pool, stream string) int64 {
 	return pos
 }
 
+// persistForty persists 40 events of one room, one in four a membership with
+// its state delta: 50 room records.
+func persistForty(t *testing.T, e *env) {
+	t.Helper()
+	var events []outbox.EventWithDeltas
+	for i := 0; i < 40; i++ {
+		member := ""
+		if i%4 == 0 {
+			member = fmt.Sprintf("@u%d:remote.test", i)
+		}
+		events = append(events, ev("!aa:hs.test", i, member))
+	}
+	if _, err := outbox.PersistBatch(context.Background(), e.pool, events); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // countingWriter records how many records each write of a round carried.
 type countingWriter struct {
 	*kafka.Writer
@@ -426,18 +432,7 @@ func (w *countingWriter) WriteMessages(ctx context.Context, msgs ...kafka.Messag
 // published in order.
 func TestRoundsBoundedByRecords(t *testing.T) {
 	e := setup(t, nil)
-	ctx := context.Background()
-	var events []outbox.EventWithDeltas
-	for i := 0; i < 40; i++ {
-		member := ""
-		if i%4 == 0 {
-			member = fmt.Sprintf("@u%d:remote.test", i)
-		}
-		events = append(events, ev("!aa:hs.test", i, member))
-	}
-	if _, err := outbox.PersistBatch(ctx, e.pool, events); err != nil {
-		t.Fatal(err)
-	}
+	persistForty(t, e)
 	writer := func(topic string) *countingWriter {
 		return &countingWriter{Writer: &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: topic, RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}}
 	}
