@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/internal/testenv"
@@ -55,6 +57,23 @@ func pending(t *testing.T, s *sender.Store, dest string) (out []string, position
 	return out, positions
 }
 
+// deviceListStore is a sender store on a fresh database, and put, which
+// stores device-list records in it.
+func deviceListStore(t *testing.T) (*sender.Store, *pgxpool.Pool, func(...schema.OutboundRecord)) {
+	t.Helper()
+	pool := testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	s := sender.NewStore(pool)
+	return s, pool, func(recs ...schema.OutboundRecord) {
+		t.Helper()
+		if err := s.StoreDeviceLists(context.Background(), recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // The store keeps the newest update per (user, device) to send, gives each
 // the prev_id of the user's previous update (acknowledged, or before it in
 // the page), moves the chain on acknowledgement (an update superseded while
@@ -63,17 +82,7 @@ func pending(t *testing.T, s *sender.Store, dest string) (out []string, position
 // restarts the chains.
 func TestDeviceListStoreKeepsTheChain(t *testing.T) {
 	ctx := context.Background()
-	pool := testenv.Pool(t, testenv.Database(t))
-	if err := schema.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	s := sender.NewStore(pool)
-	put := func(recs ...schema.OutboundRecord) {
-		t.Helper()
-		if err := s.StoreDeviceLists(ctx, recs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, pool, put := deviceListStore(t)
 	check := func(want ...string) []int64 {
 		t.Helper()
 		got, pos := pending(t, s, "r.test")
@@ -132,17 +141,7 @@ func TestDeviceListStoreKeepsTheChain(t *testing.T) {
 // count, nor do marks above an update.
 func TestDeviceListMarksOutliveTheirSender(t *testing.T) {
 	ctx := context.Background()
-	pool := testenv.Pool(t, testenv.Database(t))
-	if err := schema.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	s := sender.NewStore(pool)
-	put := func(recs ...schema.OutboundRecord) {
-		t.Helper()
-		if err := s.StoreDeviceLists(ctx, recs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, _, put := deviceListStore(t)
 	mark := func(sending bool, positions ...int64) {
 		t.Helper()
 		if err := s.MarkSending(ctx, "r.test", queue.DeviceLists, positions, sending); err != nil {

@@ -365,18 +365,7 @@ func TestRoundsBoundedByBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Background(t, "relay", r.Run)
-	msgs := readAll(t, e.addr, e.room, 50)
-	if len(msgs) != 50 {
-		t.Fatalf("%d room records, want 50", len(msgs))
-	}
-	var last int64
-	for _, m := range msgs {
-		rec, _ := schema.DecodeRoomRecord(m.Value)
-		if rec.Position < last {
-			t.Fatalf("out of order at %d", rec.Position)
-		}
-		last = rec.Position
-	}
+	fortyInOrder(t, e)
 	// metricValue fails the test when the histogram is missing: a renamed
 	// metric must not skip the check.
 	if n := metricValue(t, reg, "fedpipe_relay_publish_duration_seconds", "events"); n < 5 {
@@ -412,6 +401,26 @@ func persistForty(t *testing.T, e *env) {
 	}
 }
 
+// fortyInOrder reads persistForty's 50 room records and checks their order.
+func fortyInOrder(t *testing.T, e *env) {
+	t.Helper()
+	msgs := readAll(t, e.addr, e.room, 50)
+	if len(msgs) != 50 {
+		t.Fatalf("%d room records, want 50", len(msgs))
+	}
+	var last int64
+	for _, m := range msgs {
+		rec, err := schema.DecodeRoomRecord(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Position < last {
+			t.Fatalf("out of order at %d", rec.Position)
+		}
+		last = rec.Position
+	}
+}
+
 // countingWriter records how many records each write of a round carried.
 type countingWriter struct {
 	*kafka.Writer
@@ -444,21 +453,7 @@ func TestRoundsBoundedByRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Background(t, "relay", r.Run)
-	msgs := readAll(t, e.addr, e.room, 50)
-	if len(msgs) != 50 {
-		t.Fatalf("%d room records, want 50", len(msgs))
-	}
-	var last int64
-	for _, m := range msgs {
-		rec, err := schema.DecodeRoomRecord(m.Value)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rec.Position < last {
-			t.Fatalf("out of order at %d", rec.Position)
-		}
-		last = rec.Position
-	}
+	fortyInOrder(t, e)
 	room.mu.Lock()
 	defer room.mu.Unlock()
 	for _, n := range room.sizes {
