@@ -283,11 +283,17 @@ func (d *destination) launch(idle chan struct{}) error {
 			d.w.cancel = cancel
 		}
 	}
+	// The gauge goes down before the slot is given back (defers run last
+	// first): whoever waits for the slot, as Stop does, sees the worker gone
+	// from the gauge too.
+	d.m.active.Inc()
 	err := d.sup.start(keep, func(ctx context.Context) error {
 		defer d.exited(idle)
+		defer d.m.active.Dec()
 		return d.run(ctx, idle)
 	})
 	if err != nil {
+		d.m.active.Dec()
 		d.exited(idle)
 	}
 	return err

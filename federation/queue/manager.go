@@ -55,7 +55,7 @@ func NewManager(cfg Config, t Transport, s Store, logger *slog.Logger, reg prome
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{dests: map[string]*destination{}, sup: supervisor{active: met.active.Add}}
+	m := &Manager{dests: map[string]*destination{}, sup: supervisor{}}
 	m.env = &env{cfg: cfg, sched: cfg.schedule(), t: t, store: s, log: logger, m: met, sup: &m.sup,
 		// Transaction ids: this process's start time plus a counter, unique per
 		// destination across restarts, as Synapse does; plus a random part,

@@ -11,11 +11,10 @@ import (
 // supervisor runs destination workers in Run's errgroup: the first error
 // (a store write given up on) ends Run, and Run waits for every worker.
 type supervisor struct {
-	on     atomic.Bool // group is set: read on every enqueue, without the lock
-	mu     sync.Mutex
-	group  *errgroup.Group
-	ctx    context.Context
-	active func(delta float64) // the active-workers gauge
+	on    atomic.Bool // group is set: read on every enqueue, without the lock
+	mu    sync.Mutex
+	group *errgroup.Group
+	ctx   context.Context
 }
 
 // run runs loop and the workers started meanwhile until ctx ends or one fails.
@@ -57,10 +56,8 @@ func (s *supervisor) start(keep func(context.CancelFunc), work func(context.Cont
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	keep(cancel)
-	s.active(1)
 	s.group.Go(func() error {
 		defer cancel()
-		defer s.active(-1)
 		return work(ctx)
 	})
 	return nil
