@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/internal/loadgen"
 	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 func envInt(name string, def int) int {
@@ -111,6 +114,8 @@ func endToEnd(tb testing.TB, rooms, servers, events, rate, slow int) endToEndRes
 		b.ResetTimer()
 	}
 	start := time.Now()
+	stopSampling := sampleBacklogs(p, start)
+	defer stopSampling()
 	persist := loadgen.PoolPersister(p.in.pool)
 	if rate > 0 {
 		persist = paced(persist, rate)
@@ -180,6 +185,53 @@ func endToEnd(tb testing.TB, rooms, servers, events, rate, slow int) endToEndRes
 	tb.Logf("%d events, %d distinct deliveries (%d duplicates) to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p99 %s",
 		len(plan.Events), plan.Expected, report.Totals().Duplicates, servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), r.rate, r.p50, r.p99)
 	return r
+}
+
+// sampleBacklogs prints, every second until stop is called, what waits at each
+// stage: events committed but not published by the relay, room records the
+// router group has not committed, outbound records the sender group has not
+// committed, and PDUs arrived: the stage whose backlog grows is the one that
+// bounds the run.
+func sampleBacklogs(p *pipeline, start time.Time) (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	prefix, broker := p.cfg.Kafka.TopicPrefix, p.cfg.Kafka.Brokers[0]
+	var lines []string
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			at := time.Since(start)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var relay int64
+			err := p.in.pool.QueryRow(ctx, `SELECT (SELECT last_value FROM events_stream_seq) -
+				COALESCE((SELECT position FROM relay_positions WHERE stream = 'events'), 0)`).Scan(&relay)
+			cancel()
+			t1 := time.Since(start)
+			router, rerr := groupLag(broker, groupID(prefix, routerGroup), schema.Topic(prefix, "room"))
+			sender, serr := groupLag(broker, groupID(prefix, senderGroup), schema.Topic(prefix, "outbound"))
+			t2 := time.Since(start)
+			arrived := p.recv.TotalPDUs()
+			took := fmt.Sprintf("(sampled in %s + %s + %s)", (t1 - at).Round(time.Millisecond), (t2 - t1).Round(time.Millisecond), (time.Since(start) - t2).Round(time.Millisecond))
+			if err = errors.Join(err, rerr, serr); err != nil {
+				lines = append(lines, fmt.Sprintf("%5.1fs  (%v) %s", at.Seconds(), err, took))
+				continue
+			}
+			lines = append(lines, fmt.Sprintf("%5.1fs  relay %7d  router %7d  sender %7d  arrived %8d  %s",
+				at.Seconds(), relay, router, sender, arrived, took))
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+		// On stderr: the testing package cuts a benchmark's log short.
+		fmt.Fprintf(os.Stderr, "backlogs (events not published; room and outbound records not committed; PDUs arrived):\n%s\n", strings.Join(lines, "\n"))
+	}
 }
 
 // paced wraps a persister so that batches are persisted at rate events/s.

@@ -334,16 +334,28 @@ func TestPresenceStormOfOneUser(t *testing.T) {
 // fully handled.
 func groupCaughtUp(t testing.TB, broker, group string, topics ...string) bool {
 	t.Helper()
+	lag, err := groupLag(broker, group, topics...)
+	return err == nil && lag == 0
+}
+
+// groupLag is how many records of topics group has not committed past (from
+// the start of a partition it committed nothing of).
+func groupLag(broker, group string, topics ...string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	conn, err := kafka.DialContext(ctx, "tcp", broker)
 	if err != nil {
-		return false
+		return 0, err
+	}
+	deadline, _ := ctx.Deadline()
+	if err := conn.SetDeadline(deadline); err != nil {
+		conn.Close()
+		return 0, err
 	}
 	parts, err := conn.ReadPartitions(topics...)
 	conn.Close()
 	if err != nil {
-		return false
+		return 0, err
 	}
 	reqs := map[string][]kafka.OffsetRequest{}
 	ids := map[string][]int{}
@@ -354,27 +366,26 @@ func groupCaughtUp(t testing.TB, broker, group string, topics ...string) bool {
 	client := &kafka.Client{Addr: kafka.TCP(broker)}
 	lo, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: reqs})
 	if err != nil {
-		return false
+		return 0, err
 	}
 	of, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: ids})
 	if err != nil {
-		return false
+		return 0, err
 	}
+	var lag int64
 	for topic, ps := range lo.Topics {
 		committed := map[int]int64{}
 		for _, p := range of.Topics[topic] {
 			if p.Error == nil {
-				committed[p.Partition] = p.CommittedOffset
+				committed[p.Partition] = max(p.CommittedOffset, 0)
 			}
 		}
 		for _, p := range ps {
 			if p.Error != nil {
-				return false
+				return 0, p.Error
 			}
-			if p.LastOffset > 0 && committed[p.Partition] != p.LastOffset {
-				return false
-			}
+			lag += max(p.LastOffset-committed[p.Partition], 0)
 		}
 	}
-	return true
+	return lag, nil
 }
