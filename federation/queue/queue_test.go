@@ -348,11 +348,7 @@ func setupWith(t *testing.T, adjust func(*queue.Config)) *fixture {
 		t.Fatal(err)
 	}
 	f.m = m
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = m.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	testenv.Background(t, "queue manager", m.Run) // its error fails the test
 	testenv.Eventually(t, 5*time.Second, "manager running", func() bool {
 		return m.EnqueueEDU(context.Background(), "probe.test", queue.EDU{EDU: txn.EDU{Type: "m.x", Content: json.RawMessage(`{}`)}}, func() {}) == nil
 	})
