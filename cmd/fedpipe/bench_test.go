@@ -114,7 +114,7 @@ func endToEnd(tb testing.TB, rooms, servers, events, rate, slow int) endToEndRes
 		b.ResetTimer()
 	}
 	start := time.Now()
-	stopSampling := sampleBacklogs(p, start)
+	stopSampling := sampleBacklogs(tb, p, start)
 	defer stopSampling()
 	persist := loadgen.PoolPersister(p.in.pool)
 	if rate > 0 {
@@ -192,43 +192,39 @@ func endToEnd(tb testing.TB, rooms, servers, events, rate, slow int) endToEndRes
 // router group has not committed, outbound records the sender group has not
 // committed, and PDUs arrived: the stage whose backlog grows is the one that
 // bounds the run.
-func sampleBacklogs(p *pipeline, start time.Time) (stop func()) {
-	done, finished := make(chan struct{}), make(chan struct{})
+func sampleBacklogs(tb testing.TB, p *pipeline, start time.Time) (stop func()) {
 	prefix, broker := p.cfg.Kafka.TopicPrefix, p.cfg.Kafka.Brokers[0]
 	var lines []string
-	go func() {
-		defer close(finished)
+	sample := func(ctx context.Context) string {
+		at := time.Since(start).Seconds()
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		var relay int64
+		err := p.in.pool.QueryRow(qctx, `SELECT (SELECT last_value FROM events_stream_seq) -
+			COALESCE((SELECT position FROM relay_positions WHERE stream = 'events'), 0)`).Scan(&relay)
+		router, rerr := groupLag(broker, groupID(prefix, routerGroup), schema.Topic(prefix, "room"))
+		sender, serr := groupLag(broker, groupID(prefix, senderGroup), schema.Topic(prefix, "outbound"))
+		if err = errors.Join(err, rerr, serr); err != nil {
+			return fmt.Sprintf("%5.1fs  (%v)", at, err) // shown, not fatal: the run goes on
+		}
+		return fmt.Sprintf("%5.1fs  relay %7d  router %7d  sender %7d  arrived %8d", at, relay, router, sender, p.recv.TotalPDUs())
+	}
+	stopSampler := testenv.Background(tb, "backlog sampler", func(ctx context.Context) error {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
 			select {
-			case <-done:
-				return
+			case <-ctx.Done():
+				return nil
 			case <-tick.C:
+				lines = append(lines, sample(ctx))
 			}
-			at := time.Since(start)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			var relay int64
-			err := p.in.pool.QueryRow(ctx, `SELECT (SELECT last_value FROM events_stream_seq) -
-				COALESCE((SELECT position FROM relay_positions WHERE stream = 'events'), 0)`).Scan(&relay)
-			cancel()
-			t1 := time.Since(start)
-			router, rerr := groupLag(broker, groupID(prefix, routerGroup), schema.Topic(prefix, "room"))
-			sender, serr := groupLag(broker, groupID(prefix, senderGroup), schema.Topic(prefix, "outbound"))
-			t2 := time.Since(start)
-			arrived := p.recv.TotalPDUs()
-			took := fmt.Sprintf("(sampled in %s + %s + %s)", (t1 - at).Round(time.Millisecond), (t2 - t1).Round(time.Millisecond), (time.Since(start) - t2).Round(time.Millisecond))
-			if err = errors.Join(err, rerr, serr); err != nil {
-				lines = append(lines, fmt.Sprintf("%5.1fs  (%v) %s", at.Seconds(), err, took))
-				continue
-			}
-			lines = append(lines, fmt.Sprintf("%5.1fs  relay %7d  router %7d  sender %7d  arrived %8d  %s",
-				at.Seconds(), relay, router, sender, arrived, took))
 		}
-	}()
+	})
 	return func() {
-		close(done)
-		<-finished
+		if err := stopSampler(); err != nil {
+			tb.Error(err)
+		}
 		// On stderr: the testing package cuts a benchmark's log short.
 		fmt.Fprintf(os.Stderr, "backlogs (events not published; room and outbound records not committed; PDUs arrived):\n%s\n", strings.Join(lines, "\n"))
 	}
