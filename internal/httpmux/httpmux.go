@@ -43,10 +43,6 @@ func (m *Mux) HandleFunc(pattern string, f func(http.ResponseWriter, *http.Reque
 	m.Handle(pattern, http.HandlerFunc(f))
 }
 
-// Handler returns the handler for r and the pattern it matched, as
-// http.ServeMux.Handler does.
-func (m *Mux) Handler(r *http.Request) (http.Handler, string) { return m.mux.Handler(r) }
-
 // ServeHTTP dispatches r.
 func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.mux.ServeHTTP(w, r) }
 
