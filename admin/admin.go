@@ -7,7 +7,8 @@
 //   - fedpipe's own calls under /_fedpipe/admin/v1/: pause and resume a
 //     destination, wait for a stream position to be routed, dead letters
 //     (count, latest, re-drive) and the status behind the page;
-//   - the status page at /.
+//   - the status page at /;
+//   - Go's profiles of the process under /debug/pprof/ (net/http/pprof).
 //
 // Every route but /metrics wants the bearer token admin.token when one is set
 // (Synapse's M_MISSING_TOKEN and M_UNKNOWN_TOKEN otherwise); the configuration
@@ -200,6 +201,7 @@ func (s *Server) Handler() http.Handler {
 	route("GET", own+"/deadletters", s.deadLetters)
 	route("POST", own+"/deadletters/redrive", s.redrive)
 	route("GET", own+"/status", s.statusJSON)
+	route("GET", "/debug/pprof/{profile}", s.profile)
 	route("GET", "/{$}", s.page)
 	paths := http.NewServeMux() // a route's path asked with another method
 	for path, methods := range allowed {

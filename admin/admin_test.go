@@ -1,6 +1,7 @@
 package admin_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -139,7 +140,7 @@ func TestEveryRouteWantsTheToken(t *testing.T) {
 	var routes []struct{ method, path string }
 	for _, route := range e.routes {
 		method, path, _ := strings.Cut(route, " ")
-		path = strings.ReplaceAll(path, "{destination}", "a.test") + query[path]
+		path = strings.ReplaceAll(strings.ReplaceAll(path, "{destination}", "a.test"), "{profile}", "heap") + query[path]
 		if strings.Contains(path, "{") {
 			t.Fatalf("route %s: no value for its parameter here", route)
 		}
@@ -637,5 +638,40 @@ func TestResend(t *testing.T) {
 	}
 	if rooms != "!r1:hs.test=$2 !r2:hs.test=$4" {
 		t.Fatalf("catch-up rows %q: want each of a.test's rooms' latest event of ours", rooms)
+	}
+}
+
+func TestProfilesAreServedBehindTheToken(t *testing.T) {
+	e := newEnv(t)
+	get := func(path string) (int, []byte) {
+		t.Helper()
+		req, err := http.NewRequest("GET", e.url+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body
+	}
+	if code, body := get("/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !bytes.Contains(body, []byte("goroutine profile:")) {
+		t.Errorf("goroutine dump: %d %.200s", code, body)
+	}
+	// What `go tool pprof` reads: a gzipped protobuf.
+	for _, path := range []string{"/debug/pprof/heap", "/debug/pprof/profile?seconds=1"} {
+		if code, body := get(path); code != http.StatusOK || len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+			t.Errorf("%s: %d, %d bytes, want a gzipped profile", path, code, len(body))
+		}
+	}
+	e.wantError("GET", "/debug/pprof/nothing", "", http.StatusNotFound, "M_NOT_FOUND")
+	if code, out := e.callAs("", "GET", "/debug/pprof/heap", ""); code != http.StatusUnauthorized || out["errcode"] != "M_MISSING_TOKEN" {
+		t.Errorf("a profile without the token: %d %v", code, out)
 	}
 }
