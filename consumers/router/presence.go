@@ -165,61 +165,6 @@ func (p *presenceHandler) flush(ctx context.Context, kept []*schema.PresenceStat
 	return nil
 }
 
-// joinPresence is what a join tells remote servers about local users' presence:
-//   - a remote server joining a room it was not in gets the current presence of
-//     the local users in the room, without stale offline states and without
-//     users it already shares another room with (it has their presence);
-//   - when a local user joins, every remote server in the room gets the user's
-//     presence.
-//
-// Servers that were in the room and gained no one get nothing. state is the
-// room after the join.
-func (p *partitionHandler) joinPresence(ctx context.Context, rec schema.RoomRecord, state *routing.RoomState, serverWasJoined bool) ([]kafka.Message, error) {
-	user := *rec.StateKey
-	server, _ := routing.ServerName(user)
-	ours := p.r.cfg.ServerName
-	switch {
-	case server == ours:
-		st, ok, err := p.r.store.presenceOf(ctx, user)
-		if err != nil || !ok {
-			return nil, err
-		}
-		var dests []string
-		for _, s := range state.JoinedServers() {
-			if s != ours {
-				dests = append(dests, s)
-			}
-		}
-		if len(dests) == 0 {
-			return nil, nil
-		}
-		p.r.m.presence.WithLabelValues("local_join").Add(float64(len(dests)))
-		return presenceRecords(dests, []schema.PresenceState{st}, rec.Position, p.r.cfg.Instance)
-	case !serverWasJoined:
-		states, err := p.r.store.presenceForNewServer(ctx, rec.RoomID, server, ours, time.Now().Add(-staleOffline).UnixMilli())
-		if err != nil {
-			return nil, err
-		}
-		// The stored members may be ahead of memory when the join is replayed:
-		// a local user who joined later tells the server at their own join.
-		states = slices.DeleteFunc(states, func(st schema.PresenceState) bool { return !state.IsJoined(st.UserID) })
-		if len(states) == 0 {
-			return nil, nil
-		}
-		var msgs []kafka.Message
-		for _, run := range splitStates(states) {
-			m, err := presenceRecords([]string{server}, run, rec.Position, p.r.cfg.Instance)
-			if err != nil {
-				return nil, err
-			}
-			msgs = append(msgs, m...)
-		}
-		p.r.m.presence.WithLabelValues("server_join").Add(float64(len(msgs)))
-		return msgs, nil
-	}
-	return nil, nil
-}
-
 // presenceRecords builds one outbound presence record per destination.
 func presenceRecords(dests []string, states []schema.PresenceState, position int64, instance string) ([]kafka.Message, error) {
 	value := func(d string) ([]byte, error) {
@@ -316,43 +261,4 @@ func scanPresence(row pgx.CollectableRow) (schema.PresenceState, error) {
 	var st schema.PresenceState
 	err := row.Scan(&st.UserID, &st.Presence, &st.StatusMsg, &st.LastActiveTS, &st.CurrentlyActive)
 	return st, err
-}
-
-// presenceOf is a user's last published presence (false when there is none).
-func (s store) presenceOf(ctx context.Context, user string) (schema.PresenceState, bool, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+presenceColumns+` FROM presence_stream p WHERE p.user_id = $1`, user)
-	if err != nil {
-		return schema.PresenceState{}, false, fmt.Errorf("reading presence of %s: %w", user, err)
-	}
-	states, err := pgx.CollectRows(rows, scanPresence)
-	if err != nil || len(states) == 0 {
-		if err != nil {
-			err = fmt.Errorf("reading presence of %s: %w", user, err)
-		}
-		return schema.PresenceState{}, false, err
-	}
-	return states[0], true, nil
-}
-
-// presenceForNewServer is the presence of the local users in room for a server
-// that just joined it: without offline states last active before staleBefore
-// that carry no status message, and without users the server already shares
-// another room with.
-func (s store) presenceForNewServer(ctx context.Context, room, server, ours string, staleBefore int64) ([]schema.PresenceState, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+presenceColumns+`
-		FROM router_room_members m JOIN presence_stream p USING (user_id)
-		WHERE m.room_id = $1 AND m.server = $3
-		  AND NOT (p.state = 'offline' AND COALESCE(p.status_msg, '') = '' AND p.last_active_ts < $4)
-		  AND NOT EXISTS (
-			SELECT 1 FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
-			WHERE mine.user_id = m.user_id AND mine.room_id <> $1 AND theirs.server = $2)
-		ORDER BY p.user_id`, room, server, ours, staleBefore)
-	if err != nil {
-		return nil, fmt.Errorf("reading presence in %s for %s: %w", room, server, err)
-	}
-	states, err := pgx.CollectRows(rows, scanPresence)
-	if err != nil {
-		return nil, fmt.Errorf("reading presence in %s for %s: %w", room, server, err)
-	}
-	return states, nil
 }

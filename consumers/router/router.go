@@ -68,7 +68,7 @@ func New(cfg Config, pool *pgxpool.Pool, out Writer, logger *slog.Logger, reg pr
 func (r *Router) Open(_ context.Context, topic string, partition int) (runtime.PartitionHandler, error) {
 	switch topic {
 	case schema.Topic(r.cfg.Prefix, "room"):
-		return &partitionHandler{r: r, topic: topic, partition: partition, rooms: map[string]*room{}}, nil
+		return newPartitionHandler(r, topic, partition), nil
 	case schema.Topic(r.cfg.Prefix, "presence"):
 		h := &presenceHandler{r: r, topic: topic, partition: partition}
 		h.batch = runtime.Batch[*schema.PresenceState]{Max: maxPresenceBatch, Flush: h.flush}

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -68,7 +69,19 @@ type change struct {
 // the statements of a batch run in one implicit transaction, one round trip.
 // Every statement is an upsert, so saving a change again is harmless.
 func (s store) save(ctx context.Context, changes ...change) error {
+	if len(changes) == 0 {
+		return nil
+	}
 	b := &pgx.Batch{}
+	queueChanges(b, changes)
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("storing %d membership changes: %w", len(changes), err)
+	}
+	return nil
+}
+
+// queueChanges queues the statements that store changes (see save).
+func queueChanges(b *pgx.Batch, changes []change) {
 	for _, c := range changes {
 		b.Queue(`INSERT INTO router_membership_changes (room_id, user_id, position, joined) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (room_id, user_id, position) DO UPDATE SET joined = EXCLUDED.joined`, c.roomID, c.userID, c.position, c.joined)
@@ -80,8 +93,77 @@ func (s store) save(ctx context.Context, changes ...change) error {
 		b.Queue(`INSERT INTO router_rooms (room_id, last_position) VALUES ($1, $2)
 			ON CONFLICT (room_id) DO UPDATE SET last_position = GREATEST(router_rooms.last_position, EXCLUDED.last_position)`, c.roomID, c.position)
 	}
+}
+
+// loaded is a room's stored membership: its joined users and last position.
+type loaded struct {
+	joined []string
+	last   int64
+}
+
+// loadRooms reads the stored membership of rooms in one query (load's, for
+// many rooms); a room never seen has none, at position 0.
+func (s store) loadRooms(ctx context.Context, rooms []string) (map[string]loaded, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT r.room_id, r.last_position, m.user_id
+		FROM router_rooms r LEFT JOIN router_room_members m USING (room_id)
+		WHERE r.room_id = ANY($1)`, rooms)
+	if err != nil {
+		return nil, fmt.Errorf("loading membership of %d rooms: %w", len(rooms), err)
+	}
+	out := make(map[string]loaded, len(rooms))
+	var room string
+	var last int64
+	var user *string
+	if _, err := pgx.ForEachRow(rows, []any{&room, &last, &user}, func() error {
+		l := out[room]
+		l.last = last
+		if user != nil {
+			l.joined = append(l.joined, *user)
+		}
+		out[room] = l
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("loading membership of %d rooms: %w", len(rooms), err)
+	}
+	return out, nil
+}
+
+// saveAndLookUp stores changes (as save does) and then looks up the presence
+// each join tells (joinPresence), in one round trip and one implicit
+// transaction: the look-ups see the changes.
+// ours is our server name.
+func (s store) saveAndLookUp(ctx context.Context, changes []change, joins []*joinPresence, ours string) error {
+	if len(changes) == 0 && len(joins) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	queueChanges(b, changes)
+	staleBefore := time.Now().Add(-staleOffline).UnixMilli()
+	for _, j := range joins {
+		collect := func(rows pgx.Rows) error {
+			states, err := pgx.CollectRows(rows, scanPresence)
+			j.states = states
+			return err
+		}
+		if j.local() {
+			b.Queue(`SELECT `+presenceColumns+` FROM presence_stream p WHERE p.user_id = $1`, *j.rec.StateKey).Query(collect)
+			continue
+		}
+		// The local users in the room, without stale offline states that carry
+		// no status message, and without users the server already shares
+		// another room with.
+		b.Queue(`SELECT `+presenceColumns+`
+			FROM router_room_members m JOIN presence_stream p USING (user_id)
+			WHERE m.room_id = $1 AND m.server = $3
+			  AND NOT (p.state = 'offline' AND COALESCE(p.status_msg, '') = '' AND p.last_active_ts < $4)
+			  AND NOT EXISTS (
+				SELECT 1 FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
+				WHERE mine.user_id = m.user_id AND mine.room_id <> $1 AND theirs.server = $2)
+			ORDER BY p.user_id`, j.rec.RoomID, j.server, ours, staleBefore).Query(collect)
+	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("storing %d membership changes: %w", len(changes), err)
+		return fmt.Errorf("storing %d membership changes and looking up the presence of %d joins: %w", len(changes), len(joins), err)
 	}
 	return nil
 }
