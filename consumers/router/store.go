@@ -3,9 +3,12 @@ package router
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // store is the router's PostgreSQL state (schema/migrations/0002_router.sql).
@@ -84,4 +87,117 @@ func (s store) save(ctx context.Context, changes ...change) error {
 		return fmt.Errorf("storing %d membership changes: %w", len(changes), err)
 	}
 	return nil
+}
+
+// destinations are the remote servers sharing a room with each of some users.
+type destinations struct {
+	servers  []string            // every server, sorted
+	byServer map[string][]string // server → users, in the order asked
+	byUser   map[string][]string
+}
+
+// presenceDestinations finds the remote servers sharing a room with each of
+// users: the users' rooms, then each room's remote servers once (rooms are
+// shared by many users of a batch), joined here rather than in SQL, which
+// would return a row per (user, room, server).
+func (s store) presenceDestinations(ctx context.Context, users []string, ours string) (destinations, error) {
+	fail := func(err error) (destinations, error) {
+		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT user_id, room_id FROM router_room_members WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return fail(err)
+	}
+	roomsOf := map[string][]string{}
+	var rooms []string
+	seenRoom := map[string]bool{}
+	var u, room string
+	if _, err := pgx.ForEachRow(rows, []any{&u, &room}, func() error {
+		roomsOf[u] = append(roomsOf[u], room)
+		if !seenRoom[room] {
+			seenRoom[room] = true
+			rooms = append(rooms, room)
+		}
+		return nil
+	}); err != nil {
+		return fail(err)
+	}
+	serversOf := map[string][]string{}
+	if len(rooms) > 0 {
+		rows, err := s.pool.Query(ctx, `SELECT DISTINCT room_id, server FROM router_room_members WHERE room_id = ANY($1) AND server <> $2`, rooms, ours)
+		if err != nil {
+			return fail(err)
+		}
+		var srv string
+		if _, err := pgx.ForEachRow(rows, []any{&room, &srv}, func() error {
+			serversOf[room] = append(serversOf[room], srv)
+			return nil
+		}); err != nil {
+			return fail(err)
+		}
+	}
+	d := destinations{byServer: map[string][]string{}, byUser: map[string][]string{}}
+	for _, u := range users {
+		seen := map[string]bool{}
+		for _, r := range roomsOf[u] {
+			for _, srv := range serversOf[r] {
+				if seen[srv] {
+					continue
+				}
+				seen[srv] = true
+				d.byUser[u] = append(d.byUser[u], srv)
+				if len(d.byServer[srv]) == 0 {
+					d.servers = append(d.servers, srv)
+				}
+				d.byServer[srv] = append(d.byServer[srv], u)
+			}
+		}
+	}
+	slices.Sort(d.servers)
+	return d, nil
+}
+
+const presenceColumns = `p.user_id, p.state, p.status_msg, p.last_active_ts, p.currently_active`
+
+func scanPresence(row pgx.CollectableRow) (schema.PresenceState, error) {
+	var st schema.PresenceState
+	err := row.Scan(&st.UserID, &st.Presence, &st.StatusMsg, &st.LastActiveTS, &st.CurrentlyActive)
+	return st, err
+}
+
+// presenceOf is a user's last published presence (false when there is none).
+func (s store) presenceOf(ctx context.Context, user string) (schema.PresenceState, bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+presenceColumns+` FROM presence_stream p WHERE p.user_id = $1`, user)
+	if err != nil {
+		return schema.PresenceState{}, false, fmt.Errorf("reading presence of %s: %w", user, err)
+	}
+	states, err := pgx.CollectRows(rows, scanPresence)
+	if err != nil || len(states) == 0 {
+		if err != nil {
+			err = fmt.Errorf("reading presence of %s: %w", user, err)
+		}
+		return schema.PresenceState{}, false, err
+	}
+	return states[0], true, nil
+}
+
+// presenceForNewServer is the last published presence of the local users in
+// room for a server that just joined it, without users the server already
+// shares another room with (presence.ForNewServer leaves out more).
+func (s store) presenceForNewServer(ctx context.Context, room, server, ours string) ([]schema.PresenceState, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+presenceColumns+`
+		FROM router_room_members m JOIN presence_stream p USING (user_id)
+		WHERE m.room_id = $1 AND m.server = $3
+		  AND NOT EXISTS (
+			SELECT 1 FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
+			WHERE mine.user_id = m.user_id AND mine.room_id <> $1 AND theirs.server = $2)
+		ORDER BY p.user_id`, room, server, ours)
+	if err != nil {
+		return nil, fmt.Errorf("reading presence in %s for %s: %w", room, server, err)
+	}
+	states, err := pgx.CollectRows(rows, scanPresence)
+	if err != nil {
+		return nil, fmt.Errorf("reading presence in %s for %s: %w", room, server, err)
+	}
+	return states, nil
 }
