@@ -3,6 +3,8 @@ package schema
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/fedpipe/fedpipe/federation/presence"
 )
 
 // Record kinds of <prefix>.usersync, the presence input. Every record is keyed
@@ -26,13 +28,6 @@ const (
 	// KindPresence is the kind of <prefix>.presence records and of outbound
 	// presence records.
 	KindPresence = "presence"
-)
-
-// Presence states (the Matrix client-server presence enum).
-const (
-	PresenceOnline      = "online"
-	PresenceUnavailable = "unavailable"
-	PresenceOffline     = "offline"
 )
 
 // UserSyncRecord is a record of <prefix>.usersync.
@@ -93,7 +88,7 @@ func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
 		if err := needUser(); err != nil {
 			return r, err
 		}
-		if !ValidPresence(r.Presence) {
+		if !presence.Valid(r.Presence) {
 			return r, fmt.Errorf("%w: set_presence record with presence %q (online, unavailable or offline)", ErrInvalidRecord, r.Presence)
 		}
 	case KindInstanceClear, KindInstanceAlive:
@@ -101,11 +96,6 @@ func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
 		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
 	}
 	return r, nil
-}
-
-// ValidPresence reports whether p is a presence state.
-func ValidPresence(p string) bool {
-	return p == PresenceOnline || p == PresenceUnavailable || p == PresenceOffline
 }
 
 // IsUserID reports whether id has the shape @localpart:server.
@@ -121,16 +111,9 @@ func IsUserID(id string) bool {
 	return false
 }
 
-// PresenceState is a local user's presence as federation learns it. Times are
-// absolute (ms since the epoch): the sender turns last_active_ts into the
-// specification's last_active_ago when it builds a transaction.
-type PresenceState struct {
-	UserID          string  `json:"user_id"`
-	Presence        string  `json:"presence"`
-	StatusMsg       *string `json:"status_msg,omitempty"`
-	LastActiveTS    int64   `json:"last_active_ts"`
-	CurrentlyActive bool    `json:"currently_active"`
-}
+// PresenceState is a local user's presence as the records carry it: the one
+// presence state type, federation/presence's, whose JSON form is the records'.
+type PresenceState = presence.State
 
 // PresenceRecord is a record of <prefix>.presence (key user_id): a presence
 // change that remote servers should be told, published from presence_stream.
@@ -156,17 +139,19 @@ func DecodePresenceRecord(value []byte) (PresenceRecord, error) {
 	if r.Position <= 0 {
 		return r, fmt.Errorf("%w: presence record without a positive position", ErrInvalidRecord)
 	}
-	if err := r.PresenceState.check(); err != nil {
+	if err := checkPresenceState(r.PresenceState); err != nil {
 		return r, err
 	}
 	return r, nil
 }
 
-// check checks a state's fields. A status message is checked for NUL and
-// UTF-8 but not for MaxStatusMsgBytes: that cap applies where input enters
-// (usersync records, the ingest API), so states stored before it still route
-// (the router splits outbound presence records by bytes).
-func (s PresenceState) check() error {
+// checkPresenceState checks a state's identifier and text fields, as every
+// record's, then the state itself (presence.State.Check). A status message is
+// checked for NUL and UTF-8 but not for MaxStatusMsgBytes: that cap applies
+// where input enters (usersync records, the ingest API), so states stored
+// before it still route (the router splits outbound presence records by
+// bytes).
+func checkPresenceState(s PresenceState) error {
 	if !IsUserID(s.UserID) {
 		return fmt.Errorf("%w: presence state with user_id %q", ErrInvalidRecord, s.UserID)
 	}
@@ -178,10 +163,7 @@ func (s PresenceState) check() error {
 			return invalid(err)
 		}
 	}
-	if !ValidPresence(s.Presence) {
-		return fmt.Errorf("%w: presence state of %s with presence %q", ErrInvalidRecord, s.UserID, s.Presence)
-	}
-	return nil
+	return invalid(s.Check())
 }
 
 // Marshal encodes the record (without HTML escaping, like every record).

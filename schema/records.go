@@ -212,7 +212,7 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 			return r, fmt.Errorf("%w: presence record without states", ErrInvalidRecord)
 		}
 		for _, s := range r.Presence {
-			if err := s.check(); err != nil {
+			if err := checkPresenceState(s); err != nil {
 				return r, err
 			}
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/federation/client"
 	"github.com/fedpipe/fedpipe/federation/discovery"
+	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/internal/config"
 	"github.com/fedpipe/fedpipe/internal/httpmux"
@@ -175,7 +176,7 @@ func (in *infra) startPresence(ctx context.Context, g *errgroup.Group, opts *sta
 	log := in.log.With("stage", "presence")
 	pc := cfg.Presence
 	st, err := presence.New(presence.Config{ServerName: cfg.ServerName, Prefix: prefix, InstanceTimeout: pc.InstanceTimeout, SweepInterval: pc.SweepInterval, Now: opts.presenceNow,
-		Timers: presence.Timers{SyncTimeout: pc.SyncTimeout, Idle: pc.IdleTimeout, Granularity: presence.DefaultTimers.Granularity, Ping: pc.PingInterval}},
+		Timers: fedpresence.Timers{SyncTimeout: pc.SyncTimeout, Idle: pc.IdleTimeout, Granularity: fedpresence.DefaultTimers.Granularity, Ping: pc.PingInterval}},
 		in.pool, log, in.reg)
 	if err != nil {
 		return err

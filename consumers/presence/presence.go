@@ -26,6 +26,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -35,8 +36,8 @@ type Config struct {
 	ServerName string
 	// Prefix is the topic prefix.
 	Prefix string
-	// Timers are the presence timers (DefaultTimers when zero).
-	Timers Timers
+	// Timers are the presence timers (fedpresence.DefaultTimers when zero).
+	Timers fedpresence.Timers
 	// InstanceTimeout: an instance that sends nothing for this long has
 	// vanished, and its users stop syncing there (Synapse's 5 minutes).
 	// Sync workers send instance_alive well within it.
@@ -50,8 +51,8 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Timers == (Timers{}) {
-		c.Timers = DefaultTimers
+	if c.Timers == (fedpresence.Timers{}) {
+		c.Timers = fedpresence.DefaultTimers
 	}
 	if c.InstanceTimeout == 0 {
 		c.InstanceTimeout = 5 * time.Minute
@@ -77,12 +78,8 @@ func (c Config) Validate() error {
 	if c.Prefix == "" {
 		errs = append(errs, errors.New("topic prefix must be set"))
 	}
-	t := c.Timers
-	if t.SyncTimeout <= 0 || t.Idle <= 0 || t.Granularity <= 0 || t.Ping <= 0 {
-		errs = append(errs, errors.New("presence timers must be positive"))
-	}
-	if t.Ping+t.Granularity >= 30*time.Minute {
-		errs = append(errs, fmt.Errorf("ping interval %s plus granularity %s must stay below the 30 minutes after which remote servers time a user out", t.Ping, t.Granularity))
+	if err := c.Timers.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.InstanceTimeout <= 0 || c.SweepInterval <= 0 || c.SweepBatch <= 0 {
 		errs = append(errs, errors.New("instance timeout, sweep interval and sweep batch must be positive"))
@@ -211,35 +208,9 @@ func (s *Stage) applyRun(ctx context.Context, tx pgx.Tx, recs []schema.UserSyncR
 	if len(recs) == 0 {
 		return nil
 	}
-	// Syncs and keep-alives make an instance one whose silence means it
-	// vanished; other records only show that a known one is alive (a
-	// presence PUT through the ingest API names no sync worker).
-	register, touch := map[string]bool{}, map[string]bool{}
-	var users []string
-	seenUser := map[string]bool{}
-	for _, r := range recs {
-		if r.Kind == schema.KindUserSync || r.Kind == schema.KindInstanceAlive {
-			register[r.Instance] = true
-		} else {
-			touch[r.Instance] = true
-		}
-		if r.UserID != "" && !seenUser[r.UserID] {
-			seenUser[r.UserID] = true
-			users = append(users, r.UserID)
-		}
-	}
-	b := &pgx.Batch{}
-	for inst := range register {
-		b.Queue(`INSERT INTO presence_instances (instance, last_seen_ms) VALUES ($1, $2)
-			ON CONFLICT (instance) DO UPDATE SET last_seen_ms = GREATEST(presence_instances.last_seen_ms, EXCLUDED.last_seen_ms)`, inst, now)
-	}
-	for inst := range touch {
-		if !register[inst] {
-			b.Queue(`UPDATE presence_instances SET last_seen_ms = GREATEST(last_seen_ms, $2) WHERE instance = $1`, inst, now)
-		}
-	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("recording instances: %w", err)
+	register, touch, users := instancesAndUsers(recs)
+	if err := recordInstances(ctx, tx, register, touch, now); err != nil {
+		return err
 	}
 	if len(users) == 0 {
 		return nil
@@ -254,61 +225,105 @@ func (s *Stage) applyRun(ctx context.Context, tx pgx.Tx, recs []schema.UserSyncR
 	if err != nil {
 		return err
 	}
-	told := map[string]bool{}
-	syncs := &pgx.Batch{}
-	for _, r := range recs {
-		if r.UserID == "" {
-			continue
-		}
-		in := input{kind: r.Kind, presence: r.Presence, statusMsg: r.StatusMsg}
-		if r.Kind == schema.KindUserSync {
-			in.syncing = *r.Syncing
-			if where[r.UserID] == nil {
-				where[r.UserID] = map[string]bool{}
-			}
-			if in.syncing {
-				where[r.UserID][r.Instance] = true
-				syncs.Queue(`INSERT INTO presence_syncing (instance, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, r.Instance, r.UserID)
-			} else {
-				delete(where[r.UserID], r.Instance)
-				syncs.Queue(`DELETE FROM presence_syncing WHERE instance = $1 AND user_id = $2`, r.Instance, r.UserID)
-			}
-		}
-		prev, ok := states[r.UserID]
-		if !ok {
-			return fmt.Errorf("presence of %s: %w", r.UserID, errNoRow)
-		}
-		next, reason := s.cfg.Timers.step(prev, apply(prev, in, now), len(where[r.UserID]) > 0, now)
-		states[r.UserID] = next
-		if reason != reasonNone {
-			told[r.UserID] = true
-			s.m.told.WithLabelValues(reason, next.Presence).Inc()
-		}
+	b := &pgx.Batch{}
+	told, err := s.applyRecords(b, recs, states, where, now)
+	if err != nil {
+		return err
 	}
 	// The syncs and every user's final state, in one round trip.
 	for _, u := range users {
 		st := states[u]
-		queueSave(syncs, st, s.cfg.Timers.nextCheck(st, len(where[u]) > 0), told[u])
+		queueSave(b, st, s.cfg.Timers.NextCheck(st, len(where[u]) > 0), told[u])
 	}
-	if err := tx.SendBatch(ctx, syncs).Close(); err != nil {
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("storing the presence of %d users: %w", len(users), err)
 	}
 	return nil
 }
 
-// update applies in (nil for a timer) to a locked user and stores the result.
-func (s *Stage) update(ctx context.Context, tx pgx.Tx, states map[string]State, syncing map[string]bool, userID string, in input, now int64) error {
+// instancesAndUsers sorts the instances of recs into those whose silence from
+// now on means they vanished (register: syncs and keep-alives) and those only
+// shown to be alive (touch: a presence PUT through the ingest API names no
+// sync worker), and lists the users recs name, in order.
+func instancesAndUsers(recs []schema.UserSyncRecord) (register, touch map[string]bool, users []string) {
+	register, touch = map[string]bool{}, map[string]bool{}
+	seenUser := map[string]bool{}
+	for _, r := range recs {
+		if r.Kind == schema.KindUserSync || r.Kind == schema.KindInstanceAlive {
+			register[r.Instance] = true
+		} else {
+			touch[r.Instance] = true
+		}
+		if r.UserID != "" && !seenUser[r.UserID] {
+			seenUser[r.UserID] = true
+			users = append(users, r.UserID)
+		}
+	}
+	return register, touch, users
+}
+
+// applyRecords applies recs in order to the locked users' states and to
+// where they sync, queueing the sync changes on b. It returns the users
+// remote servers should be told of.
+func (s *Stage) applyRecords(b *pgx.Batch, recs []schema.UserSyncRecord, states map[string]fedpresence.State, where map[string]map[string]bool, now int64) (map[string]bool, error) {
+	told := map[string]bool{}
+	for _, r := range recs {
+		if r.UserID == "" {
+			continue
+		}
+		in := inputOf(r)
+		if r.Kind == schema.KindUserSync {
+			if where[r.UserID] == nil {
+				where[r.UserID] = map[string]bool{}
+			}
+			if in.Syncing {
+				where[r.UserID][r.Instance] = true
+			} else {
+				delete(where[r.UserID], r.Instance)
+			}
+			queueSync(b, r.Instance, r.UserID, in.Syncing)
+		}
+		prev, ok := states[r.UserID]
+		if !ok {
+			return nil, fmt.Errorf("presence of %s: %w", r.UserID, errNoRow)
+		}
+		next, reason := s.cfg.Timers.Step(prev, fedpresence.Apply(prev, in, now), len(where[r.UserID]) > 0, now)
+		states[r.UserID] = next
+		if reason != fedpresence.ReasonNone {
+			told[r.UserID] = true
+			s.m.told.WithLabelValues(string(reason), next.Presence).Inc()
+		}
+	}
+	return told, nil
+}
+
+// inputOf is what a record with a user says happened to the user.
+func inputOf(r schema.UserSyncRecord) fedpresence.Input {
+	switch r.Kind {
+	case schema.KindUserSync:
+		return fedpresence.Input{Kind: fedpresence.InputSync, Syncing: *r.Syncing}
+	case schema.KindUserActive:
+		return fedpresence.Input{Kind: fedpresence.InputActive}
+	case schema.KindSetPresence:
+		return fedpresence.Input{Kind: fedpresence.InputSet, Presence: r.Presence, StatusMsg: r.StatusMsg}
+	}
+	return fedpresence.Input{}
+}
+
+// update applies in (the zero Input for a timer) to a locked user and stores
+// the result.
+func (s *Stage) update(ctx context.Context, tx pgx.Tx, states map[string]fedpresence.State, syncing map[string]bool, userID string, in fedpresence.Input, now int64) error {
 	prev, ok := states[userID]
 	if !ok {
 		return fmt.Errorf("presence of %s: %w", userID, errNoRow)
 	}
-	next := apply(prev, in, now)
-	next, reason := s.cfg.Timers.step(prev, next, syncing[userID], now)
-	if err := save(ctx, tx, next, s.cfg.Timers.nextCheck(next, syncing[userID]), reason != reasonNone); err != nil {
+	next := fedpresence.Apply(prev, in, now)
+	next, reason := s.cfg.Timers.Step(prev, next, syncing[userID], now)
+	if err := save(ctx, tx, next, s.cfg.Timers.NextCheck(next, syncing[userID]), reason != fedpresence.ReasonNone); err != nil {
 		return err
 	}
-	if reason != reasonNone {
-		s.m.told.WithLabelValues(reason, next.Presence).Inc()
+	if reason != fedpresence.ReasonNone {
+		s.m.told.WithLabelValues(string(reason), next.Presence).Inc()
 	}
 	return nil
 }
@@ -316,18 +331,8 @@ func (s *Stage) update(ctx context.Context, tx pgx.Tx, states map[string]State, 
 // clear ends every sync of an instance: each of its users who syncs nowhere
 // else goes offline at once. It returns how many users it had.
 func (s *Stage) clear(ctx context.Context, tx pgx.Tx, instance string, now int64) (int, error) {
-	if _, err := tx.Exec(ctx, `DELETE FROM presence_instances WHERE instance = $1`, instance); err != nil {
-		return 0, fmt.Errorf("clearing instance %s: %w", instance, err)
-	}
-	rows, err := tx.Query(ctx, `DELETE FROM presence_syncing WHERE instance = $1 RETURNING user_id`, instance)
-	if err != nil {
-		return 0, fmt.Errorf("clearing instance %s: %w", instance, err)
-	}
-	users, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	users, err := clearInstance(ctx, tx, instance)
 	if err != nil || len(users) == 0 {
-		if err != nil {
-			err = fmt.Errorf("clearing instance %s: %w", instance, err)
-		}
 		return 0, err
 	}
 	states, syncing, err := lockUsers(ctx, tx, users)
@@ -335,9 +340,9 @@ func (s *Stage) clear(ctx context.Context, tx pgx.Tx, instance string, now int64
 		return 0, err
 	}
 	for _, u := range users {
-		in := input{kind: kindCleared}
+		in := fedpresence.Input{Kind: fedpresence.InputCleared}
 		if syncing[u] {
-			in = input{kind: schema.KindUserSync, syncing: false} // still syncing elsewhere: only the sync time moves
+			in = fedpresence.Input{Kind: fedpresence.InputSync, Syncing: false} // still syncing elsewhere: only the sync time moves
 		}
 		if err := s.update(ctx, tx, states, syncing, u, in, now); err != nil {
 			return 0, err
@@ -395,9 +400,8 @@ func (s *Stage) expireInstances(ctx context.Context) error {
 		var instance string
 		var users int
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			err := tx.QueryRow(ctx, `SELECT instance FROM presence_instances WHERE last_seen_ms < $1 LIMIT 1 FOR UPDATE SKIP LOCKED`,
-				now-s.cfg.InstanceTimeout.Milliseconds()).Scan(&instance)
-			if err != nil {
+			var err error
+			if instance, err = lockSilentInstance(ctx, tx, now-s.cfg.InstanceTimeout.Milliseconds()); err != nil {
 				return err
 			}
 			users, err = s.clear(ctx, tx, instance, now)
@@ -423,12 +427,7 @@ func (s *Stage) sweepUsers(ctx context.Context) (int, error) {
 	now := s.cfg.Now().UnixMilli()
 	n := 0
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT user_id, state, status_msg, last_active_ts, last_user_sync_ts, last_federation_update_ts, currently_active
-			FROM presence_state WHERE next_check_ms <= $1 ORDER BY next_check_ms LIMIT $2 FOR UPDATE SKIP LOCKED`, now, s.cfg.SweepBatch)
-		if err != nil {
-			return err
-		}
-		states, err := scanStates(rows)
+		states, err := lockDue(ctx, tx, now, s.cfg.SweepBatch)
 		if err != nil || len(states) == 0 {
 			return err
 		}
@@ -441,7 +440,7 @@ func (s *Stage) sweepUsers(ctx context.Context) (int, error) {
 			return err
 		}
 		for _, u := range users {
-			if err := s.update(ctx, tx, states, syncing, u, input{}, now); err != nil {
+			if err := s.update(ctx, tx, states, syncing, u, fedpresence.Input{}, now); err != nil {
 				return err
 			}
 		}

@@ -2,10 +2,11 @@ package router
 
 import (
 	"fmt"
-	"slices"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -35,25 +36,20 @@ type joinPresence struct {
 	states []schema.PresenceState
 }
 
-// joinPresence decides what the join rec tells (nil: nothing). state is the
-// room after the join.
+// joinPresence decides what the join rec tells, as presence.OnJoin decides
+// (nil: nothing). state is the room after the join.
 func (p *partitionHandler) joinPresence(rec schema.RoomRecord, state *routing.RoomState, serverWasJoined bool) *joinPresence {
 	user := *rec.StateKey
 	server, _ := routing.ServerName(user)
 	ours := p.r.cfg.ServerName
-	switch {
-	case server == ours:
-		var dests []string
-		for _, s := range state.JoinedServers() {
-			if s != ours {
-				dests = append(dests, s)
-			}
-		}
+	switch presence.OnJoin(server, ours, serverWasJoined) {
+	case presence.AnnounceUser:
+		dests := presence.RemoteServers(state.JoinedServers(), ours)
 		if len(dests) == 0 {
 			return nil
 		}
 		return &joinPresence{rec: rec, server: server, dests: dests}
-	case !serverWasJoined:
+	case presence.AnnounceRoom:
 		locals := map[string]bool{}
 		for _, u := range state.JoinedUsers() {
 			if s, _ := routing.ServerName(u); s == ours {
@@ -75,6 +71,7 @@ func (j *joinPresence) local() bool { return j.locals == nil }
 // from what their look-ups found.
 func (p *partitionHandler) presenceRecords(joins []*joinPresence) ([]kafka.Message, error) {
 	var msgs []kafka.Message
+	now := time.Now()
 	for _, j := range joins {
 		if j.local() {
 			if len(j.states) == 0 {
@@ -88,17 +85,16 @@ func (p *partitionHandler) presenceRecords(joins []*joinPresence) ([]kafka.Messa
 			msgs = append(msgs, m...)
 			continue
 		}
-		states := slices.DeleteFunc(j.states, func(st schema.PresenceState) bool { return !j.locals[st.UserID] })
-		n := 0
-		for _, run := range splitStates(states) {
-			m, err := presenceRecords([]string{j.server}, run, j.rec.Position, p.r.cfg.Instance)
-			if err != nil {
-				return nil, fmt.Errorf("presence for %s joining %s: %w", j.server, j.rec.RoomID, err)
-			}
-			n += len(m)
-			msgs = append(msgs, m...)
+		states := presence.ForNewServer(j.states, func(u string) bool { return j.locals[u] }, now)
+		if len(states) == 0 {
+			continue
 		}
-		p.r.m.presence.WithLabelValues("server_join").Add(float64(n))
+		m, err := splitPresenceRecords(j.server, states, j.rec.Position, p.r.cfg.Instance)
+		if err != nil {
+			return nil, fmt.Errorf("presence for %s joining %s: %w", j.server, j.rec.RoomID, err)
+		}
+		p.r.m.presence.WithLabelValues("server_join").Add(float64(len(m)))
+		msgs = append(msgs, m...)
 	}
 	return msgs, nil
 }

@@ -2,64 +2,17 @@ package router
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
-
-// staleOffline: an offline state whose last activity is older than this, and
-// which has no status message, is not sent to a server that newly joins a
-// room (it tells it nothing it would not assume).
-const staleOffline = 7 * 24 * time.Hour
-
-// maxStatesPerRecord and maxPresenceRecordBytes bound one outbound presence
-// record: a record holds at most this many states and, unless one state alone
-// is larger, this many bytes of encoded states, half the topic's 1 MiB message
-// limit. Splitting by count alone let a few large status messages make a
-// record the writer could never write.
-const (
-	maxStatesPerRecord     = 200
-	maxPresenceRecordBytes = 512 << 10
-)
-
-// splitStates cuts states into the runs of one outbound record each (see
-// maxPresenceRecordBytes), in order. A state larger than the bound is a run
-// of its own: the writer dead-letters it if the topic cannot take it.
-func splitStates(states []schema.PresenceState) [][]schema.PresenceState {
-	var runs [][]schema.PresenceState
-	start, size := 0, 0
-	for i, st := range states {
-		n := stateBytes(st)
-		if i > start && (i-start == maxStatesPerRecord || size+n > maxPresenceRecordBytes) {
-			runs = append(runs, states[start:i])
-			start, size = i, 0
-		}
-		size += n
-	}
-	if start < len(states) {
-		runs = append(runs, states[start:])
-	}
-	return runs
-}
-
-// stateBytes is an upper bound of a state's size in a record (json.Marshal
-// escapes more than the records' encoder does).
-func stateBytes(st schema.PresenceState) int {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return maxPresenceRecordBytes
-	}
-	return len(b) + 1
-}
 
 // presenceHandler routes one partition of <prefix>.presence: each local
 // user's presence goes to every remote server sharing a room with the user.
@@ -143,13 +96,11 @@ func (p *presenceHandler) flush(ctx context.Context, kept []*schema.PresenceStat
 			for _, u := range dests.byServer[d] {
 				states = append(states, latest[u])
 			}
-			for _, run := range splitStates(states) {
-				m, err := presenceRecords([]string{d}, run, pos, p.r.cfg.Instance)
-				if err != nil {
-					return err
-				}
-				msgs = append(msgs, m...)
+			m, err := splitPresenceRecords(d, states, pos, p.r.cfg.Instance)
+			if err != nil {
+				return err
 			}
+			msgs = append(msgs, m...)
 		}
 	}
 	p.r.m.presenceRoute.Observe(time.Since(start).Seconds())
@@ -163,6 +114,20 @@ func (p *presenceHandler) flush(ctx context.Context, kept []*schema.PresenceStat
 	}
 	p.r.m.presenceBatch.Observe(float64(len(kept)))
 	return nil
+}
+
+// splitPresenceRecords builds the outbound presence records of states for one
+// destination, split by presence.Split.
+func splitPresenceRecords(dest string, states []schema.PresenceState, position int64, instance string) ([]kafka.Message, error) {
+	var msgs []kafka.Message
+	for _, run := range presence.Split(states) {
+		m, err := presenceRecords([]string{dest}, run, position, instance)
+		if err != nil {
+			return nil, err
+		}
+		msgs = append(msgs, m...)
+	}
+	return msgs, nil
 }
 
 // presenceRecords builds one outbound presence record per destination.
@@ -185,80 +150,4 @@ func presenceRecords(dests []string, states []schema.PresenceState, position int
 		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: headers})
 	}
 	return msgs, nil
-}
-
-// destinations are the remote servers sharing a room with each of some users.
-type destinations struct {
-	servers  []string            // every server, sorted
-	byServer map[string][]string // server → users, in the order asked
-	byUser   map[string][]string
-}
-
-// presenceDestinations finds the remote servers sharing a room with each of
-// users: the users' rooms, then each room's remote servers once (rooms are
-// shared by many users of a batch), joined here rather than in SQL, which
-// would return a row per (user, room, server).
-func (s store) presenceDestinations(ctx context.Context, users []string, ours string) (destinations, error) {
-	fail := func(err error) (destinations, error) {
-		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
-	}
-	rows, err := s.pool.Query(ctx, `SELECT user_id, room_id FROM router_room_members WHERE user_id = ANY($1)`, users)
-	if err != nil {
-		return fail(err)
-	}
-	roomsOf := map[string][]string{}
-	var rooms []string
-	seenRoom := map[string]bool{}
-	var u, room string
-	if _, err := pgx.ForEachRow(rows, []any{&u, &room}, func() error {
-		roomsOf[u] = append(roomsOf[u], room)
-		if !seenRoom[room] {
-			seenRoom[room] = true
-			rooms = append(rooms, room)
-		}
-		return nil
-	}); err != nil {
-		return fail(err)
-	}
-	serversOf := map[string][]string{}
-	if len(rooms) > 0 {
-		rows, err := s.pool.Query(ctx, `SELECT DISTINCT room_id, server FROM router_room_members WHERE room_id = ANY($1) AND server <> $2`, rooms, ours)
-		if err != nil {
-			return fail(err)
-		}
-		var srv string
-		if _, err := pgx.ForEachRow(rows, []any{&room, &srv}, func() error {
-			serversOf[room] = append(serversOf[room], srv)
-			return nil
-		}); err != nil {
-			return fail(err)
-		}
-	}
-	d := destinations{byServer: map[string][]string{}, byUser: map[string][]string{}}
-	for _, u := range users {
-		seen := map[string]bool{}
-		for _, r := range roomsOf[u] {
-			for _, srv := range serversOf[r] {
-				if seen[srv] {
-					continue
-				}
-				seen[srv] = true
-				d.byUser[u] = append(d.byUser[u], srv)
-				if len(d.byServer[srv]) == 0 {
-					d.servers = append(d.servers, srv)
-				}
-				d.byServer[srv] = append(d.byServer[srv], u)
-			}
-		}
-	}
-	slices.Sort(d.servers)
-	return d, nil
-}
-
-const presenceColumns = `p.user_id, p.state, p.status_msg, p.last_active_ts, p.currently_active`
-
-func scanPresence(row pgx.CollectableRow) (schema.PresenceState, error) {
-	var st schema.PresenceState
-	err := row.Scan(&st.UserID, &st.Presence, &st.StatusMsg, &st.LastActiveTS, &st.CurrentlyActive)
-	return st, err
 }

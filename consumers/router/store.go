@@ -3,10 +3,12 @@ package router
 import (
 	"context"
 	"fmt"
-	"time"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // store is the router's PostgreSQL state (schema/migrations/0002_router.sql).
@@ -95,6 +97,82 @@ func queueChanges(b *pgx.Batch, changes []change) {
 	}
 }
 
+// destinations are the remote servers sharing a room with each of some users.
+type destinations struct {
+	servers  []string            // every server, sorted
+	byServer map[string][]string // server → users, in the order asked
+	byUser   map[string][]string
+}
+
+// presenceDestinations finds the remote servers sharing a room with each of
+// users: the users' rooms, then each room's remote servers once (rooms are
+// shared by many users of a batch), joined here rather than in SQL, which
+// would return a row per (user, room, server).
+func (s store) presenceDestinations(ctx context.Context, users []string, ours string) (destinations, error) {
+	fail := func(err error) (destinations, error) {
+		return destinations{}, fmt.Errorf("finding the servers sharing a room with %d users: %w", len(users), err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT user_id, room_id FROM router_room_members WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return fail(err)
+	}
+	roomsOf := map[string][]string{}
+	var rooms []string
+	seenRoom := map[string]bool{}
+	var u, room string
+	if _, err := pgx.ForEachRow(rows, []any{&u, &room}, func() error {
+		roomsOf[u] = append(roomsOf[u], room)
+		if !seenRoom[room] {
+			seenRoom[room] = true
+			rooms = append(rooms, room)
+		}
+		return nil
+	}); err != nil {
+		return fail(err)
+	}
+	serversOf := map[string][]string{}
+	if len(rooms) > 0 {
+		rows, err := s.pool.Query(ctx, `SELECT DISTINCT room_id, server FROM router_room_members WHERE room_id = ANY($1) AND server <> $2`, rooms, ours)
+		if err != nil {
+			return fail(err)
+		}
+		var srv string
+		if _, err := pgx.ForEachRow(rows, []any{&room, &srv}, func() error {
+			serversOf[room] = append(serversOf[room], srv)
+			return nil
+		}); err != nil {
+			return fail(err)
+		}
+	}
+	d := destinations{byServer: map[string][]string{}, byUser: map[string][]string{}}
+	for _, u := range users {
+		seen := map[string]bool{}
+		for _, r := range roomsOf[u] {
+			for _, srv := range serversOf[r] {
+				if seen[srv] {
+					continue
+				}
+				seen[srv] = true
+				d.byUser[u] = append(d.byUser[u], srv)
+				if len(d.byServer[srv]) == 0 {
+					d.servers = append(d.servers, srv)
+				}
+				d.byServer[srv] = append(d.byServer[srv], u)
+			}
+		}
+	}
+	slices.Sort(d.servers)
+	return d, nil
+}
+
+const presenceColumns = `p.user_id, p.state, p.status_msg, p.last_active_ts, p.currently_active`
+
+func scanPresence(row pgx.CollectableRow) (schema.PresenceState, error) {
+	var st schema.PresenceState
+	err := row.Scan(&st.UserID, &st.Presence, &st.StatusMsg, &st.LastActiveTS, &st.CurrentlyActive)
+	return st, err
+}
+
 // loaded is a room's stored membership: its joined users and last position.
 type loaded struct {
 	joined []string
@@ -139,7 +217,6 @@ func (s store) saveAndLookUp(ctx context.Context, changes []change, joins []*joi
 	}
 	b := &pgx.Batch{}
 	queueChanges(b, changes)
-	staleBefore := time.Now().Add(-staleOffline).UnixMilli()
 	for _, j := range joins {
 		collect := func(rows pgx.Rows) error {
 			states, err := pgx.CollectRows(rows, scanPresence)
@@ -150,17 +227,15 @@ func (s store) saveAndLookUp(ctx context.Context, changes []change, joins []*joi
 			b.Queue(`SELECT `+presenceColumns+` FROM presence_stream p WHERE p.user_id = $1`, *j.rec.StateKey).Query(collect)
 			continue
 		}
-		// The local users in the room, without stale offline states that carry
-		// no status message, and without users the server already shares
-		// another room with.
+		// The local users in the room, without users the server already
+		// shares another room with (presence.ForNewServer leaves out more).
 		b.Queue(`SELECT `+presenceColumns+`
 			FROM router_room_members m JOIN presence_stream p USING (user_id)
 			WHERE m.room_id = $1 AND m.server = $3
-			  AND NOT (p.state = 'offline' AND COALESCE(p.status_msg, '') = '' AND p.last_active_ts < $4)
 			  AND NOT EXISTS (
 				SELECT 1 FROM router_room_members mine JOIN router_room_members theirs ON theirs.room_id = mine.room_id
 				WHERE mine.user_id = m.user_id AND mine.room_id <> $1 AND theirs.server = $2)
-			ORDER BY p.user_id`, j.rec.RoomID, j.server, ours, staleBefore).Query(collect)
+			ORDER BY p.user_id`, j.rec.RoomID, j.server, ours).Query(collect)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("storing %d membership changes and looking up the presence of %d joins: %w", len(changes), len(joins), err)

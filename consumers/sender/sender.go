@@ -14,6 +14,7 @@ package sender
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/schema"
@@ -178,7 +180,7 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 		}
 		return p.s.m.EnqueueEDU(ctx, rec.Destination, queue.EDU{EDU: txn.EDU{Type: rec.EDUType, Content: rec.Content}, Key: rec.EDUKey}, done)
 	case schema.KindPresence:
-		return p.s.m.EnqueuePresence(ctx, rec.Destination, presenceStates(rec.Presence), done)
+		return p.s.m.EnqueuePresence(ctx, rec.Destination, rec.Presence, done)
 	case schema.KindReceipt:
 		rs := make([]queue.Receipt, len(rec.Receipts))
 		for i, r := range rec.Receipts {
@@ -244,7 +246,7 @@ func (s *Store) flushStored(m *queue.Manager) func(context.Context, []schema.Out
 // with its other presence and sends one m.presence EDU per transaction. One
 // that cannot be read is dropped and counted.
 func (s *Sender) presenceEDU(ctx context.Context, rec schema.OutboundRecord, done func()) error {
-	states, err := edu.ParsePresence(rec.Content, s.now())
+	states, err := presenceEDUStates(rec.Content, s.now())
 	if err != nil {
 		s.m.DropUnsendable(rec.Destination, "edu", fmt.Errorf("an m.presence EDU that can never be sent: %w", err))
 		done()
@@ -253,18 +255,36 @@ func (s *Sender) presenceEDU(ctx context.Context, rec schema.OutboundRecord, don
 	return s.m.EnqueuePresence(ctx, rec.Destination, states, done)
 }
 
-// presenceStates converts an outbound presence record's states. The queue
-// keeps them with their absolute last_active_ts and ages them when it builds
-// a transaction.
-func presenceStates(in []schema.PresenceState) []edu.PresenceState {
-	out := make([]edu.PresenceState, len(in))
-	for i, s := range in {
-		out[i] = edu.PresenceState{UserID: s.UserID, Presence: s.Presence, LastActiveTS: s.LastActiveTS, CurrentlyActive: s.CurrentlyActive}
-		if s.StatusMsg != nil {
-			out[i].StatusMsg = *s.StatusMsg
-		}
+// presenceEDUStates reads the content of an m.presence EDU received at now
+// into states (last_active_ts = now − last_active_ago), each checked by
+// presence.State.Check. It fails, wrapping edu.ErrInvalid, on content an
+// m.presence EDU may not have.
+func presenceEDUStates(content json.RawMessage, now time.Time) ([]presence.State, error) {
+	fail := func(err error) ([]presence.State, error) {
+		return nil, fmt.Errorf("%w: %s: %w", edu.ErrInvalid, edu.TypePresence, err)
 	}
-	return out
+	var p edu.Presence
+	if err := json.Unmarshal(content, &p); err != nil {
+		return fail(err)
+	}
+	if p.Push == nil {
+		return fail(errors.New("no push"))
+	}
+	out := make([]presence.State, 0, len(p.Push))
+	for _, u := range p.Push {
+		s := presence.State{UserID: u.UserID, Presence: u.Presence, StatusMsg: u.StatusMsg, LastActiveTS: now.UnixMilli() - u.LastActiveAgo}
+		if u.CurrentlyActive != nil {
+			s.CurrentlyActive = *u.CurrentlyActive
+		}
+		if err := s.Check(); err != nil {
+			return fail(err)
+		}
+		if u.LastActiveAgo < 0 {
+			return fail(fmt.Errorf("%s: negative last_active_ago", u.UserID))
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 // Close implements runtime.PartitionHandler: it stops the partition's

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/internal/testenv"
@@ -77,12 +78,12 @@ func TestTransactionsWithTheQueuesPresenceMatchTheSchema(t *testing.T) {
 	now := time.Now().UnixMilli()
 	presences := []string{edu.Online, edu.Unavailable, edu.Offline}
 	for i := 0; i < 70; i++ {
-		var states []edu.PresenceState
+		var states []presence.State
 		for j := 0; j < 2; j++ { // two users per record, as the router batches them
 			n := 2*i + j
-			s := edu.PresenceState{UserID: fmt.Sprintf("@u%d:example.org", n%90), Presence: presences[n%3], LastActiveTS: now - int64(n)*1000, CurrentlyActive: n%2 == 0}
+			s := presence.State{UserID: fmt.Sprintf("@u%d:example.org", n%90), Presence: presences[n%3], LastActiveTS: now - int64(n)*1000, CurrentlyActive: n%2 == 0}
 			if n%4 == 0 {
-				s.StatusMsg = "status " + fmt.Sprint(n)
+				s.StatusMsg = new("status " + fmt.Sprint(n))
 			}
 			states = append(states, s)
 		}

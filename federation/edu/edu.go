@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
@@ -92,11 +93,11 @@ type DirectToDevice struct {
 // specification requires or holds a value it does not allow.
 var ErrInvalid = errors.New("invalid EDU content")
 
-// Presence states.
+// Presence states (federation/presence's).
 const (
-	Online      = "online"
-	Unavailable = "unavailable"
-	Offline     = "offline"
+	Online      = presence.Online
+	Unavailable = presence.Unavailable
+	Offline     = presence.Offline
 )
 
 // NewPresenceUpdate builds a user's presence update the way Synapse formats it
@@ -113,38 +114,16 @@ func NewPresenceUpdate(userID, presence string, lastActiveAgo int64, currentlyAc
 	return u
 }
 
-// PresenceState is a user's presence with an absolute last-active time. The
-// sender keeps states in this form until it builds a transaction, so that
-// last_active_ago is measured when the destination is actually sent to, not
-// when the state was learned (a slow destination must not get a stale age).
-type PresenceState struct {
-	UserID   string
-	Presence string // online, unavailable or offline
-	// StatusMsg is sent only when not empty.
-	StatusMsg string
-	// LastActiveTS is when the user last did something (ms since the epoch).
-	LastActiveTS    int64
-	CurrentlyActive bool
-}
-
-// Update renders s for a transaction built at now. A last-active time in the
-// future (the clocks of the presence writer and the sender differ) is sent as
-// zero: the specification's field is an elapsed time.
-func (s PresenceState) Update(now time.Time) PresenceUpdate {
+// PresenceUpdateAt renders s for a transaction built at now. The queue keeps
+// states with their absolute last-active time until it builds a transaction,
+// so that last_active_ago is measured when the destination is actually sent
+// to, not when the state was learned (a slow destination must not get a stale
+// age). A last-active time in the future (the clocks of the presence writer
+// and the sender differ) is sent as zero: the specification's field is an
+// elapsed time.
+func PresenceUpdateAt(s presence.State, now time.Time) PresenceUpdate {
 	ago := max(now.UnixMilli()-s.LastActiveTS, 0)
-	return NewPresenceUpdate(s.UserID, s.Presence, ago, s.CurrentlyActive, s.StatusMsg)
-}
-
-// Check reports a state that no m.presence EDU may carry.
-func (s PresenceState) Check() error {
-	if s.UserID == "" {
-		return invalid(TypePresence, "state without user_id")
-	}
-	switch s.Presence {
-	case Online, Unavailable, Offline:
-		return nil
-	}
-	return invalid(TypePresence, "%s: presence %q is not online, unavailable or offline", s.UserID, s.Presence)
+	return NewPresenceUpdate(s.UserID, s.Presence, ago, s.CurrentlyActive, s.Status())
 }
 
 // Encode returns the EDU of the given type with content encoded as JSON.
@@ -168,9 +147,7 @@ func (p Presence) EDU() (txn.EDU, error) {
 		if u.UserID == "" {
 			return txn.EDU{}, invalid(TypePresence, "update %d has no user_id", i)
 		}
-		switch u.Presence {
-		case Online, Unavailable, Offline:
-		default:
+		if !presence.Valid(u.Presence) {
 			return txn.EDU{}, invalid(TypePresence, "update %d (%s): presence %q is not online, unavailable or offline", i, u.UserID, u.Presence)
 		}
 		if u.LastActiveAgo < 0 {
@@ -269,36 +246,4 @@ func (d DirectToDevice) EDU() (txn.EDU, error) {
 		}
 	}
 	return Encode(TypeDirectToDevice, d)
-}
-
-// ParsePresence reads the content of an m.presence EDU received at now back
-// into states (last_active_ts = now − last_active_ago), so that a queue can
-// merge it with states it holds and age it again when it is sent. It fails
-// on content an m.presence EDU may not have.
-func ParsePresence(content json.RawMessage, now time.Time) ([]PresenceState, error) {
-	var p Presence
-	if err := json.Unmarshal(content, &p); err != nil {
-		return nil, invalid(TypePresence, "%v", err)
-	}
-	if p.Push == nil {
-		return nil, invalid(TypePresence, "no push")
-	}
-	out := make([]PresenceState, 0, len(p.Push))
-	for _, u := range p.Push {
-		s := PresenceState{UserID: u.UserID, Presence: u.Presence, LastActiveTS: now.UnixMilli() - u.LastActiveAgo}
-		if u.StatusMsg != nil {
-			s.StatusMsg = *u.StatusMsg
-		}
-		if u.CurrentlyActive != nil {
-			s.CurrentlyActive = *u.CurrentlyActive
-		}
-		if err := s.Check(); err != nil {
-			return nil, err
-		}
-		if u.LastActiveAgo < 0 {
-			return nil, invalid(TypePresence, "%s: negative last_active_ago", u.UserID)
-		}
-		out = append(out, s)
-	}
-	return out, nil
 }

@@ -3,11 +3,11 @@ package edu
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
@@ -96,20 +96,21 @@ func TestEDURejectsBadContent(t *testing.T) {
 
 func TestPresenceStateIsAgedWhenRendered(t *testing.T) {
 	now := time.UnixMilli(1_700_000_060_000)
+	brb := "brb"
 	for _, tc := range []struct {
 		name string
-		in   PresenceState
+		in   presence.State
 		want string
 	}{
-		{"online, active a minute ago", PresenceState{UserID: "@a:x", Presence: Online, LastActiveTS: 1_700_000_000_000, CurrentlyActive: true},
+		{"online, active a minute ago", presence.State{UserID: "@a:x", Presence: Online, LastActiveTS: 1_700_000_000_000, CurrentlyActive: true},
 			`{"user_id":"@a:x","presence":"online","last_active_ago":60000,"currently_active":true}`},
-		{"unavailable with status", PresenceState{UserID: "@a:x", Presence: Unavailable, LastActiveTS: 1_700_000_059_000, CurrentlyActive: true, StatusMsg: "brb"},
+		{"unavailable with status", presence.State{UserID: "@a:x", Presence: Unavailable, LastActiveTS: 1_700_000_059_000, CurrentlyActive: true, StatusMsg: &brb},
 			`{"user_id":"@a:x","presence":"unavailable","last_active_ago":1000,"status_msg":"brb"}`},
-		{"last active after now (clock skew)", PresenceState{UserID: "@a:x", Presence: Offline, LastActiveTS: 1_700_000_061_000},
+		{"last active after now (clock skew)", presence.State{UserID: "@a:x", Presence: Offline, LastActiveTS: 1_700_000_061_000},
 			`{"user_id":"@a:x","presence":"offline","last_active_ago":0}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := Presence{Push: []PresenceUpdate{tc.in.Update(now)}}.EDU()
+			e, err := Presence{Push: []PresenceUpdate{PresenceUpdateAt(tc.in, now)}}.EDU()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -117,30 +118,5 @@ func TestPresenceStateIsAgedWhenRendered(t *testing.T) {
 				t.Fatalf("%s, want %s", e.Content, want)
 			}
 		})
-	}
-}
-
-func TestParsePresence(t *testing.T) {
-	now := time.UnixMilli(1_700_000_060_000)
-	e, _ := Presence{Push: []PresenceUpdate{NewPresenceUpdate("@a:x", Online, 60000, true, "hi"), NewPresenceUpdate("@b:x", Offline, 5, false, "")}}.EDU()
-	got, err := ParsePresence(e.Content, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []PresenceState{{UserID: "@a:x", Presence: Online, StatusMsg: "hi", LastActiveTS: 1_700_000_000_000, CurrentlyActive: true}, {UserID: "@b:x", Presence: Offline, LastActiveTS: 1_700_000_059_995}}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("%+v, want %+v", got, want)
-	}
-	for name, bad := range map[string]string{
-		"not JSON":          `{`,
-		"no push":           `{}`,
-		"unknown state":     `{"push":[{"user_id":"@a:x","presence":"asleep","last_active_ago":1}]}`,
-		"no user":           `{"push":[{"presence":"online","last_active_ago":1}]}`,
-		"negative age":      `{"push":[{"user_id":"@a:x","presence":"online","last_active_ago":-1}]}`,
-		"push not an array": `{"push":{}}`,
-	} {
-		if _, err := ParsePresence(json.RawMessage(bad), now); !errors.Is(err, ErrInvalid) {
-			t.Errorf("%s: %v, want ErrInvalid", name, err)
-		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 )
 
 // destination is one remote server as this member serves it: what it has to
@@ -138,7 +139,7 @@ func (d *destination) enqueueEDU(ctx context.Context, e EDU, done func()) error 
 }
 
 // enqueuePresence merges states into d's presence as enqueueEDU queues an EDU.
-func (d *destination) enqueuePresence(ctx context.Context, states []edu.PresenceState, done func()) error {
+func (d *destination) enqueuePresence(ctx context.Context, states []presence.State, done func()) error {
 	if states = d.sendable(states); len(states) == 0 {
 		done() // no state left worth sending
 		return nil
@@ -175,7 +176,7 @@ func (d *destination) enqueueMerged(ctx context.Context, eduType string, n int, 
 }
 
 // sendable leaves out, dropped and counted, states no m.presence EDU may carry.
-func (d *destination) sendable(states []edu.PresenceState) []edu.PresenceState {
+func (d *destination) sendable(states []presence.State) []presence.State {
 	valid := states[:0:0]
 	for _, s := range states {
 		if err := s.Check(); err != nil {

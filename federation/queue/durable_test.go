@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/internal/testenv"
@@ -100,7 +101,7 @@ func TestToDeviceSlotOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f.presence(t, "a.test", edu.PresenceState{UserID: "@u:me.test", Presence: edu.Online, LastActiveTS: f.clk.Now().UnixMilli()})
+	f.presence(t, "a.test", presence.State{UserID: "@u:me.test", Presence: edu.Online, LastActiveTS: f.clk.Now().UnixMilli()})
 	f.storeToDevice(t, "a.test", 1, 201)
 	release()
 	testenv.Eventually(t, 10*time.Second, "the store emptied", func() bool { return f.store.storedCount(queue.ToDevice, "a.test") == 0 })

@@ -11,7 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 )
 
 // ErrNotRunning is returned by the Enqueue calls before Run has started or
@@ -120,7 +120,7 @@ func (m *Manager) EnqueueEDU(ctx context.Context, dest string, e EDU, done func(
 // is built. done is called once every state was delivered, dropped (invalid
 // states, or dest backing off, paused or catching up), or replaced unsent by
 // a later state of the same user.
-func (m *Manager) EnqueuePresence(ctx context.Context, dest string, states []edu.PresenceState, done func()) error {
+func (m *Manager) EnqueuePresence(ctx context.Context, dest string, states []presence.State, done func()) error {
 	if !m.sup.running() {
 		return ErrNotRunning
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
@@ -53,7 +54,7 @@ func releaseAll(items []*mergedItem) {
 
 // pendingPresence is a user's latest state not yet taken into a transaction.
 type pendingPresence struct {
-	state edu.PresenceState
+	state presence.State
 	item  *mergedItem
 }
 
@@ -67,7 +68,7 @@ type presenceSlot struct {
 // add merges states into the slot and returns the items whose states they
 // superseded (one entry per state), to be released once the destination's
 // lock is given up.
-func (s *presenceSlot) add(states []edu.PresenceState, item *mergedItem) (superseded []*mergedItem) {
+func (s *presenceSlot) add(states []presence.State, item *mergedItem) (superseded []*mergedItem) {
 	if s.states == nil {
 		s.states = map[string]pendingPresence{}
 	}
@@ -89,7 +90,7 @@ func (s *presenceSlot) take(max int) []eduItem {
 	if n == 0 || max < 1 {
 		return nil
 	}
-	states := make([]edu.PresenceState, 0, n)
+	states := make([]presence.State, 0, n)
 	items := make([]*mergedItem, 0, n)
 	for _, u := range s.users[:n] {
 		p := s.states[u]
@@ -122,10 +123,10 @@ func (s *presenceSlot) len() int { return min(len(s.users), 1) }
 
 // renderPresence returns the m.presence EDU of states for a transaction built
 // at now: each state aged to now.
-func renderPresence(states []edu.PresenceState, now time.Time) (txn.EDU, error) {
+func renderPresence(states []presence.State, now time.Time) (txn.EDU, error) {
 	push := make([]edu.PresenceUpdate, len(states))
 	for i, s := range states {
-		push[i] = s.Update(now)
+		push[i] = edu.PresenceUpdateAt(s, now)
 	}
 	return edu.Presence{Push: push}.EDU()
 }

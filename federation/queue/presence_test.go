@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 )
@@ -45,7 +46,7 @@ func (f *fixture) waitInFlight(t *testing.T, dest string) {
 	})
 }
 
-func (f *fixture) presence(t *testing.T, dest string, states ...edu.PresenceState) {
+func (f *fixture) presence(t *testing.T, dest string, states ...presence.State) {
 	t.Helper()
 	if err := f.m.EnqueuePresence(context.Background(), dest, states, func() { f.done.Add(1) }); err != nil {
 		t.Fatal(err)
@@ -87,10 +88,10 @@ func TestPresenceIsAgedWhenTheTransactionIsBuilt(t *testing.T) {
 	f := setup(t)
 	release := f.hold(t)
 	t0 := f.clk.Now().UnixMilli()
-	f.presence(t, "a.test", edu.PresenceState{UserID: "@a:me.test", Presence: edu.Online, LastActiveTS: t0 - 5000, CurrentlyActive: true})
+	f.presence(t, "a.test", presence.State{UserID: "@a:me.test", Presence: edu.Online, LastActiveTS: t0 - 5000, CurrentlyActive: true})
 	f.waitInFlight(t, "a.test")
 	// Learned while the first transaction is stuck: 1 s old when enqueued.
-	f.presence(t, "a.test", edu.PresenceState{UserID: "@b:me.test", Presence: edu.Unavailable, StatusMsg: "lunch", LastActiveTS: t0 - 1000, CurrentlyActive: true})
+	f.presence(t, "a.test", presence.State{UserID: "@b:me.test", Presence: edu.Unavailable, StatusMsg: new("lunch"), LastActiveTS: t0 - 1000, CurrentlyActive: true})
 	f.clk.advance(10 * time.Minute)
 	release()
 	testenv.Eventually(t, 5*time.Second, "both delivered", func() bool { return f.done.Load() == 2 })
@@ -119,8 +120,8 @@ func TestPresenceIsOneEDUOfAtMost50UsersPerTransactionLatestStateWinning(t *test
 	f := setup(t)
 	release := f.hold(t)
 	now := f.clk.Now().UnixMilli()
-	state := func(i int, p string) edu.PresenceState {
-		return edu.PresenceState{UserID: fmt.Sprintf("@u%d:me.test", i), Presence: p, LastActiveTS: now}
+	state := func(i int, p string) presence.State {
+		return presence.State{UserID: fmt.Sprintf("@u%d:me.test", i), Presence: p, LastActiveTS: now}
 	}
 	f.presence(t, "a.test", state(-1, edu.Online))
 	f.waitInFlight(t, "a.test")
@@ -165,8 +166,8 @@ func TestPresenceForABackingOffDestinationIsDroppedCountedAndDone(t *testing.T) 
 	f.tr.mu.Unlock()
 	release := f.hold(t)
 	now := f.clk.Now().UnixMilli()
-	st := func(user, p string) edu.PresenceState {
-		return edu.PresenceState{UserID: user, Presence: p, LastActiveTS: now}
+	st := func(user, p string) presence.State {
+		return presence.State{UserID: user, Presence: p, LastActiveTS: now}
 	}
 	f.presence(t, "a.test", st("@a:me.test", edu.Online)) // in flight, fails
 	f.waitInFlight(t, "a.test")
@@ -207,9 +208,9 @@ func TestTenThousandPresenceUpdatesOfOneUserReachASlowDestinationAsFewEntries(t 
 	t0 := f.clk.Now().UnixMilli()
 	const n = 10000
 	user := "@flappy:me.test"
-	state := func(i int) edu.PresenceState {
+	state := func(i int) presence.State {
 		p := []string{edu.Online, edu.Unavailable, edu.Offline}[i%3]
-		return edu.PresenceState{UserID: user, Presence: p, StatusMsg: fmt.Sprintf("update %d", i), LastActiveTS: t0 - int64(n-i), CurrentlyActive: i%2 == 0}
+		return presence.State{UserID: user, Presence: p, StatusMsg: new(fmt.Sprintf("update %d", i)), LastActiveTS: t0 - int64(n-i), CurrentlyActive: i%2 == 0}
 	}
 	f.presence(t, "slow.test", state(0))
 	f.waitInFlight(t, "slow.test")
@@ -237,7 +238,7 @@ func TestTenThousandPresenceUpdatesOfOneUserReachASlowDestinationAsFewEntries(t 
 		t.Fatalf("%d m.presence entries for %s, want at most 2 (the one in flight, then the latest)", len(entries), user)
 	}
 	last := entries[len(entries)-1]
-	want := state(n).Update(time.UnixMilli(f.txns("slow.test")[len(f.txns("slow.test"))-1].OriginServerTS))
+	want := edu.PresenceUpdateAt(state(n), time.UnixMilli(f.txns("slow.test")[len(f.txns("slow.test"))-1].OriginServerTS))
 	wantJSON, _ := json.Marshal(want)
 	var wantMap map[string]any
 	_ = json.Unmarshal(wantJSON, &wantMap)

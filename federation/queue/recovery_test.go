@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/internal/testenv"
@@ -34,8 +35,8 @@ func TestADestinationThatFailedWithOnlyEDUsIsTriedAgainWhenDue(t *testing.T) {
 	f.tr.failing["a.test"] = errDown
 	f.tr.mu.Unlock()
 	now := f.clk.Now().UnixMilli()
-	st := func(user string) edu.PresenceState {
-		return edu.PresenceState{UserID: user, Presence: edu.Online, LastActiveTS: now}
+	st := func(user string) presence.State {
+		return presence.State{UserID: user, Presence: edu.Online, LastActiveTS: now}
 	}
 	f.presence(t, "a.test", st("@a:me.test"))
 	testenv.Eventually(t, 5*time.Second, "backed off", func() bool { return f.retry("a.test").Interval == 10*time.Minute && f.done.Load() == 1 })

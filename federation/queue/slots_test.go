@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/txn"
 )
 
@@ -78,9 +79,9 @@ func TestPresenceSlotDoneAccounting(t *testing.T) {
 	var s presenceSlot
 	done := map[string]int{}
 	add := func(name string, users ...string) {
-		var states []edu.PresenceState
+		var states []presence.State
 		for _, u := range users {
-			states = append(states, edu.PresenceState{UserID: u, Presence: edu.Online, StatusMsg: name})
+			states = append(states, presence.State{UserID: u, Presence: edu.Online, StatusMsg: new(name)})
 		}
 		releaseAll(s.add(states, newMergedItem(len(users), func() { done[name]++ })))
 	}
@@ -129,7 +130,7 @@ func TestPresenceSlotDoneAccounting(t *testing.T) {
 func TestPresenceSlotTakesAtMost50Users(t *testing.T) {
 	var s presenceSlot
 	for i := 0; i < 120; i++ {
-		s.add([]edu.PresenceState{{UserID: fmt.Sprintf("@u%d", i), Presence: edu.Online}}, newMergedItem(1, nil))
+		s.add([]presence.State{{UserID: fmt.Sprintf("@u%d", i), Presence: edu.Online}}, newMergedItem(1, nil))
 	}
 	var sizes []int
 	for s.len() > 0 {
@@ -165,9 +166,9 @@ func rendered(t *testing.T, it eduItem) []string {
 
 func TestRenderAgesPresence(t *testing.T) {
 	now := time.UnixMilli(1_700_000_000_000)
-	e, err := renderPresence([]edu.PresenceState{
+	e, err := renderPresence([]presence.State{
 		{UserID: "@a:x", Presence: edu.Online, LastActiveTS: now.UnixMilli() - 1500, CurrentlyActive: true},
-		{UserID: "@b:x", Presence: edu.Offline, LastActiveTS: now.UnixMilli() + 99, CurrentlyActive: true, StatusMsg: "away"},
+		{UserID: "@b:x", Presence: edu.Offline, LastActiveTS: now.UnixMilli() + 99, CurrentlyActive: true, StatusMsg: new("away")},
 	}, now)
 	if err != nil {
 		t.Fatal(err)

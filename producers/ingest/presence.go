@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/internal/httpmux"
 	"github.com/fedpipe/fedpipe/producers/usersync"
 	"github.com/fedpipe/fedpipe/schema"
@@ -238,7 +239,7 @@ func decodeUpdate(field string, raw json.RawMessage, serverName string) (schema.
 		rec.UserID = *u.UserID
 	}
 	if needPresence {
-		if !schema.ValidPresence(*u.Presence) {
+		if !presence.Valid(*u.Presence) {
 			return rec, invalid(field+".presence", "%q is not online, unavailable or offline", *u.Presence)
 		}
 		rec.Presence, rec.StatusMsg = *u.Presence, u.StatusMsg
@@ -302,7 +303,7 @@ func decodePresence(cfg Config) httptransport.DecodeRequestFunc {
 		if p.Presence == nil {
 			return nil, badJSON("presence", "missing")
 		}
-		if !schema.ValidPresence(*p.Presence) {
+		if !presence.Valid(*p.Presence) {
 			return nil, invalid("presence", "%q is not online, unavailable or offline", *p.Presence)
 		}
 		msg, err := usersync.Message(schema.UserSyncRecord{Kind: schema.KindSetPresence, Instance: instance, UserID: userID,

@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -247,7 +248,7 @@ func (p *Publisher) UserActive(ctx context.Context, userID string) error {
 // SetPresence records that userID set their presence (online, unavailable
 // or offline) and status message; a nil statusMsg clears it.
 func (p *Publisher) SetPresence(ctx context.Context, userID, presence string, statusMsg *string) error {
-	if !schema.ValidPresence(presence) {
+	if !fedpresence.Valid(presence) {
 		return fmt.Errorf("setting the presence of %s: presence %q is not online, unavailable or offline", userID, presence)
 	}
 	return p.withUser(ctx, userID, func(*user) error {

@@ -1,10 +1,10 @@
 package presence
 
 import (
+	"errors"
+	"fmt"
 	"hash/fnv"
 	"time"
-
-	"github.com/fedpipe/fedpipe/schema"
 )
 
 // Timers are the presence timers, Synapse's by default (DefaultTimers).
@@ -28,87 +28,95 @@ type Timers struct {
 // DefaultTimers are Synapse's.
 var DefaultTimers = Timers{SyncTimeout: 30 * time.Second, Idle: 5 * time.Minute, Granularity: time.Minute, Ping: 25 * time.Minute}
 
-// State is a local user's presence as the stage keeps it (a presence_state
-// row). Times are ms since the epoch.
-type State struct {
-	UserID                 string
-	Presence               string
-	StatusMsg              *string
-	LastActiveTS           int64
-	LastUserSyncTS         int64
-	LastFederationUpdateTS int64
-	CurrentlyActive        bool
+// Validate reports timers that are not positive, or that let remote servers
+// time a user out between pings.
+func (t Timers) Validate() error {
+	var errs []error
+	if t.SyncTimeout <= 0 || t.Idle <= 0 || t.Granularity <= 0 || t.Ping <= 0 {
+		errs = append(errs, errors.New("presence timers must be positive"))
+	}
+	if t.Ping+t.Granularity >= 30*time.Minute {
+		errs = append(errs, fmt.Errorf("ping interval %s plus granularity %s must stay below the 30 minutes after which remote servers time a user out", t.Ping, t.Granularity))
+	}
+	return errors.Join(errs...)
 }
 
-// initial is the state of a user never seen: offline, never active.
-func initial(userID string) State {
-	return State{UserID: userID, Presence: schema.PresenceOffline}
+// InputKind is what happened to a user.
+type InputKind int
+
+// Input kinds. The zero kind is a timer: nothing happened but time passing.
+const (
+	InputTimer   InputKind = iota
+	InputSync              // the user started or stopped syncing on an instance (Input.Syncing)
+	InputActive            // the user did something
+	InputSet               // the user set their presence and status message
+	InputCleared           // the user's instance shut down or vanished and no other instance syncs them
+)
+
+// Input is what happened to a user.
+type Input struct {
+	Kind      InputKind
+	Syncing   bool    // InputSync: started (true) or stopped
+	Presence  string  // InputSet
+	StatusMsg *string // InputSet; nil clears it
 }
 
-// input is what happened to a user.
-type input struct {
-	kind      string // a schema.Kind* of the usersync topic, or kindCleared
-	syncing   bool   // user_sync: started (true) or stopped
-	presence  string // set_presence
-	statusMsg *string
-}
-
-// kindCleared: the user's instance shut down or vanished and no other
-// instance syncs them.
-const kindCleared = "cleared"
-
-// apply applies in at now (Synapse's user_syncing/update_external_syncs_row,
+// Apply applies in at now (Synapse's user_syncing/update_external_syncs_row,
 // bump_presence_active_time and set_state).
-func apply(s State, in input, now int64) State {
-	switch in.kind {
-	case schema.KindUserSync:
-		if in.syncing && s.Presence == schema.PresenceOffline {
-			s.Presence, s.LastActiveTS = schema.PresenceOnline, now
+func Apply(s State, in Input, now int64) State {
+	switch in.Kind {
+	case InputSync:
+		if in.Syncing && s.Presence == Offline {
+			s.Presence, s.LastActiveTS = Online, now
 		}
 		s.LastUserSyncTS = now
-	case schema.KindUserActive:
+	case InputActive:
 		s.LastActiveTS = now
-		if s.Presence == schema.PresenceUnavailable {
-			s.Presence = schema.PresenceOnline
+		if s.Presence == Unavailable {
+			s.Presence = Online
 		}
-	case schema.KindSetPresence:
-		s.Presence, s.StatusMsg = in.presence, in.statusMsg
-		if in.presence == schema.PresenceOnline {
+	case InputSet:
+		s.Presence, s.StatusMsg = in.Presence, in.StatusMsg
+		if in.Presence == Online {
 			s.LastActiveTS = now
 		}
-	case kindCleared:
-		s.Presence, s.LastUserSyncTS = schema.PresenceOffline, now
+	case InputCleared:
+		s.Presence, s.LastUserSyncTS = Offline, now
 	}
 	return s
 }
 
-// Reasons a state is written to the presence stream.
+// Reason says why a state is written to the presence stream (the values are
+// the reason label of fedpipe_presence_stream_writes_total).
+type Reason string
+
+// Reasons.
 const (
-	reasonNone   = ""
-	reasonChange = "change"
-	reasonPing   = "ping"
+	ReasonNone   Reason = ""
+	ReasonChange Reason = "change"
+	ReasonPing   Reason = "ping"
 )
 
-// step applies the timers to s at now, given whether the user syncs anywhere,
-// and says whether remote servers should be told (reasonChange or reasonPing)
+// Step applies the timers to s at now, given whether the user syncs anywhere,
+// and says whether remote servers should be told (ReasonChange or ReasonPing)
 // given prev, the state before whatever led here. A told state gets
 // LastFederationUpdateTS = now.
-func (t Timers) step(prev, s State, syncing bool, now int64) (State, string) {
-	if s.Presence == schema.PresenceOnline && now-s.LastActiveTS > t.Idle.Milliseconds() {
-		s.Presence = schema.PresenceUnavailable
+func (t Timers) Step(prev, s State, syncing bool, now int64) (State, Reason) {
+	if s.Presence == Online && now-s.LastActiveTS > t.Idle.Milliseconds() {
+		s.Presence = Unavailable
 	}
-	if s.Presence != schema.PresenceOffline && !syncing && now-s.LastUserSyncTS > t.SyncTimeout.Milliseconds() {
-		s.Presence = schema.PresenceOffline
+	if s.Presence != Offline && !syncing && now-s.LastUserSyncTS > t.SyncTimeout.Milliseconds() {
+		s.Presence = Offline
 	}
-	s.CurrentlyActive = s.Presence == schema.PresenceOnline && now-s.LastActiveTS < t.Granularity.Milliseconds()
-	reason := reasonNone
+	s.CurrentlyActive = s.Presence == Online && now-s.LastActiveTS < t.Granularity.Milliseconds()
+	reason := ReasonNone
 	switch {
 	case t.shouldNotify(prev, s):
-		reason = reasonChange
-	case s.Presence != schema.PresenceOffline && now >= t.nextPing(s.UserID, s.LastFederationUpdateTS):
-		reason = reasonPing
+		reason = ReasonChange
+	case s.Presence != Offline && now >= t.nextPing(s.UserID, s.LastFederationUpdateTS):
+		reason = ReasonPing
 	}
-	if reason != reasonNone {
+	if reason != ReasonNone {
 		s.LastFederationUpdateTS = now
 	}
 	return s, reason
@@ -120,7 +128,7 @@ func (t Timers) shouldNotify(old, s State) bool {
 		return true
 	}
 	moved := s.LastActiveTS-old.LastActiveTS > t.Granularity.Milliseconds()
-	if old.Presence == schema.PresenceOnline {
+	if old.Presence == Online {
 		return s.CurrentlyActive != old.CurrentlyActive || (moved && !s.CurrentlyActive)
 	}
 	return moved
@@ -152,14 +160,14 @@ func (t Timers) nextPing(userID string, lastFed int64) int64 {
 	return phase + k*period
 }
 
-// nextCheck is when a timer may next change s or ping it; 0 when none will
+// NextCheck is when a timer may next change s or ping it; 0 when none will
 // (offline users have no timers).
-func (t Timers) nextCheck(s State, syncing bool) int64 {
-	if s.Presence == schema.PresenceOffline {
+func (t Timers) NextCheck(s State, syncing bool) int64 {
+	if s.Presence == Offline {
 		return 0
 	}
 	next := t.nextPing(s.UserID, s.LastFederationUpdateTS)
-	if s.Presence == schema.PresenceOnline {
+	if s.Presence == Online {
 		if s.CurrentlyActive {
 			next = min(next, s.LastActiveTS+t.Granularity.Milliseconds())
 		}
