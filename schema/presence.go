@@ -3,6 +3,8 @@ package schema
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 // Record kinds of <prefix>.usersync, the presence input. Every record is keyed
@@ -72,7 +74,7 @@ func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
 		}
 	}
 	needUser := func() error {
-		if !IsUserID(r.UserID) {
+		if !mxid.LooksLikeUserID(r.UserID) {
 			return fmt.Errorf("%w: %s record needs a user_id like @user:server, got %q", ErrInvalidRecord, r.Kind, r.UserID)
 		}
 		return invalid(CheckIdentifier("user_id", r.UserID))
@@ -106,19 +108,6 @@ func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
 // ValidPresence reports whether p is a presence state.
 func ValidPresence(p string) bool {
 	return p == PresenceOnline || p == PresenceUnavailable || p == PresenceOffline
-}
-
-// IsUserID reports whether id has the shape @localpart:server.
-func IsUserID(id string) bool {
-	if len(id) < 4 || id[0] != '@' {
-		return false
-	}
-	for i := 2; i < len(id)-1; i++ {
-		if id[i] == ':' {
-			return true
-		}
-	}
-	return false
 }
 
 // PresenceState is a local user's presence as federation learns it. Times are
@@ -167,7 +156,7 @@ func DecodePresenceRecord(value []byte) (PresenceRecord, error) {
 // (usersync records, the ingest API), so states stored before it still route
 // (the router splits outbound presence records by bytes).
 func (s PresenceState) check() error {
-	if !IsUserID(s.UserID) {
+	if !mxid.LooksLikeUserID(s.UserID) {
 		return fmt.Errorf("%w: presence state with user_id %q", ErrInvalidRecord, s.UserID)
 	}
 	if err := CheckIdentifier("user_id", s.UserID); err != nil {

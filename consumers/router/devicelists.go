@@ -8,7 +8,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
-	"github.com/fedpipe/fedpipe/federation/routing"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -41,7 +41,7 @@ func (h *deviceListHandler) Handle(ctx context.Context, m kafka.Message, done fu
 		return runtime.Poison(err)
 	}
 	var kept *schema.DeviceListRecord
-	if server, _ := routing.ServerName(rec.UserID); server == h.r.cfg.ServerName {
+	if server, _ := mxid.ServerOf(rec.UserID); server == h.r.cfg.ServerName {
 		kept = &rec
 	} else {
 		h.r.m.deviceLists.WithLabelValues("not_local").Inc() // their own servers tell theirs

@@ -9,6 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -127,7 +128,7 @@ func (p *partitionHandler) delta(ctx context.Context, rec schema.RoomRecord, don
 	joins := action != routing.DeltaSkip && rec.Membership == routing.MembershipJoin && !rm.state.IsJoined(user)
 	var serverWasJoined bool
 	if joins {
-		server, _ := routing.ServerName(user)
+		server, _ := mxid.ServerOf(user)
 		serverWasJoined = rm.state.ServerJoined(server)
 	}
 	switch action {
@@ -136,7 +137,7 @@ func (p *partitionHandler) delta(ctx context.Context, rec schema.RoomRecord, don
 		rm.state.Apply(user, rec.Membership)
 	case routing.DeltaApplyAndStore:
 		joined := rec.Membership == routing.MembershipJoin
-		if _, ok := routing.ServerName(user); ok && rm.state.IsJoined(user) != joined {
+		if _, ok := mxid.ServerOf(user); ok && rm.state.IsJoined(user) != joined {
 			if err := p.r.store.save(ctx, change{roomID: rec.RoomID, userID: user, position: rec.Position, joined: joined}); err != nil {
 				return err
 			}

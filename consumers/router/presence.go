@@ -12,6 +12,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -97,7 +98,7 @@ func (p *presenceHandler) Handle(ctx context.Context, m kafka.Message, done func
 		return fmt.Errorf("decoding %s/%d@%d: %w", p.topic, p.partition, m.Offset, runtime.Poison(err))
 	}
 	var state *schema.PresenceState
-	if server, _ := routing.ServerName(rec.UserID); server == p.r.cfg.ServerName {
+	if server, _ := mxid.ServerOf(rec.UserID); server == p.r.cfg.ServerName {
 		state = &rec.PresenceState
 	} else {
 		// Remote users' presence comes from their own servers.
@@ -176,7 +177,7 @@ func (p *presenceHandler) flush(ctx context.Context, kept []*schema.PresenceStat
 // room after the join.
 func (p *partitionHandler) joinPresence(ctx context.Context, rec schema.RoomRecord, state *routing.RoomState, serverWasJoined bool) ([]kafka.Message, error) {
 	user := *rec.StateKey
-	server, _ := routing.ServerName(user)
+	server, _ := mxid.ServerOf(user)
 	ours := p.r.cfg.ServerName
 	switch {
 	case server == ours:

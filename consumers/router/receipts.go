@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -76,7 +77,7 @@ func (h *receiptHandler) Handle(ctx context.Context, m kafka.Message, done func(
 	if err != nil {
 		return runtime.Poison(err)
 	}
-	if server, _ := routing.ServerName(rec.UserID); server != h.r.cfg.ServerName {
+	if server, _ := mxid.ServerOf(rec.UserID); server != h.r.cfg.ServerName {
 		return runtime.Poison(fmt.Errorf("%w: receipt of %s, who is not a user of %s", schema.ErrInvalidRecord, rec.UserID, h.r.cfg.ServerName))
 	}
 	servers, err := h.remoteServers(ctx, rec.RoomID)
@@ -315,7 +316,7 @@ func (s store) eventOrigin(ctx context.Context, eventID string) (server string, 
 	if err != nil {
 		return "", 0, fmt.Errorf("reading the origin of %s: %w", eventID, err)
 	}
-	server, _ = routing.ServerName(sender)
+	server, _ = mxid.ServerOf(sender)
 	if at != nil {
 		ts = *at
 	}

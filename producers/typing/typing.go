@@ -13,6 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -47,10 +48,10 @@ func Record(serverName, room, user string, typing bool, timeout time.Duration, n
 	if err := schema.CheckIdentifier("room_id", room); err != nil {
 		return schema.TypingRecord{}, bad("room_id", err.Error())
 	}
-	if err := outbox.CheckUserID("user_id", user); err != nil {
-		return schema.TypingRecord{}, err
+	if err := mxid.CheckUserID(user); err != nil {
+		return schema.TypingRecord{}, bad("user_id", err.Error())
 	}
-	if serverName != "" && outbox.ServerOf(user) != serverName {
+	if serverName != "" && mxid.ServerPart(user) != serverName {
 		return schema.TypingRecord{}, bad("user_id", user+" is not a user of "+serverName)
 	}
 	if timeout < 0 {
