@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"fmt"
-	"strconv"
 
 	"github.com/segmentio/kafka-go"
 
@@ -102,12 +101,7 @@ func deviceListMessage(rec schema.DeviceListRecord, dest, instance string) (kafk
 	if err != nil {
 		return kafka.Message{}, fmt.Errorf("encoding the device-list update of %s for %s: %w", rec.UserID, dest, err)
 	}
-	return kafka.Message{Key: []byte(dest), Value: v, Headers: []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindDeviceList)},
-		{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-		{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(rec.Position, 10))},
-		{Key: schema.HeaderInstance, Value: []byte(instance)},
-	}}, nil
+	return schema.NewHeaders(schema.KindDeviceList).WithPosition(rec.Position).WithInstance(instance).Message([]byte(dest), v), nil
 }
 
 // Close abandons kept records (they are not done: redelivered to the next

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -226,19 +225,14 @@ func presenceRecords(dests []string, states []schema.PresenceState, position int
 	value := func(d string) ([]byte, error) {
 		return schema.OutboundRecord{V: schema.SchemaVersion, Kind: schema.KindPresence, Destination: d, Presence: states}.Marshal()
 	}
-	headers := []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindPresence)},
-		{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-		{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(position, 10))},
-		{Key: schema.HeaderInstance, Value: []byte(instance)},
-	}
+	headers := schema.NewHeaders(schema.KindPresence).WithPosition(position).WithInstance(instance)
 	msgs := make([]kafka.Message, 0, len(dests))
 	for _, d := range dests {
 		v, err := value(d)
 		if err != nil {
 			return nil, fmt.Errorf("encoding presence record for %s: %w", d, err)
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: headers})
+		msgs = append(msgs, headers.Message([]byte(d), v))
 	}
 	return msgs, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -151,17 +150,14 @@ func (h *receiptHandler) remoteServers(ctx context.Context, room string) ([]stri
 
 // write writes one receipt record with rs to each of dests.
 func (h *receiptHandler) write(ctx context.Context, dests []string, rs []schema.Receipt, done func()) error {
+	headers := schema.NewHeaders(schema.KindReceipt).WithInstance(h.r.cfg.Instance)
 	msgs := make([]kafka.Message, 0, len(dests))
 	for _, d := range dests {
 		v, err := schema.OutboundRecord{V: schema.SchemaVersion, Kind: schema.KindReceipt, Destination: d, Receipts: rs}.Marshal()
 		if err != nil {
 			return runtime.Poison(err)
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: []kafka.Header{
-			{Key: schema.HeaderKind, Value: []byte(schema.KindReceipt)},
-			{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-			{Key: schema.HeaderInstance, Value: []byte(h.r.cfg.Instance)},
-		}})
+		msgs = append(msgs, headers.Message([]byte(d), v))
 	}
 	if err := h.r.out.Write(ctx, msgs, done); err != nil {
 		return fmt.Errorf("writing receipts to %d servers: %w", len(dests), err)

@@ -121,11 +121,7 @@ func typingRecords(servers []string, ours string, k typingKey, typing bool, inst
 	if err != nil {
 		return nil, err
 	}
-	headers := []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindEDU)},
-		{Key: schema.HeaderSchema, Value: []byte("1")},
-		{Key: schema.HeaderInstance, Value: []byte(instance)},
-	}
+	headers := schema.NewHeaders(schema.KindEDU).WithInstance(instance)
 	var msgs []kafka.Message
 	for _, d := range servers {
 		if d == ours {
@@ -136,7 +132,7 @@ func typingRecords(servers []string, ours string, k typingKey, typing bool, inst
 		if err != nil {
 			return nil, err
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: headers})
+		msgs = append(msgs, headers.Message([]byte(d), v))
 	}
 	return msgs, nil
 }

@@ -88,8 +88,5 @@ func (p *Publisher) Set(ctx context.Context, room, user string, typing bool, tim
 // Message is the Kafka message of a typing record: keyed by room, with the
 // kind and schema headers.
 func Message(rec schema.TypingRecord, value []byte) kafka.Message {
-	return kafka.Message{Key: []byte(rec.RoomID), Value: value, Headers: []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindTyping)},
-		{Key: schema.HeaderSchema, Value: []byte("1")},
-	}}
+	return schema.NewHeaders(schema.KindTyping).Message([]byte(rec.RoomID), value)
 }

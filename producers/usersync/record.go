@@ -2,7 +2,6 @@ package usersync
 
 import (
 	"fmt"
-	"strconv"
 
 	"github.com/segmentio/kafka-go"
 
@@ -23,15 +22,7 @@ func Message(rec schema.UserSyncRecord) (kafka.Message, error) {
 	if _, err := schema.DecodeUserSyncRecord(value); err != nil {
 		return kafka.Message{}, err
 	}
-	return kafka.Message{
-		Key:   []byte(rec.Instance),
-		Value: value,
-		Headers: []kafka.Header{
-			{Key: schema.HeaderKind, Value: []byte(rec.Kind)},
-			{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-			{Key: schema.HeaderInstance, Value: []byte(rec.Instance)},
-		},
-	}, nil
+	return schema.NewHeaders(rec.Kind).WithInstance(rec.Instance).Message([]byte(rec.Instance), value), nil
 }
 
 // CheckUserID reports whether userID can be the subject of presence input:
