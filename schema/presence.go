@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/presence"
 )
 
@@ -67,7 +68,7 @@ func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
 		}
 	}
 	needUser := func() error {
-		if !IsUserID(r.UserID) {
+		if !mxid.LooksLikeUserID(r.UserID) {
 			return fmt.Errorf("%w: %s record needs a user_id like @user:server, got %q", ErrInvalidRecord, r.Kind, r.UserID)
 		}
 		return invalid(CheckIdentifier("user_id", r.UserID))
@@ -96,19 +97,6 @@ func DecodeUserSyncRecord(value []byte) (UserSyncRecord, error) {
 		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
 	}
 	return r, nil
-}
-
-// IsUserID reports whether id has the shape @localpart:server.
-func IsUserID(id string) bool {
-	if len(id) < 4 || id[0] != '@' {
-		return false
-	}
-	for i := 2; i < len(id)-1; i++ {
-		if id[i] == ':' {
-			return true
-		}
-	}
-	return false
 }
 
 // PresenceState is a local user's presence as the records carry it: the one
@@ -152,7 +140,7 @@ func DecodePresenceRecord(value []byte) (PresenceRecord, error) {
 // before it still route (the router splits outbound presence records by
 // bytes).
 func checkPresenceState(s PresenceState) error {
-	if !IsUserID(s.UserID) {
+	if !mxid.LooksLikeUserID(s.UserID) {
 		return fmt.Errorf("%w: presence state with user_id %q", ErrInvalidRecord, s.UserID)
 	}
 	if err := CheckIdentifier("user_id", s.UserID); err != nil {

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +25,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -173,8 +173,7 @@ func (s *Stage) flush(ctx context.Context, recs []schema.UserSyncRecord, done fu
 }
 
 func (s *Stage) local(userID string) bool {
-	_, server, ok := strings.Cut(userID, ":")
-	return ok && server == s.cfg.ServerName
+	return mxid.ServerPart(userID) == s.cfg.ServerName // ServerName is never ""
 }
 
 // apply applies records in order in one transaction.

@@ -3,12 +3,11 @@ package router
 import (
 	"context"
 	"fmt"
-	"strconv"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
-	"github.com/fedpipe/fedpipe/federation/routing"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -41,7 +40,7 @@ func (h *deviceListHandler) Handle(ctx context.Context, m kafka.Message, done fu
 		return runtime.Poison(err)
 	}
 	var kept *schema.DeviceListRecord
-	if server, _ := routing.ServerName(rec.UserID); server == h.r.cfg.ServerName {
+	if server, _ := mxid.ServerOf(rec.UserID); server == h.r.cfg.ServerName {
 		kept = &rec
 	} else {
 		h.r.m.deviceLists.WithLabelValues("not_local").Inc() // their own servers tell theirs
@@ -102,12 +101,7 @@ func deviceListMessage(rec schema.DeviceListRecord, dest, instance string) (kafk
 	if err != nil {
 		return kafka.Message{}, fmt.Errorf("encoding the device-list update of %s for %s: %w", rec.UserID, dest, err)
 	}
-	return kafka.Message{Key: []byte(dest), Value: v, Headers: []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindDeviceList)},
-		{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-		{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(rec.Position, 10))},
-		{Key: schema.HeaderInstance, Value: []byte(instance)},
-	}}, nil
+	return schema.NewHeaders(schema.KindDeviceList).WithPosition(rec.Position).WithInstance(instance).Message([]byte(dest), v), nil
 }
 
 // Close abandons kept records (they are not done: redelivered to the next

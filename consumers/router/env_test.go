@@ -21,6 +21,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/router"
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -312,8 +313,6 @@ func newStream() *stream {
 	return &stream{pdus: map[string]string{}, position: map[string]int64{}, members: map[string]string{}}
 }
 
-func serverOf(user string) string { return user[strings.IndexByte(user, ':')+1:] }
-
 // send appends an event by sender (its origin is the sender's server) and, for
 // a state event, its delta; membership is the new membership of a member event.
 func (s *stream) send(t *testing.T, room, sender, typ string, stateKey *string, membership string) string {
@@ -324,7 +323,7 @@ func (s *stream) send(t *testing.T, room, sender, typ string, stateKey *string, 
 	pdu := fmt.Sprintf(`{"type": %q,  "sender": %q, "room_id": %q, "content": {"body": "<b>&</b> %d", "membership": %q}}`,
 		typ, sender, room, s.pos, membership)
 	ev := schema.RoomRecord{V: 1, Kind: schema.KindEvent, Position: s.pos, RoomID: room, RoomVersion: "10", EventID: id,
-		Sender: sender, Origin: serverOf(sender), Type: typ, StateKey: stateKey, PDU: []byte(pdu)}
+		Sender: sender, Origin: mxid.ServerPart(sender), Type: typ, StateKey: stateKey, PDU: []byte(pdu)}
 	s.add(t, room, ev)
 	s.pdus[id], s.position[id] = pdu, s.pos
 	if stateKey != nil {

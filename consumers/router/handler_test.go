@@ -16,7 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
-	"github.com/fedpipe/fedpipe/federation/routing"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -206,7 +206,7 @@ func TestHandlerReplayOfBanAndInvite(t *testing.T) {
 	const room = "!r:hs.test"
 	sk := func(s string) *string { return &s }
 	ev := func(pos int64, sender, typ string, stateKey *string) kafka.Message {
-		origin, _ := routing.ServerName(sender)
+		origin, _ := mxid.ServerOf(sender)
 		return record(t, schema.RoomRecord{V: 1, Kind: schema.KindEvent, Position: pos, RoomID: room, RoomVersion: "10",
 			EventID: "$" + string(rune('a'+pos)), Sender: sender, Origin: origin, Type: typ, StateKey: stateKey, PDU: []byte(`{"x": 1}`)})
 	}

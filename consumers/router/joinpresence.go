@@ -6,6 +6,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
@@ -40,7 +41,7 @@ type joinPresence struct {
 // (nil: nothing). state is the room after the join.
 func (p *partitionHandler) joinPresence(rec schema.RoomRecord, state *routing.RoomState, serverWasJoined bool) *joinPresence {
 	user := *rec.StateKey
-	server, _ := routing.ServerName(user)
+	server, _ := mxid.ServerOf(user)
 	ours := p.r.cfg.ServerName
 	switch presence.OnJoin(server, ours, serverWasJoined) {
 	case presence.AnnounceUser:
@@ -52,7 +53,7 @@ func (p *partitionHandler) joinPresence(rec schema.RoomRecord, state *routing.Ro
 	case presence.AnnounceRoom:
 		locals := map[string]bool{}
 		for _, u := range state.JoinedUsers() {
-			if s, _ := routing.ServerName(u); s == ours {
+			if s, _ := mxid.ServerOf(u); s == ours {
 				locals[u] = true
 			}
 		}

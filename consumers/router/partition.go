@@ -9,6 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -207,7 +208,7 @@ func (p *partitionHandler) delta(rec schema.RoomRecord, rm *room, out *routed) {
 	joins := action != routing.DeltaSkip && rec.Membership == routing.MembershipJoin && !rm.state.IsJoined(user)
 	var serverWasJoined bool
 	if joins {
-		server, _ := routing.ServerName(user)
+		server, _ := mxid.ServerOf(user)
 		serverWasJoined = rm.state.ServerJoined(server)
 	}
 	switch action {
@@ -216,7 +217,7 @@ func (p *partitionHandler) delta(rec schema.RoomRecord, rm *room, out *routed) {
 		rm.state.Apply(user, rec.Membership)
 	case routing.DeltaApplyAndStore:
 		joined := rec.Membership == routing.MembershipJoin
-		if _, ok := routing.ServerName(user); ok && rm.state.IsJoined(user) != joined {
+		if _, ok := mxid.ServerOf(user); ok && rm.state.IsJoined(user) != joined {
 			out.changes = append(out.changes, change{roomID: rec.RoomID, userID: user, position: rec.Position, joined: joined})
 			rm.state.Apply(user, rec.Membership)
 			rm.pos.Stored = max(rm.pos.Stored, rec.Position)

@@ -3,14 +3,13 @@ package router
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/presence"
-	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -50,7 +49,7 @@ func (p *presenceHandler) Handle(ctx context.Context, m kafka.Message, done func
 		return fmt.Errorf("decoding %s/%d@%d: %w", p.topic, p.partition, m.Offset, runtime.Poison(err))
 	}
 	var state *schema.PresenceState
-	if server, _ := routing.ServerName(rec.UserID); server == p.r.cfg.ServerName {
+	if server, _ := mxid.ServerOf(rec.UserID); server == p.r.cfg.ServerName {
 		state = &rec.PresenceState
 	} else {
 		// Remote users' presence comes from their own servers.
@@ -135,19 +134,14 @@ func presenceRecords(dests []string, states []schema.PresenceState, position int
 	value := func(d string) ([]byte, error) {
 		return schema.OutboundRecord{V: schema.SchemaVersion, Kind: schema.KindPresence, Destination: d, Presence: states}.Marshal()
 	}
-	headers := []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindPresence)},
-		{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-		{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(position, 10))},
-		{Key: schema.HeaderInstance, Value: []byte(instance)},
-	}
+	headers := schema.NewHeaders(schema.KindPresence).WithPosition(position).WithInstance(instance)
 	msgs := make([]kafka.Message, 0, len(dests))
 	for _, d := range dests {
 		v, err := value(d)
 		if err != nil {
 			return nil, fmt.Errorf("encoding presence record for %s: %w", d, err)
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: headers})
+		msgs = append(msgs, headers.Message([]byte(d), v))
 	}
 	return msgs, nil
 }

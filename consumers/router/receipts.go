@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -76,7 +76,7 @@ func (h *receiptHandler) Handle(ctx context.Context, m kafka.Message, done func(
 	if err != nil {
 		return runtime.Poison(err)
 	}
-	if server, _ := routing.ServerName(rec.UserID); server != h.r.cfg.ServerName {
+	if server, _ := mxid.ServerOf(rec.UserID); server != h.r.cfg.ServerName {
 		return runtime.Poison(fmt.Errorf("%w: receipt of %s, who is not a user of %s", schema.ErrInvalidRecord, rec.UserID, h.r.cfg.ServerName))
 	}
 	servers, err := h.remoteServers(ctx, rec.RoomID)
@@ -150,17 +150,14 @@ func (h *receiptHandler) remoteServers(ctx context.Context, room string) ([]stri
 
 // write writes one receipt record with rs to each of dests.
 func (h *receiptHandler) write(ctx context.Context, dests []string, rs []schema.Receipt, done func()) error {
+	headers := schema.NewHeaders(schema.KindReceipt).WithInstance(h.r.cfg.Instance)
 	msgs := make([]kafka.Message, 0, len(dests))
 	for _, d := range dests {
 		v, err := schema.OutboundRecord{V: schema.SchemaVersion, Kind: schema.KindReceipt, Destination: d, Receipts: rs}.Marshal()
 		if err != nil {
 			return runtime.Poison(err)
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: []kafka.Header{
-			{Key: schema.HeaderKind, Value: []byte(schema.KindReceipt)},
-			{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-			{Key: schema.HeaderInstance, Value: []byte(h.r.cfg.Instance)},
-		}})
+		msgs = append(msgs, headers.Message([]byte(d), v))
 	}
 	if err := h.r.out.Write(ctx, msgs, done); err != nil {
 		return fmt.Errorf("writing receipts to %d servers: %w", len(dests), err)
@@ -315,7 +312,7 @@ func (s store) eventOrigin(ctx context.Context, eventID string) (server string, 
 	if err != nil {
 		return "", 0, fmt.Errorf("reading the origin of %s: %w", eventID, err)
 	}
-	server, _ = routing.ServerName(sender)
+	server, _ = mxid.ServerOf(sender)
 	if at != nil {
 		ts = *at
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -36,7 +37,7 @@ func receiptsSent(t *testing.T, c *collector, event string) map[string]int {
 func (e *env) storeEvent(t *testing.T, id, room, sender string, ts int64) {
 	t.Helper()
 	if _, err := e.pool.Exec(context.Background(), `INSERT INTO events (event_id, room_id, room_version, sender, origin, type, json)
-		VALUES ($1, $2, '10', $3, $4, 'm.room.message', $5)`, id, room, sender, serverOf(sender), fmt.Sprintf(`{"origin_server_ts":%d}`, ts)); err != nil {
+		VALUES ($1, $2, '10', $3, $4, 'm.room.message', $5)`, id, room, sender, mxid.ServerPart(sender), fmt.Sprintf(`{"origin_server_ts":%d}`, ts)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -2,7 +2,6 @@ package router
 
 import (
 	"fmt"
-	"strconv"
 
 	"github.com/segmentio/kafka-go"
 
@@ -13,12 +12,7 @@ import (
 // destination. The PDU bytes go through untouched (OutboundRecord.Marshal
 // splices them in rather than re-encoding them).
 func pduRecords(rec schema.RoomRecord, dests []string, instance string) ([]kafka.Message, error) {
-	headers := []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindPDU)},
-		{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-		{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(rec.Position, 10))},
-		{Key: schema.HeaderInstance, Value: []byte(instance)},
-	}
+	headers := schema.NewHeaders(schema.KindPDU).WithPosition(rec.Position).WithInstance(instance)
 	msgs := make([]kafka.Message, 0, len(dests))
 	for _, d := range dests {
 		value, err := schema.OutboundRecord{
@@ -28,7 +22,7 @@ func pduRecords(rec schema.RoomRecord, dests []string, instance string) ([]kafka
 		if err != nil {
 			return nil, fmt.Errorf("encoding pdu record of %s for %s: %w", rec.EventID, d, err)
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: value, Headers: headers})
+		msgs = append(msgs, headers.Message([]byte(d), value))
 	}
 	return msgs, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/routing"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -74,7 +75,7 @@ func (h *typingHandler) Handle(ctx context.Context, m kafka.Message, done func()
 	if err != nil {
 		return runtime.Poison(err)
 	}
-	if server, _ := routing.ServerName(rec.UserID); server != h.r.cfg.ServerName {
+	if server, _ := mxid.ServerOf(rec.UserID); server != h.r.cfg.ServerName {
 		return runtime.Poison(fmt.Errorf("%w: typing of %s, who is not a user of %s", schema.ErrInvalidRecord, rec.UserID, h.r.cfg.ServerName))
 	}
 	k := typingKey{rec.RoomID, rec.UserID}
@@ -120,11 +121,7 @@ func typingRecords(servers []string, ours string, k typingKey, typing bool, inst
 	if err != nil {
 		return nil, err
 	}
-	headers := []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindEDU)},
-		{Key: schema.HeaderSchema, Value: []byte("1")},
-		{Key: schema.HeaderInstance, Value: []byte(instance)},
-	}
+	headers := schema.NewHeaders(schema.KindEDU).WithInstance(instance)
 	var msgs []kafka.Message
 	for _, d := range servers {
 		if d == ours {
@@ -135,7 +132,7 @@ func typingRecords(servers []string, ours string, k typingKey, typing bool, inst
 		if err != nil {
 			return nil, err
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(d), Value: v, Headers: headers})
+		msgs = append(msgs, headers.Message([]byte(d), v))
 	}
 	return msgs, nil
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/signing"
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/federation/xmatrix"
@@ -84,7 +85,7 @@ func (c *Config) setDefaults() {
 // Validate reports invalid settings.
 func (c Config) Validate() error {
 	var errs []error
-	if err := discovery.ValidateServerName(c.Origin); err != nil {
+	if err := mxid.ValidateServerName(c.Origin); err != nil {
 		errs = append(errs, fmt.Errorf("origin: %w", err))
 	}
 	for _, n := range c.AllowedNetworks {

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 // DefaultPort is the federation port when nothing else says otherwise.
@@ -74,7 +76,7 @@ func (c *Config) setDefaults() {
 func (c Config) Validate() error {
 	var errs []error
 	for name, addr := range c.Static {
-		if err := ValidateServerName(name); err != nil {
+		if err := mxid.ValidateServerName(name); err != nil {
 			errs = append(errs, fmt.Errorf("static: %w", err))
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -146,7 +148,7 @@ func New(cfg Config, opts ...Option) (*Resolver, error) {
 
 // Resolve works out how to reach serverName.
 func (r *Resolver) Resolve(ctx context.Context, serverName string) (Result, error) {
-	host, port, err := SplitServerName(serverName)
+	host, port, err := mxid.SplitServerName(serverName)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %w", ErrResolve, err)
 	}
@@ -163,7 +165,7 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Result, erro
 	}
 	// 3. Delegation through /.well-known/matrix/server.
 	if delegated, ok := r.wellKnown(ctx, host); ok {
-		dhost, dport, _ := SplitServerName(delegated) // validated when fetched
+		dhost, dport, _ := mxid.SplitServerName(delegated) // validated when fetched
 		if ip := net.ParseIP(dhost); ip != nil || dport != 0 {
 			return Result{Addrs: []string{joinPort(dhost, dport)}, Host: delegated, TLSServerName: dhost}, nil
 		}

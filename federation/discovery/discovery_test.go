@@ -336,16 +336,3 @@ func TestDNSFailureIsAnError(t *testing.T) {
 		t.Fatalf("SERVFAIL gave %v, want ErrResolve", err)
 	}
 }
-
-func TestValidateServerName(t *testing.T) {
-	for _, ok := range []string{"matrix.org", "matrix.org:8888", "1.2.3.4", "1.2.3.4:1234", "[1234:5678::abcd]", "[1234:5678::abcd]:5678", "localhost", "a-b.example"} {
-		if err := discovery.ValidateServerName(ok); err != nil {
-			t.Errorf("%s rejected: %v", ok, err)
-		}
-	}
-	for _, bad := range []string{"", "matrix.org:", "matrix.org:0", "matrix.org:65536", "matrix.org:80a", "bad name", "a_b.example", "[1234::abcd", "[zz::1]", "[::1]x", "256.1.1.1", ":8448", "exa mple.org", strings.Repeat("a", 300), "@user:example.org", "ex/ample"} {
-		if err := discovery.ValidateServerName(bad); !errors.Is(err, discovery.ErrInvalidServerName) {
-			t.Errorf("%q accepted (err %v)", bad, err)
-		}
-	}
-}

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 type wellKnownEntry struct {
@@ -108,7 +110,7 @@ func parseWellKnown(body []byte) (string, error) {
 	if err := json.Unmarshal(raw, &server); err != nil {
 		return "", fmt.Errorf("%w: m.server is not a string", errWellKnown)
 	}
-	if err := ValidateServerName(server); err != nil {
+	if err := mxid.ValidateServerName(server); err != nil {
 		return "", fmt.Errorf("%w: m.server: %w", errWellKnown, err)
 	}
 	return server, nil

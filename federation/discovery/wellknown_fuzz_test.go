@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"testing"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 // FuzzParseWellKnown: any body either is refused with errWellKnown, or names a
@@ -24,7 +26,7 @@ func FuzzParseWellKnown(f *testing.F) {
 			}
 			return
 		}
-		if ValidateServerName(server) != nil {
+		if mxid.ValidateServerName(server) != nil {
 			t.Fatalf("accepted an invalid server name %q", server)
 		}
 		again, err := json.Marshal(map[string]string{"m.server": server})

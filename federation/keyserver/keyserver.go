@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/canonicaljson"
-	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/signing"
 	"github.com/fedpipe/fedpipe/internal/httpmux"
 )
@@ -56,7 +56,7 @@ type OldKey struct {
 // Validate reports invalid settings.
 func (c Config) Validate() error {
 	var errs []error
-	if err := discovery.ValidateServerName(c.ServerName); err != nil {
+	if err := mxid.ValidateServerName(c.ServerName); err != nil {
 		errs = append(errs, fmt.Errorf("server name: %w", err))
 	}
 	if len(c.Keys) == 0 {

@@ -6,7 +6,8 @@ package routing
 
 import (
 	"slices"
-	"strings"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 // MembershipJoin is the only membership that makes a server a destination of a
@@ -17,21 +18,6 @@ const MembershipJoin = "join"
 // TypeMember is the event type whose state key is a user and whose state
 // decides the room's joined servers.
 const TypeMember = "m.room.member"
-
-// ServerName returns the server part of a Matrix user ID: everything after the
-// first colon, port included ("@alice:example.org:8448" → "example.org:8448").
-// It reports false for a string that is not a user ID, which can never be a
-// destination.
-func ServerName(userID string) (string, bool) {
-	if len(userID) < 3 || userID[0] != '@' {
-		return "", false
-	}
-	i := strings.IndexByte(userID, ':')
-	if i < 0 || i == len(userID)-1 {
-		return "", false
-	}
-	return userID[i+1:], true
-}
 
 // RoomState is the membership of one room as far as routing cares: the joined
 // users, and for each server how many of its users are joined. A server is
@@ -56,7 +42,7 @@ func NewRoomState(joinedUsers ...string) *RoomState {
 // (join → join) or invite → leave changes nothing routing needs to store.
 // A state key that is not a user ID is ignored.
 func (s *RoomState) Apply(userID, membership string) bool {
-	server, ok := ServerName(userID)
+	server, ok := mxid.ServerOf(userID)
 	if !ok {
 		return false
 	}

@@ -5,28 +5,6 @@ import (
 	"testing"
 )
 
-func TestServerName(t *testing.T) {
-	for _, tc := range []struct {
-		name, in, want string
-		ok             bool
-	}{
-		{"plain user", "@alice:example.org", "example.org", true},
-		{"port kept", "@alice:example.org:8448", "example.org:8448", true},
-		{"IPv6 literal", "@a:[::1]:8448", "[::1]:8448", true},
-		{"no sigil", "alice:example.org", "", false},
-		{"no server", "@alice", "", false},
-		{"empty server", "@alice:", "", false},
-		{"empty", "", "", false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, ok := ServerName(tc.in)
-			if got != tc.want || ok != tc.ok {
-				t.Errorf("ServerName(%q) = %q, %v; want %q, %v", tc.in, got, ok, tc.want, tc.ok)
-			}
-		})
-	}
-}
-
 func TestRoomStateApply(t *testing.T) {
 	for _, tc := range []struct {
 		name        string

@@ -15,6 +15,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 // Config shapes a workload.
@@ -166,7 +168,7 @@ func (p *Plan) LocalUsers() []string {
 	var out []string
 	for _, r := range p.rooms {
 		for u, m := range r.members {
-			if m == "join" && serverOf(u) == p.Config.LocalServer && !seen[u] {
+			if m == "join" && mxid.ServerPart(u) == p.Config.LocalServer && !seen[u] {
 				seen[u] = true
 				out = append(out, u)
 			}
@@ -185,7 +187,7 @@ func (p *Plan) SharingServers(user string) []string {
 			continue
 		}
 		for u, m := range r.members {
-			if s := serverOf(u); m == "join" && s != p.Config.LocalServer {
+			if s := mxid.ServerPart(u); m == "join" && s != p.Config.LocalServer {
 				servers[s] = true
 			}
 		}
@@ -209,7 +211,7 @@ func (p *Plan) message(r *room, rng *rand.Rand, cfg Config) {
 // gets its ban, an invited or pre-emptively banned user's server with no one
 // joined gets nothing), then applies its state change.
 func (p *Plan) add(r *room, sender, typ string, stateKey *string, content map[string]any, membership string) {
-	origin := serverOf(sender)
+	origin := mxid.ServerPart(sender)
 	r.depth++
 	pdu := map[string]any{
 		"room_id": r.id, "sender": sender, "type": typ, "content": content,
@@ -233,7 +235,7 @@ func (p *Plan) add(r *room, sender, typ string, stateKey *string, content map[st
 		dests := map[string]bool{}
 		for u, m := range r.members {
 			if m == "join" {
-				dests[serverOf(u)] = true
+				dests[mxid.ServerPart(u)] = true
 			}
 		}
 		delete(dests, p.Config.LocalServer)
@@ -271,7 +273,7 @@ func (p *Plan) SeqOf(pdu json.RawMessage) (int, bool) {
 func anyJoined(rng *rand.Rand, r *room, localServer string, local bool) string {
 	var us []string
 	for u, m := range r.members {
-		if m == "join" && (serverOf(u) == localServer) == local {
+		if m == "join" && (mxid.ServerPart(u) == localServer) == local {
 			us = append(us, u)
 		}
 	}
@@ -289,11 +291,6 @@ func pick(rng *rand.Rand, from []string, n int) []string {
 		out[i] = from[j]
 	}
 	return out
-}
-
-func serverOf(userID string) string {
-	_, s, _ := strings.Cut(userID, ":")
-	return s
 }
 
 func ptr(s string) *string { return &s }

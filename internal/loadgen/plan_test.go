@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 func testPlan(t *testing.T) *Plan {
@@ -36,7 +38,7 @@ func TestGenerateIsDeterministicAndNeverTargetsOurselves(t *testing.T) {
 		}
 		if ev.Type == "m.room.member" && ev.Origin == "local.test" && ev.Deltas[0].Membership == "leave" {
 			kicks++
-			if !contains(ev.Destinations, serverOf(*ev.StateKey)) {
+			if !contains(ev.Destinations, mxid.ServerPart(*ev.StateKey)) {
 				t.Fatalf("kick %d does not reach the kicked server", ev.Seq)
 			}
 		}
@@ -61,7 +63,7 @@ func TestMemberEventsGoToTheServersJoinedBefore(t *testing.T) {
 		n := map[string]int{}
 		for u, m := range members[room] {
 			if m == "join" {
-				n[serverOf(u)]++
+				n[mxid.ServerPart(u)]++
 			}
 		}
 		return n
@@ -80,8 +82,8 @@ func TestMemberEventsGoToTheServersJoinedBefore(t *testing.T) {
 			if !slices.Equal(ev.Destinations, want) {
 				t.Fatalf("event %d (%s) destined to %q, the servers joined before it are %q", ev.Seq, ev.Type, ev.Destinations, want)
 			}
-			if ev.Type == "m.room.member" && serverOf(*ev.StateKey) != "local.test" {
-				target := serverOf(*ev.StateKey)
+			if ev.Type == "m.room.member" && mxid.ServerPart(*ev.StateKey) != "local.test" {
+				target := mxid.ServerPart(*ev.StateKey)
 				switch m := ev.Deltas[0].Membership; {
 				case (m == "invite" || m == "ban") && before[target] == 0:
 					cases[m+" of a server with no one joined"]++

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fedpipe/fedpipe/federation/canonicaljson"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -87,10 +88,10 @@ func storeDeviceRows(ctx context.Context, tx pgx.Tx, rows []deviceRow) ([]int64,
 
 // checkLocalUser checks a user id of origin.
 func checkLocalUser(field, user, origin string) error {
-	if err := CheckUserID(field, user); err != nil {
-		return err
+	if err := mxid.CheckUserID(user); err != nil {
+		return idError(field, err)
 	}
-	if origin != "" && ServerOf(user) != origin {
+	if origin != "" && mxid.ServerPart(user) != origin {
 		return &ValidationError{Field: field, Reason: quote(user) + " is not a user of " + origin}
 	}
 	return nil

@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 // Event is one event to persist.
@@ -77,7 +79,7 @@ func Persist(ctx context.Context, tx pgx.Tx, events []EventWithDeltas) ([]int64,
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING stream_ordering`,
 		func(i int) []any {
 			ev := events[i]
-			return []any{ev.EventID, ev.RoomID, ev.RoomVersion, ev.Sender, ServerOf(ev.Sender), ev.Type, ev.StateKey, string(ev.PDU)}
+			return []any{ev.EventID, ev.RoomID, ev.RoomVersion, ev.Sender, mxid.ServerPart(ev.Sender), ev.Type, ev.StateKey, string(ev.PDU)}
 		},
 		func(i int) string { return "event " + events[i].EventID })
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/canonicaljson"
 	"github.com/fedpipe/fedpipe/federation/edu"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -95,10 +96,10 @@ type recipient struct {
 // device order, each EDU within schema.MaxEDUBytes.
 func SplitToDevice(origin string, msg ToDevice) ([]ToDeviceEDU, error) {
 	bad := func(field, reason string) error { return &ValidationError{Field: field, Reason: reason} }
-	if err := CheckUserID("sender", msg.Sender); err != nil {
-		return nil, err
+	if err := mxid.CheckUserID(msg.Sender); err != nil {
+		return nil, idError("sender", err)
 	}
-	if origin != "" && ServerOf(msg.Sender) != origin {
+	if origin != "" && mxid.ServerPart(msg.Sender) != origin {
 		return nil, bad("sender", quote(msg.Sender)+" is not a user of "+origin)
 	}
 	if msg.Type == "" {
@@ -119,14 +120,14 @@ func SplitToDevice(origin string, msg ToDevice) ([]ToDeviceEDU, error) {
 	byDest := map[string][]recipient{}
 	for _, user := range slices.Sorted(maps.Keys(msg.Messages)) {
 		field := "messages[" + quote(user) + "]"
-		if err := CheckUserID(field, user); err != nil {
-			return nil, err
+		if err := mxid.CheckUserID(user); err != nil {
+			return nil, idError(field, err)
 		}
 		devices := msg.Messages[user]
 		if len(devices) == 0 {
 			return nil, bad(field, "no device")
 		}
-		dest := ServerOf(user)
+		dest := mxid.ServerPart(user)
 		for _, device := range slices.Sorted(maps.Keys(devices)) {
 			dfield := field + "[" + quote(device) + "]"
 			if device == "" {

@@ -3,10 +3,9 @@ package outbox
 import (
 	"encoding/json"
 	"strconv"
-	"strings"
 	"unicode/utf8"
 
-	"github.com/fedpipe/fedpipe/federation/discovery"
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -33,13 +32,13 @@ func Validate(ev *EventWithDeltas) error {
 	if !KnownRoomVersion(ev.RoomVersion) {
 		return bad("room_version", "unknown room version "+quote(ev.RoomVersion))
 	}
-	if err := CheckEventID("event_id", ev.EventID, ev.RoomVersion); err != nil {
+	if err := idError("event_id", mxid.CheckEventID(ev.EventID, ev.RoomVersion)); err != nil {
 		return err
 	}
-	if err := CheckRoomID("room_id", ev.RoomID, ev.RoomVersion); err != nil {
+	if err := idError("room_id", mxid.CheckRoomID(ev.RoomID, ev.RoomVersion)); err != nil {
 		return err
 	}
-	if err := CheckUserID("sender", ev.Sender); err != nil {
+	if err := idError("sender", mxid.CheckUserID(ev.Sender)); err != nil {
 		return err
 	}
 	if ev.Type == "" || len(ev.Type) > maxIDBytes {
@@ -79,17 +78,17 @@ func Validate(ev *EventWithDeltas) error {
 			return bad(field+"state_key", err.Error())
 		}
 		if d.Type == "m.room.member" {
-			if err := CheckUserID(field+"state_key", d.StateKey); err != nil {
+			if err := idError(field+"state_key", mxid.CheckUserID(d.StateKey)); err != nil {
 				return err
 			}
 		}
 		if d.EventID != "" {
-			if err := CheckEventID(field+"event_id", d.EventID, ev.RoomVersion); err != nil {
+			if err := idError(field+"event_id", mxid.CheckEventID(d.EventID, ev.RoomVersion)); err != nil {
 				return err
 			}
 		}
 		if d.PrevEventID != "" {
-			if err := CheckEventID(field+"prev_event_id", d.PrevEventID, ev.RoomVersion); err != nil {
+			if err := idError(field+"prev_event_id", mxid.CheckEventID(d.PrevEventID, ev.RoomVersion)); err != nil {
 				return err
 			}
 		}
@@ -134,7 +133,7 @@ func checkPDU(ev *EventWithDeltas) error {
 	if err := agree("type", p.Type, ev.Type); err != nil {
 		return err
 	}
-	if err := agree("origin", p.Origin, ServerOf(ev.Sender)); err != nil {
+	if err := agree("origin", p.Origin, mxid.ServerPart(ev.Sender)); err != nil {
 		return err
 	}
 	switch {
@@ -146,98 +145,12 @@ func checkPDU(ev *EventWithDeltas) error {
 	return nil
 }
 
-// CheckEventID checks an event id of the given room version: $opaque:server in
-// versions 1 and 2, $ and 43 characters of unpadded base64 in version 3, of
-// URL-safe unpadded base64 from version 4.
-func CheckEventID(field, id, roomVersion string) error {
-	if err := checkSigil(field, id, '$'); err != nil {
-		return err
+// idError is a ValidationError on field when an identifier check failed.
+func idError(field string, err error) error {
+	if err == nil {
+		return nil
 	}
-	switch roomVersion {
-	case "1", "2":
-		return checkServerPart(field, id)
-	case "3":
-		return checkHash(field, id, "+/")
-	default:
-		return checkHash(field, id, "-_")
-	}
-}
-
-// CheckRoomID checks a room id: !opaque:server, or from room version 12 ! and
-// the create event's reference hash in URL-safe unpadded base64.
-func CheckRoomID(field, id, roomVersion string) error {
-	if err := checkSigil(field, id, '!'); err != nil {
-		return err
-	}
-	if roomVersion == "12" {
-		return checkHash(field, id, "-_")
-	}
-	return checkServerPart(field, id)
-}
-
-// CheckUserID checks a user id, accepting the historical localpart grammar
-// (printable ASCII except ':') as federation must.
-func CheckUserID(field, id string) error {
-	if err := checkSigil(field, id, '@'); err != nil {
-		return err
-	}
-	local, _, _ := strings.Cut(id[1:], ":")
-	for i := 0; i < len(local); i++ {
-		if c := local[i]; c < 0x21 || c > 0x7e {
-			return &ValidationError{field, quote(id) + " has a character outside printable ASCII in its localpart"}
-		}
-	}
-	return checkServerPart(field, id)
-}
-
-func checkSigil(field, id string, sigil byte) error {
-	switch {
-	case id == "":
-		return &ValidationError{field, "missing"}
-	case id[0] != sigil:
-		return &ValidationError{field, quote(id) + " must start with " + string(sigil)}
-	case len(id) > maxIDBytes:
-		return &ValidationError{field, "longer than 255 bytes"}
-	}
-	if err := schema.CheckIdentifier(field, id); err != nil {
-		return &ValidationError{field, quote(id) + ": " + err.Error()}
-	}
-	return nil
-}
-
-// checkServerPart checks a sigil-prefixed id is "<sigil>local:server_name"; the
-// id splits at its first colon because server names may contain colons.
-func checkServerPart(field, id string) error {
-	local, server, ok := strings.Cut(id[1:], ":")
-	if !ok || local == "" {
-		return &ValidationError{field, quote(id) + " must be " + id[:1] + "localpart:server_name"}
-	}
-	if err := discovery.ValidateServerName(server); err != nil {
-		return &ValidationError{field, err.Error()}
-	}
-	return nil
-}
-
-// checkHash checks id is a sigil and 43 characters of unpadded base64 (a
-// SHA-256 reference hash) whose two non-alphanumeric characters are extra.
-func checkHash(field, id, extra string) error {
-	h := id[1:]
-	if len(h) != 43 {
-		return &ValidationError{field, quote(id) + " must be " + id[:1] + " and a 43-character reference hash"}
-	}
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
-			return &ValidationError{field, quote(id) + " has " + quote(string(c)) + ", not in its base64 alphabet"}
-		}
-	}
-	return nil
-}
-
-// ServerOf is the server name of a user id: everything after its first colon.
-func ServerOf(userID string) string {
-	_, s, _ := strings.Cut(userID, ":")
-	return s
+	return &ValidationError{Field: field, Reason: err.Error()}
 }
 
 func quote(s string) string { b, _ := json.Marshal(s); return string(b) }

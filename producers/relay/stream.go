@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"fmt"
-	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
@@ -51,12 +50,7 @@ type span struct {
 // message returns a record of kind at position with the headers every relay
 // record carries (kind, schema, position, instance).
 func (s span) message(kind string, position int64, key, value []byte) kafka.Message {
-	return kafka.Message{Key: key, Value: value, Headers: []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(kind)},
-		{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-		{Key: schema.HeaderPosition, Value: []byte(strconv.FormatInt(position, 10))},
-		{Key: schema.HeaderInstance, Value: []byte(s.instance)},
-	}}
+	return schema.NewHeaders(kind).WithPosition(position).WithInstance(s.instance).Message(key, value)
 }
 
 // batch is what one read returns.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -47,10 +48,10 @@ func Record(serverName, room, user string, typing bool, timeout time.Duration, n
 	if err := schema.CheckIdentifier("room_id", room); err != nil {
 		return schema.TypingRecord{}, bad("room_id", err.Error())
 	}
-	if err := outbox.CheckUserID("user_id", user); err != nil {
-		return schema.TypingRecord{}, err
+	if err := mxid.CheckUserID(user); err != nil {
+		return schema.TypingRecord{}, bad("user_id", err.Error())
 	}
-	if serverName != "" && outbox.ServerOf(user) != serverName {
+	if serverName != "" && mxid.ServerPart(user) != serverName {
 		return schema.TypingRecord{}, bad("user_id", user+" is not a user of "+serverName)
 	}
 	if timeout < 0 {
@@ -87,8 +88,5 @@ func (p *Publisher) Set(ctx context.Context, room, user string, typing bool, tim
 // Message is the Kafka message of a typing record: keyed by room, with the
 // kind and schema headers.
 func Message(rec schema.TypingRecord, value []byte) kafka.Message {
-	return kafka.Message{Key: []byte(rec.RoomID), Value: value, Headers: []kafka.Header{
-		{Key: schema.HeaderKind, Value: []byte(schema.KindTyping)},
-		{Key: schema.HeaderSchema, Value: []byte("1")},
-	}}
+	return schema.NewHeaders(schema.KindTyping).Message([]byte(rec.RoomID), value)
 }

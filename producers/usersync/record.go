@@ -2,11 +2,10 @@ package usersync
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -23,15 +22,7 @@ func Message(rec schema.UserSyncRecord) (kafka.Message, error) {
 	if _, err := schema.DecodeUserSyncRecord(value); err != nil {
 		return kafka.Message{}, err
 	}
-	return kafka.Message{
-		Key:   []byte(rec.Instance),
-		Value: value,
-		Headers: []kafka.Header{
-			{Key: schema.HeaderKind, Value: []byte(rec.Kind)},
-			{Key: schema.HeaderSchema, Value: []byte(strconv.Itoa(schema.SchemaVersion))},
-			{Key: schema.HeaderInstance, Value: []byte(rec.Instance)},
-		},
-	}, nil
+	return schema.NewHeaders(rec.Kind).WithInstance(rec.Instance).Message([]byte(rec.Instance), value), nil
 }
 
 // CheckUserID reports whether userID can be the subject of presence input:
@@ -39,14 +30,14 @@ func Message(rec schema.UserSyncRecord) (kafka.Message, error) {
 // control characters, and, when serverName is set, a user of that server
 // (the presence stage dead-letters records about other servers' users).
 func CheckUserID(userID, serverName string) error {
-	if !schema.IsUserID(userID) {
+	if !mxid.LooksLikeUserID(userID) {
 		return fmt.Errorf("user id %q is not like @user:server", userID)
 	}
 	if err := schema.CheckIdentifier("user id", userID); err != nil {
 		return err
 	}
 	if serverName != "" {
-		if _, server, _ := strings.Cut(userID, ":"); server != serverName {
+		if mxid.ServerPart(userID) != serverName {
 			return fmt.Errorf("user id %q is not a user of %s", userID, serverName)
 		}
 	}

@@ -1,4 +1,4 @@
-package discovery
+package mxid
 
 import (
 	"errors"
