@@ -207,7 +207,15 @@ func sampleBacklogs(tb testing.TB, p *pipeline, start time.Time) (stop func()) {
 		if err = errors.Join(err, rerr, serr); err != nil {
 			return fmt.Sprintf("%5.1fs  (%v)", at, err) // shown, not fatal: the run goes on
 		}
-		return fmt.Sprintf("%5.1fs  relay %7d  router %7d  sender %7d  arrived %8d", at, relay, router, sender, p.recv.TotalPDUs())
+		// What each stage has done so far, from the members' own counters.
+		var routed, written, txns float64
+		for _, reg := range p.regs {
+			routed += counterSum(tb, reg, "fedpipe_router_records_total")
+			written += counterSum(tb, reg, "fedpipe_batchwriter_records_written_total")
+			txns += counterSum(tb, reg, "fedpipe_sender_transactions_total")
+		}
+		return fmt.Sprintf("%5.1fs  relay %7d  router %7d  sender %7d  arrived %8d  routed %7.0f  outbound %7.0f  txns %6.0f",
+			at, relay, router, sender, p.recv.TotalPDUs(), routed, written, txns)
 	}
 	stopSampler := testenv.Background(tb, "backlog sampler", func(ctx context.Context) error {
 		tick := time.NewTicker(time.Second)
@@ -226,7 +234,7 @@ func sampleBacklogs(tb testing.TB, p *pipeline, start time.Time) (stop func()) {
 			tb.Error(err)
 		}
 		// On stderr: the testing package cuts a benchmark's log short.
-		fmt.Fprintf(os.Stderr, "backlogs (events not published; room and outbound records not committed; PDUs arrived):\n%s\n", strings.Join(lines, "\n"))
+		fmt.Fprintf(os.Stderr, "backlogs (events not published; room and outbound records not committed; PDUs arrived) and totals (room records routed, outbound records written, transactions sent):\n%s\n", strings.Join(lines, "\n"))
 	}
 }
 

@@ -255,7 +255,7 @@ func handled(t *testing.T, reg *prometheus.Registry) float64 {
 }
 
 // counterSum sums a counter's series in reg (0 before its first series).
-func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+func counterSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
