@@ -20,6 +20,10 @@ const (
 	// MaxEDUBytes bounds one EDU fedpipe builds (Synapse's SOFT_MAX_EDU_SIZE,
 	// 64 KiB): a to-device message's recipients are split into EDUs below it.
 	MaxEDUBytes = 65536
+	// MaxRecordDestinations bounds the destinations one outbound pdu record
+	// lists: at most 255 bytes each, they take under 256 KiB, so a record
+	// with a PDU (at most 64 KiB) stays far below Kafka's 1 MiB message limit.
+	MaxRecordDestinations = 1000
 )
 
 // CheckText reports why s cannot be a text field of a record: longer than

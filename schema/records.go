@@ -127,18 +127,26 @@ func StateKey(roomID, typ, stateKey string) []byte {
 	return b
 }
 
-// OutboundRecord is a record of <prefix>.outbound: one PDU or EDU for one destination.
+// OutboundRecord is a record of <prefix>.outbound: one PDU or EDU for one
+// destination, or one PDU for several destinations of one partition.
 type OutboundRecord struct {
-	V           int             `json:"v"`
-	Kind        string          `json:"kind"`
-	Destination string          `json:"destination"`
-	RoomID      string          `json:"room_id,omitempty"`
-	EventID     string          `json:"event_id,omitempty"`
-	Position    int64           `json:"position,omitempty"`
-	RoomVersion string          `json:"room_version,omitempty"`
-	PDU         json.RawMessage `json:"pdu,omitempty"`
-	EDUType     string          `json:"edu_type,omitempty"`
-	Content     json.RawMessage `json:"content,omitempty"`
+	V           int    `json:"v"`
+	Kind        string `json:"kind"`
+	Destination string `json:"destination"`
+	// Destinations, optional on a pdu record, are every destination the PDU
+	// goes to in this record, Destination (the key) first: the router writes
+	// one record per (event, outbound partition) rather than per
+	// destination, so a PDU's bytes cross the broker once per partition. All
+	// of them must be in the record's partition (the key's), which the
+	// sender checks. Without it the record is for Destination alone.
+	Destinations []string        `json:"destinations,omitempty"`
+	RoomID       string          `json:"room_id,omitempty"`
+	EventID      string          `json:"event_id,omitempty"`
+	Position     int64           `json:"position,omitempty"`
+	RoomVersion  string          `json:"room_version,omitempty"`
+	PDU          json.RawMessage `json:"pdu,omitempty"`
+	EDUType      string          `json:"edu_type,omitempty"`
+	Content      json.RawMessage `json:"content,omitempty"`
 	// EDUKey, optional, is the coalescing key of a keyed EDU (typing: its
 	// room and user): of the EDUs of one type and key waiting for a
 	// destination only the latest is sent. The router sets it, so the sender
@@ -177,6 +185,9 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 		if err := CheckIdentifier(f.name, f.value); err != nil {
 			return r, invalid(err)
 		}
+	}
+	if err := r.checkDestinations(); err != nil {
+		return r, err
 	}
 	switch r.Kind {
 	case KindPDU:
@@ -220,4 +231,41 @@ func DecodeOutboundRecord(value []byte) (OutboundRecord, error) {
 		return r, fmt.Errorf("%w: unknown kind %q", ErrInvalidRecord, r.Kind)
 	}
 	return r, nil
+}
+
+// Targets are the destinations an outbound record is for: Destinations, or
+// Destination alone.
+func (r OutboundRecord) Targets() []string {
+	if len(r.Destinations) > 0 {
+		return r.Destinations
+	}
+	return []string{r.Destination}
+}
+
+// checkDestinations checks a record's Destinations: on pdu records only,
+// Destination first, each a valid identifier, none twice, at most
+// MaxRecordDestinations.
+func (r OutboundRecord) checkDestinations() error {
+	if len(r.Destinations) == 0 {
+		return nil
+	}
+	switch {
+	case r.Kind != KindPDU:
+		return fmt.Errorf("%w: a %s record with destinations (only pdu records list several)", ErrInvalidRecord, r.Kind)
+	case len(r.Destinations) > MaxRecordDestinations:
+		return fmt.Errorf("%w: pdu record with %d destinations, at most %d", ErrInvalidRecord, len(r.Destinations), MaxRecordDestinations)
+	case r.Destinations[0] != r.Destination:
+		return fmt.Errorf("%w: pdu record whose destinations do not start with its destination %q", ErrInvalidRecord, r.Destination)
+	}
+	seen := make(map[string]bool, len(r.Destinations))
+	for _, d := range r.Destinations {
+		if d == "" || seen[d] {
+			return fmt.Errorf("%w: pdu record with an empty or repeated destination %q", ErrInvalidRecord, d)
+		}
+		if err := CheckIdentifier("destinations", d); err != nil {
+			return invalid(err)
+		}
+		seen[d] = true
+	}
+	return nil
 }

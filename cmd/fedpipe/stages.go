@@ -198,7 +198,11 @@ func (in *infra) startRouter(ctx context.Context, g *errgroup.Group, _ *stageOpt
 	log := in.log.With("stage", "router")
 	out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
 		runtime.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters), schema.Topic(prefix, "outbound"), "router", cfg.Instance))
-	rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance,
+	parts, err := outboundPartitions(ctx, in.brokers, schema.Topic(prefix, "outbound"), cfg.Kafka.OutboundPartitions, log)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	rt, err := router.New(router.Config{ServerName: cfg.ServerName, Prefix: prefix, Instance: cfg.Instance, OutboundPartitions: parts,
 		RoomsPerPartition: cfg.Router.RoomsPerPartition, Brokers: in.brokers, GroupID: groupID(prefix, routerGroup)}, in.pool, out, log, in.reg)
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
@@ -381,7 +385,8 @@ func serveListener(ctx context.Context, g *errgroup.Group, name string, ln net.L
 
 // outboundPartitions is the outbound topic's partition count as the brokers
 // have it. The router's writer spreads destinations over the topic's real
-// partitions, so the sender must count the same way to tell which destinations
+// partitions, so the router must count the same way to group an event's
+// destinations by partition, and the sender to tell which destinations
 // are its own (catch-up wakes only those); a count that differs from
 // kafka.outbound_partitions, which only sizes the topic when it is created, is
 // reported. Partitions added later are refused when assigned (sender.Open)

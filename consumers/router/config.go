@@ -27,6 +27,12 @@ type Config struct {
 	// stored: only tests of the routing rules alone leave it empty.
 	Brokers []string
 	GroupID string
+	// OutboundPartitions is the partition count of <prefix>.outbound: a PDU
+	// goes out as one record per partition its destinations fall in (see
+	// pduRecords). Zero: one record per destination. It must be the topic's
+	// real count, as the writer's balancer and the sender count them: after
+	// partitions are added, routers and senders restart.
+	OutboundPartitions int
 	// TypingPing is how often a user still typing is announced again
 	// (default TypingPing, Synapse's 40 s); TypingTick how often typing
 	// timeouts are checked (default TypingTick, 1 s). Tests shorten them.
@@ -74,6 +80,8 @@ func (c Config) Validate() error {
 		return errors.New("router: server name must be a bare host[:port]")
 	case strings.ContainsAny(c.Prefix, " \t\r\n"):
 		return errors.New("router: topic prefix must not contain whitespace")
+	case c.OutboundPartitions < 0:
+		return errors.New("router: outbound partitions must not be negative")
 	case c.RoomsPerPartition < 1:
 		return errors.New("router: rooms per partition must be positive")
 	case c.TypingPing < 0 || c.TypingTick < 0:

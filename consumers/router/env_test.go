@@ -100,7 +100,7 @@ func (e *env) runRouter(t testing.TB, group string) (stop func()) {
 	w := e.writer(outboundTopic)
 	dead := e.writer(deadTopic)
 	out := runtime.NewBatchWriter(w, 200, 2*time.Millisecond, e.log, reg, runtime.WithDeadLetters(dead, outboundTopic, "router", "router-test"))
-	r, err := router.New(router.Config{ServerName: ourServer, Prefix: "fedpipe", Instance: "router-test",
+	r, err := router.New(router.Config{ServerName: ourServer, Prefix: "fedpipe", Instance: "router-test", OutboundPartitions: outParts,
 		Brokers: []string{e.addr}, GroupID: group, TypingPing: typingPing, TypingTick: 20 * time.Millisecond}, e.pool, out, e.log, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -223,8 +223,9 @@ func (c *collector) snapshot() []kafka.Message {
 	return slices.Clone(c.msgs)
 }
 
-// deliveries decodes the outbound records read so far, failing on any that
-// breaks the record contract.
+// deliveries decodes the outbound records read so far into one delivery per
+// (record, destination it lists), failing on any that breaks the record
+// contract, including a destination listed in another partition's record.
 func (c *collector) deliveries(t *testing.T) []delivery {
 	t.Helper()
 	var out []delivery
@@ -249,8 +250,13 @@ func (c *collector) deliveries(t *testing.T) []delivery {
 		if h["kind"] != "pdu" || h["schema"] != "1" || h["position"] != strconv.FormatInt(rec.Position, 10) || h["instance"] != "router-test" {
 			t.Fatalf("outbound headers %v for position %d", h, rec.Position)
 		}
-		out = append(out, delivery{dest: rec.Destination, roomID: rec.RoomID, eventID: rec.EventID, position: rec.Position,
-			pdu: string(rec.PDU), partition: m.Partition, offset: m.Offset, headers: h})
+		for _, d := range rec.Targets() {
+			if p := (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(d)}, 0, 1, 2, 3); p != m.Partition {
+				t.Fatalf("outbound record in partition %d lists %s, of partition %d", m.Partition, d, p)
+			}
+			out = append(out, delivery{dest: d, roomID: rec.RoomID, eventID: rec.EventID, position: rec.Position,
+				pdu: string(rec.PDU), partition: m.Partition, offset: m.Offset, headers: h})
+		}
 	}
 	return out
 }

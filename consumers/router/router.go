@@ -112,7 +112,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "fedpipe_router_records_total", Help: "Room records routed, by kind (event, state_delta).",
 		}, []string{"kind"}),
 		outbound: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "fedpipe_router_outbound_records_total", Help: "Outbound pdu records written (one per event and destination).",
+			Name: "fedpipe_router_outbound_records_total", Help: "Outbound pdu records written (one per event and outbound partition its destinations fall in).",
 		}),
 		rooms: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "fedpipe_router_rooms_cached", Help: "Rooms whose membership is held in memory by this process.",

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -162,8 +163,18 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 		// another destination would be sent by a member that does not own it.
 		return runtime.Poison(fmt.Errorf("outbound record for %q keyed %q: the key must be the destination", rec.Destination, m.Key))
 	}
+	targets := rec.Targets()
+	for _, d := range targets[1:] {
+		if got := p.s.partitionOf(d); got != p.id {
+			// Sent from here, d would have two owners: this member and
+			// the one its own partition is assigned to.
+			return runtime.Poison(fmt.Errorf("pdu record in partition %d lists %q, whose partition is %d", p.id, d, got))
+		}
+	}
 	p.mu.Lock()
-	p.dests[rec.Destination] = true
+	for _, d := range targets {
+		p.dests[d] = true
+	}
 	p.mu.Unlock()
 	if rec.Kind == schema.KindToDevice || rec.Kind == schema.KindDeviceList {
 		return p.stored.Add(ctx, m, rec, done)
@@ -173,7 +184,7 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 	}
 	switch rec.Kind {
 	case schema.KindPDU:
-		return p.s.m.EnqueuePDU(ctx, rec.Destination, queue.PDU{RoomID: rec.RoomID, EventID: rec.EventID, Position: rec.Position, JSON: rec.PDU}, done)
+		return p.s.enqueuePDU(ctx, rec, targets, done)
 	case schema.KindEDU:
 		if rec.EDUType == edu.TypePresence {
 			return p.s.presenceEDU(ctx, rec, done)
@@ -190,6 +201,31 @@ func (p *partition) Handle(ctx context.Context, m kafka.Message, done func()) er
 	default: // DecodeOutboundRecord knows no other kind: a kind added there must be handled here
 		return runtime.Poison(fmt.Errorf("outbound record of kind %q: the sender cannot send it", rec.Kind))
 	}
+}
+
+// enqueuePDU hands a pdu record's PDU to each of its destinations; done runs
+// once every one of them is done with it (sent, or kept for catch-up). Should
+// an enqueue fail, the runtime hands the record again: the destinations that
+// already have the PDU skip it then (at or below what they hold), and the
+// first attempt's callbacks count towards nothing.
+func (s *Sender) enqueuePDU(ctx context.Context, rec schema.OutboundRecord, targets []string, done func()) error {
+	pdu := queue.PDU{RoomID: rec.RoomID, EventID: rec.EventID, Position: rec.Position, JSON: rec.PDU}
+	if len(targets) == 1 {
+		return s.m.EnqueuePDU(ctx, targets[0], pdu, done)
+	}
+	var left atomic.Int32
+	left.Store(int32(len(targets)))
+	each := func() {
+		if left.Add(-1) == 0 {
+			done()
+		}
+	}
+	for _, d := range targets {
+		if err := s.m.EnqueuePDU(ctx, d, pdu, each); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // flushStored keeps to-device and device-list records' EDUs in the store

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -221,4 +222,57 @@ func TestRecordWhoseKeyIsNotItsDestinationIsDeadLettered(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "dead letter counted", func() bool {
 		return e.counter(t, "fedpipe_consumer_records_deadlettered_total", "group", e.k.Group("sender")) == 1
 	})
+}
+
+// A pdu record listing several destinations of its partition reaches each of
+// them once; one that lists a destination of another partition (which
+// another member may own) is dead-lettered and sends nothing.
+func TestRecordOfSeveralDestinationsReachesEachOnce(t *testing.T) {
+	partitionOf := func(d string) int {
+		return (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(d)}, 0, 1, 2, 3)
+	}
+	byPart := map[int][]string{}
+	for i := 0; len(byPart[0]) < 3 || len(byPart[1]) < 1; i++ {
+		d := fmt.Sprintf("d%d.test", i)
+		byPart[partitionOf(d)] = append(byPart[partitionOf(d)], d)
+	}
+	same, other := byPart[0][:3], byPart[1][0]
+	e := setup(t, append(slices.Clone(same), other)...)
+	w := &kafka.Writer{Addr: kafka.TCP(e.addr), Topic: e.k.Topic("out"), RequiredAcks: kafka.RequireAll, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	write := func(n int, dests []string) string {
+		id := fmt.Sprintf("$%043d", n)
+		pdu := json.RawMessage(fmt.Sprintf(`{"room_id":"!r:me.test","sender":"@a:me.test","type":"m.room.message","content":{"n":%d}}`, n))
+		rec, err := schema.OutboundRecord{V: 1, Kind: schema.KindPDU, Destination: dests[0], Destinations: dests,
+			RoomID: "!r:me.test", EventID: id, Position: int64(n), RoomVersion: "10", PDU: pdu}.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte(dests[0]), Value: rec}); err != nil {
+			t.Fatal(err)
+		}
+		return string(pdu)
+	}
+	write(1, []string{same[0], same[1], other}) // poison: other is not of this partition
+	want := write(2, same)
+	e.run(t, time.Minute)
+	testenv.Eventually(t, 30*time.Second, "the good record at each of its destinations", func() bool {
+		for _, d := range same {
+			if len(e.recv.PDUs(d)) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	testenv.Eventually(t, 10*time.Second, "the bad record dead-lettered", func() bool {
+		return e.counter(t, "fedpipe_consumer_records_deadlettered_total", "group", e.k.Group("sender")) == 1
+	})
+	for _, d := range same {
+		if got := e.recv.PDUs(d); len(got) != 1 || string(got[0]) != want {
+			t.Errorf("%s got %d PDUs (%s), want the second record's once", d, len(got), got)
+		}
+	}
+	if n := len(e.recv.PDUs(other)); n != 0 {
+		t.Errorf("%s, of another partition, got %d PDUs from a record of partition 0", other, n)
+	}
 }
