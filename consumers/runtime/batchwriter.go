@@ -78,21 +78,11 @@ func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.L
 	for _, o := range opts {
 		o(b)
 	}
-	if err := reg.Register(b.written); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-			b.written = are.ExistingCollector.(prometheus.Counter)
-		}
-	}
-	if err := reg.Register(b.batches); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-			b.batches = are.ExistingCollector.(prometheus.Histogram)
-		}
-	}
-	if err := reg.Register(b.refused); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-			b.refused = are.ExistingCollector.(prometheus.Counter)
-		}
-	}
+	// Shared by the batch writers of a process; one that cannot be
+	// registered still counts, unseen.
+	b.written, _ = register(reg, b.written)
+	b.batches, _ = register(reg, b.batches)
+	b.refused, _ = register(reg, b.refused)
 	if b.dead != nil {
 		b.dead.Counter = b.refused
 	}
