@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 )
 
 // The router keeps every change of a user's joined-ness in
@@ -155,7 +155,7 @@ func (p *HistoryPruner) Keep(ctx context.Context) (time.Duration, error) {
 	if p.cfg.Keep != 0 {
 		return p.cfg.Keep, nil
 	}
-	cfg, err := topicDurations(ctx, p.brokers, p.topic, "retention.ms", "segment.ms")
+	cfg, err := kafkaio.TopicDurations(ctx, p.brokers, p.topic, "retention.ms", "segment.ms")
 	if err != nil {
 		return 0, err
 	}
@@ -164,41 +164,6 @@ func (p *HistoryPruner) Keep(ctx context.Context) (time.Duration, error) {
 		return -1, nil
 	}
 	return retention + max(segment, 0) + HistoryMargin, nil
-}
-
-// topicDurations asks the brokers for a topic's millisecond settings; a
-// negative one (retention.ms = -1: forever) is returned as -1.
-func topicDurations(ctx context.Context, brokers []string, topic string, names ...string) (map[string]time.Duration, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
-		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: names,
-	}}})
-	if err != nil {
-		return nil, fmt.Errorf("asking %v for %v of %s: %w", brokers, names, topic, err)
-	}
-	out := map[string]time.Duration{}
-	for _, res := range resp.Resources {
-		if res.Error != nil {
-			return nil, fmt.Errorf("asking for %v of %s: %w", names, topic, res.Error)
-		}
-		for _, e := range res.ConfigEntries {
-			ms, err := strconv.ParseInt(e.ConfigValue, 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("%s of %s is %q: %w", e.ConfigName, topic, e.ConfigValue, err)
-			}
-			if ms < 0 {
-				out[e.ConfigName] = -1
-				continue
-			}
-			out[e.ConfigName] = time.Duration(ms) * time.Millisecond
-		}
-	}
-	for _, n := range names {
-		if _, ok := out[n]; !ok {
-			return nil, fmt.Errorf("the brokers did not say the %s of %s", n, topic)
-		}
-	}
-	return out, nil
 }
 
 // Prune deletes the changes stored more than keep ago that no replay can need,

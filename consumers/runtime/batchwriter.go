@@ -40,7 +40,7 @@ type BatchWriter struct {
 	settled uint64        // of those, written or given up
 	settle  chan struct{} // closed and replaced whenever settled moves
 	wake    chan struct{}
-	space   chan struct{}
+	space   chan struct{} // closed and replaced whenever queued shrinks
 	written prometheus.Counter
 	batches prometheus.Histogram
 	refused prometheus.Counter
@@ -68,7 +68,7 @@ type pendingWrite struct {
 // NewBatchWriter returns a BatchWriter writing at most maxBatch records per
 // request, waiting up to linger for more.
 func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.Logger, reg Registerer, opts ...BatchWriterOption) *BatchWriter {
-	b := &BatchWriter{w: w, maxBatch: max(maxBatch, 1), linger: linger, log: logger, wake: make(chan struct{}, 1), space: make(chan struct{}, 1),
+	b := &BatchWriter{w: w, maxBatch: max(maxBatch, 1), linger: linger, log: logger, wake: make(chan struct{}, 1), space: make(chan struct{}),
 		settle:  make(chan struct{}),
 		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedpipe_batchwriter_records_written_total", Help: "Records written by batch writers."}),
 		batches: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedpipe_batchwriter_batch_records", Help: "Records per batch write.", Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
@@ -78,21 +78,11 @@ func NewBatchWriter(w Writer, maxBatch int, linger time.Duration, logger *slog.L
 	for _, o := range opts {
 		o(b)
 	}
-	if err := reg.Register(b.written); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-			b.written = are.ExistingCollector.(prometheus.Counter)
-		}
-	}
-	if err := reg.Register(b.batches); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-			b.batches = are.ExistingCollector.(prometheus.Histogram)
-		}
-	}
-	if err := reg.Register(b.refused); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-			b.refused = are.ExistingCollector.(prometheus.Counter)
-		}
-	}
+	// Shared by the batch writers of a process; one that cannot be
+	// registered still counts, unseen.
+	b.written, _ = register(reg, b.written)
+	b.batches, _ = register(reg, b.batches)
+	b.refused, _ = register(reg, b.refused)
 	if b.dead != nil {
 		b.dead.Counter = b.refused
 	}
@@ -118,12 +108,12 @@ func (b *BatchWriter) Write(ctx context.Context, msgs []kafka.Message, done func
 			}
 			return nil
 		}
+		space := b.space
 		b.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-b.space:
-		case <-time.After(10 * time.Millisecond): // another writer may have taken the signal
+		case <-space:
 		}
 	}
 }
@@ -186,13 +176,9 @@ func (b *BatchWriter) Run(ctx context.Context) error {
 				}
 			}
 			b.mu.Lock()
-			b.queued -= len(msgs)
+			b.dequeued(len(msgs))
 			b.markSettled()
 			b.mu.Unlock()
-			select {
-			case b.space <- struct{}{}:
-			default:
-			}
 		}
 	}
 }
@@ -209,7 +195,7 @@ func (b *BatchWriter) take() ([]pendingWrite, []kafka.Message) {
 		p := b.queue[n]
 		n++
 		if p.ctx != nil && p.ctx.Err() != nil {
-			b.queued -= len(p.msgs) // revoked before it was written: the next owner redoes it
+			b.dequeued(len(p.msgs)) // revoked before it was written: the next owner redoes it
 			continue
 		}
 		msgs = append(msgs, p.msgs...)
@@ -242,6 +228,14 @@ func (b *BatchWriter) Settle(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	return nil
+}
+
+// dequeued counts n records off the queue and wakes every Write waiting for
+// room; b.mu is held.
+func (b *BatchWriter) dequeued(n int) {
+	b.queued -= n
+	close(b.space)
+	b.space = make(chan struct{})
 }
 
 // markSettled counts one taken batch as done; b.mu is held.

@@ -1,13 +1,18 @@
 package runtime
 
 import (
-	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/segmentio/kafka-go"
 )
+
+// ErrPoison marks a record that can never be handled: it is dead-lettered.
+var ErrPoison = errors.New("poison record")
+
+// Poison wraps err as ErrPoison.
+func Poison(err error) error { return fmt.Errorf("%w: %w", ErrPoison, err) }
 
 // IsPoison reports whether err marks a record that can never be handled:
 // it wraps ErrPoison, or PostgreSQL refused the record's data for what it is,
@@ -21,17 +26,4 @@ func IsPoison(err error) bool {
 	}
 	var pg *pgconn.PgError
 	return errors.As(err, &pg) && (strings.HasPrefix(pg.Code, "22") || strings.HasPrefix(pg.Code, "23"))
-}
-
-// deadLetterFunc dead-letters a record of the partition being handled,
-// counted like one whose Handle returned ErrPoison.
-type deadLetterFunc func(ctx context.Context, m kafka.Message, reason error) error
-
-type deadLetterKey struct{}
-
-// deadLetterFrom is the dead-letter function of the partition whose Handle
-// got ctx (nil outside one).
-func deadLetterFrom(ctx context.Context) deadLetterFunc {
-	f, _ := ctx.Value(deadLetterKey{}).(deadLetterFunc)
-	return f
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 )
 
 // Stage opens a handler for each partition the member is assigned in a generation.
@@ -34,12 +36,6 @@ type PartitionHandler interface {
 	// nothing running afterwards) before it returns.
 	Close(ctx context.Context) error
 }
-
-// ErrPoison marks a record that can never be handled: it is dead-lettered.
-var ErrPoison = errors.New("poison record")
-
-// Poison wraps err as ErrPoison.
-func Poison(err error) error { return fmt.Errorf("%w: %w", ErrPoison, err) }
 
 // Config configures a Group.
 type Config struct {
@@ -141,7 +137,8 @@ type Group struct {
 	stage    Stage
 	log      *slog.Logger
 	m        *metrics
-	dead     *kafka.Writer
+	deadW    *kafka.Writer
+	dead     *kafkaio.ConsumedDeadLetters
 	fatalErr chan error
 }
 
@@ -150,13 +147,13 @@ func New(cfg Config, stage Stage, logger *slog.Logger, reg Registerer) (*Group, 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, cfg.GroupID)
 	if err != nil {
 		return nil, err
 	}
-	dead := &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.DeadLetterTopic, RequiredAcks: kafka.RequireAll,
-		Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond, MaxAttempts: 5}
-	return &Group{cfg: cfg, stage: stage, log: logger.With("group", cfg.GroupID), m: m, dead: dead, fatalErr: make(chan error, 1)}, nil
+	deadW := kafkaio.NewWriter(cfg.Brokers, cfg.DeadLetterTopic)
+	return &Group{cfg: cfg, stage: stage, log: logger.With("group", cfg.GroupID), m: m, deadW: deadW,
+		dead: &kafkaio.ConsumedDeadLetters{W: deadW, Group: cfg.GroupID, Instance: cfg.Instance}, fatalErr: make(chan error, 1)}, nil
 }
 
 // Run takes part in the group until ctx ends (nil) or a partition fails in a
@@ -180,7 +177,7 @@ func (g *Group) Run(ctx context.Context) error {
 
 // member takes part in the group's generations until ctx ends.
 func (g *Group) member(ctx context.Context) error {
-	defer g.dead.Close()
+	defer g.deadW.Close()
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: g.cfg.GroupID, Brokers: g.cfg.Brokers, Topics: g.cfg.Topics, StartOffset: g.cfg.StartOffset,
 		SessionTimeout: g.cfg.SessionTimeout, RebalanceTimeout: g.cfg.RebalanceTimeout, HeartbeatInterval: g.cfg.HeartbeatInterval,
@@ -217,7 +214,7 @@ func (g *Group) member(ctx context.Context) error {
 			}
 			continue
 		}
-		g.m.rebalances.WithLabelValues(g.cfg.GroupID).Inc()
+		g.m.rebalances.WithLabelValues().Inc()
 		n := 0
 		for topic, assigns := range gen.Assignments {
 			for _, a := range assigns {

@@ -385,3 +385,36 @@ func TestBatchWriterOrderAndDone(t *testing.T) {
 		}
 	}
 }
+
+// Back-pressure: with every record held, a partition fetches MaxInFlight
+// records and waits; each record done lets one more in, and once all are
+// done the partition goes on to the end.
+func TestMaxInFlightBoundsAPartitionUntilRecordsAreDone(t *testing.T) {
+	k := setup(t, 1)
+	produce(t, k.Addr, k.Topic("in"), 30)
+	r := newRecorder("a")
+	r.hold = func(kafka.Message) bool { return true }
+	memberWith(t, k, r, k.Topic("dead"), func(c *runtime.Config) { c.MaxInFlight = 5 })
+	release := func(n int) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, done := range r.held[:n] {
+			done()
+		}
+		r.held = r.held[n:]
+	}
+	testenv.Eventually(t, 20*time.Second, "5 records in flight", func() bool { return r.count() == 5 })
+	time.Sleep(100 * time.Millisecond) // a few commit intervals: no sixth record comes
+	if n := r.count(); n != 5 {
+		t.Fatalf("%d records handed with 5 in flight, want 5 (MaxInFlight)", n)
+	}
+	release(2)
+	testenv.Eventually(t, 20*time.Second, "2 more records once 2 are done", func() bool { return r.count() == 7 })
+	testenv.Eventually(t, 20*time.Second, "all 30 records handled and committed as they are done", func() bool {
+		r.mu.Lock()
+		n := len(r.held)
+		r.mu.Unlock()
+		release(n)
+		return r.count() == 30 && committedToEnd(t, k, k.Group("g"), k.Topic("in"), 1)
+	})
+}

@@ -77,7 +77,7 @@ func (w *stallWatch) check(ctx context.Context) error {
 		}
 	}
 	for topic, n := range counts {
-		w.stalled.WithLabelValues(w.cfg.GroupID, topic).Set(float64(n))
+		w.stalled.WithLabelValues(topic).Set(float64(n))
 	}
 	return nil
 }

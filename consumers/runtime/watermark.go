@@ -7,16 +7,24 @@ import (
 
 // watermark tracks fetched offsets of one partition and which are done. Its
 // value is the highest offset below which every fetched record is done: the
-// offset to commit. Records may be done out of order.
+// offset to commit. Records may be done out of order. It also bounds what is
+// fetched (full), and signals when a record done may have made room (freed).
 type watermark struct {
-	mu      sync.Mutex
-	offsets []int64 // fetched, not yet below the watermark, ascending
-	done    []bool
-	next    int64 // the watermark when nothing is pending
-	undone  int   // how many of offsets are not done
+	mu          sync.Mutex
+	offsets     []int64 // fetched, not yet below the watermark, ascending
+	done        []bool
+	next        int64 // the watermark when nothing is pending
+	undone      int   // how many of offsets are not done
+	maxInFlight int
+	space       chan struct{} // holds a signal once a record is done
 }
 
-func newWatermark(start int64) *watermark { return &watermark{next: start} }
+// newWatermark returns the watermark of a partition starting at start (-1:
+// learnt from the first fetched record), allowing maxInFlight records in
+// flight (Config.MaxInFlight).
+func newWatermark(start int64, maxInFlight int) *watermark {
+	return &watermark{next: start, maxInFlight: maxInFlight, space: make(chan struct{}, 1)}
+}
 
 // add records a fetched offset; offsets arrive in ascending order.
 func (w *watermark) add(offset int64) {
@@ -38,6 +46,10 @@ func (w *watermark) markDone(offset int64) {
 	if i < len(w.offsets) && w.offsets[i] == offset && !w.done[i] {
 		w.done[i] = true
 		w.undone--
+		select {
+		case w.space <- struct{}{}:
+		default: // a signal is already waiting
+		}
 	}
 	j := 0
 	for j < len(w.done) && w.done[j] {
@@ -50,14 +62,26 @@ func (w *watermark) markDone(offset int64) {
 	}
 }
 
-// value returns the offset to commit, how many fetched records are not done
-// (in flight), and how many are tracked above the watermark (in flight, and
-// done after one that is not).
-func (w *watermark) value() (commit int64, inFlight, tracked int) {
+// value returns the offset to commit.
+func (w *watermark) value() int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.next, w.undone, len(w.offsets)
+	return w.next
 }
+
+// full reports whether the partition must wait before fetching more: it has
+// maxInFlight records in flight, or maxTrackedPerInFlight times as many
+// tracked above the watermark.
+func (w *watermark) full() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.undone >= w.maxInFlight || len(w.offsets) >= maxTrackedPerInFlight*w.maxInFlight
+}
+
+// freed receives a signal after a record is done, so that a partition waiting
+// while full looks again. A signal may be stale (sent for a record done before
+// the last look): the receiver checks full again.
+func (w *watermark) freed() <-chan struct{} { return w.space }
 
 // maxTrackedPerInFlight bounds the records tracked above a partition's
 // watermark, done or not, as a multiple of Config.MaxInFlight: a record in

@@ -7,17 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 )
-
-// Writer is what producers write with; *kafka.Writer implements it.
-type Writer interface {
-	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
-}
 
 // NewWriter returns a writer for topic that waits for all in-sync replicas,
 // partitions like the Java client (murmur2), and flushes after a short linger
@@ -159,19 +153,37 @@ func partitions(ctx context.Context, c *kafka.Client, topic string) (int, error)
 	return 0, fmt.Errorf("topic %s not found", topic)
 }
 
-// WaitForBroker polls until a broker answers or ctx ends.
-func WaitForBroker(ctx context.Context, brokers []string) error {
-	for {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", brokers[0])
-		if err == nil {
-			conn.Close()
-			return nil
+// TopicDurations asks the brokers for a topic's millisecond settings; a
+// negative one (retention.ms = -1: forever) is returned as -1.
+func TopicDurations(ctx context.Context, brokers []string, topic string, names ...string) (map[string]time.Duration, error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: names,
+	}}})
+	if err != nil {
+		return nil, fmt.Errorf("asking %v for %v of %s: %w", brokers, names, topic, err)
+	}
+	out := map[string]time.Duration{}
+	for _, res := range resp.Resources {
+		if res.Error != nil {
+			return nil, fmt.Errorf("asking for %v of %s: %w", names, topic, res.Error)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for broker %s: %w", brokers[0], err)
-		case <-time.After(200 * time.Millisecond):
+		for _, e := range res.ConfigEntries {
+			ms, err := strconv.ParseInt(e.ConfigValue, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s of %s is %q: %w", e.ConfigName, topic, e.ConfigValue, err)
+			}
+			if ms < 0 {
+				out[e.ConfigName] = -1
+				continue
+			}
+			out[e.ConfigName] = time.Duration(ms) * time.Millisecond
 		}
 	}
+	for _, n := range names {
+		if _, ok := out[n]; !ok {
+			return nil, fmt.Errorf("the brokers did not say the %s of %s", n, topic)
+		}
+	}
+	return out, nil
 }

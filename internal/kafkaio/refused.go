@@ -4,17 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 )
-
-// MaxDeadLetterValueBytes bounds the value copied into a dead letter for a
-// record that could not be written: a record refused for its size would be
-// refused again by the dead-letter topic, so its value is cut to this many
-// bytes and the header deadletter_value_bytes keeps the original size.
-const MaxDeadLetterValueBytes = 64 << 10
 
 // Refused reports whether err, from WriteMessages, says records can never be
 // written however often they are retried: kafka-go refused a message larger
@@ -42,46 +34,6 @@ func refused(err error) bool {
 		errors.Is(err, kafka.InvalidRecord)
 }
 
-// DeadLetters copies records a writer could not write to the dead-letter
-// topic (<prefix>.deadletter), so that the stage writing them moves on.
-type DeadLetters struct {
-	// W writes to the dead-letter topic.
-	W Writer
-	// Target is the topic the records were meant for (header source_topic).
-	Target string
-	// Writer names who wrote them, for example "router" (header deadletter_writer).
-	Writer string
-	// Instance names this process (header deadletter_instance).
-	Instance string
-	// Counter counts the dead-lettered records (nil: not counted).
-	Counter prometheus.Counter
-}
-
-// Write copies m with why it was refused. Headers: m's own, then
-// deadletter_reason, source_topic (the topic m was for), deadletter_writer,
-// deadletter_instance and, when the value was cut, deadletter_value_bytes.
-func (d *DeadLetters) Write(ctx context.Context, m kafka.Message, reason error) error {
-	headers := append([]kafka.Header(nil), m.Headers...)
-	headers = append(headers,
-		kafka.Header{Key: "deadletter_reason", Value: []byte(reason.Error())},
-		kafka.Header{Key: "source_topic", Value: []byte(d.Target)},
-		kafka.Header{Key: "deadletter_writer", Value: []byte(d.Writer)},
-		kafka.Header{Key: "deadletter_instance", Value: []byte(d.Instance)},
-	)
-	value := m.Value
-	if len(value) > MaxDeadLetterValueBytes {
-		headers = append(headers, kafka.Header{Key: "deadletter_value_bytes", Value: []byte(strconv.Itoa(len(value)))})
-		value = value[:MaxDeadLetterValueBytes]
-	}
-	if err := d.W.WriteMessages(ctx, kafka.Message{Key: m.Key, Value: value, Headers: headers}); err != nil {
-		return fmt.Errorf("dead-lettering a record for %s: %w", d.Target, err)
-	}
-	if d.Counter != nil {
-		d.Counter.Inc()
-	}
-	return nil
-}
-
 // ErrNoDeadLetters is returned by WriteAll for a refused record when there is
 // nowhere to put it: the caller must stop rather than retry it forever.
 var ErrNoDeadLetters = errors.New("record refused and no dead-letter topic configured")
@@ -92,7 +44,7 @@ var ErrNoDeadLetters = errors.New("record refused and no dead-letter topic confi
 // culprits go to the dead-letter topic. It returns how many records were
 // dead-lettered, and any other error as is: the caller retries msgs, and
 // records already written may then be written twice (at least once).
-func WriteAll(ctx context.Context, w Writer, msgs []kafka.Message, dl *DeadLetters) (int, error) {
+func WriteAll(ctx context.Context, w writer, msgs []kafka.Message, dl *DeadLetters) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
 	}
