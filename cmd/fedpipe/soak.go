@@ -133,7 +133,26 @@ func (s *soak) run(ctx context.Context) (err error) {
 		}
 	}()
 	gaps := killGaps(c.seed, c.kills)
-	var schedule time.Duration
+	schedule := s.announce(gaps)
+	if err := s.startProcs(ctx); err != nil {
+		return err
+	}
+	drained, err := s.load(ctx, gaps, schedule)
+	if err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	// Stragglers: duplicates still in flight when the last expected delivery arrived.
+	time.Sleep(2 * time.Second)
+	return s.report(ctx, started, drained)
+}
+
+// announce prints the run's shape: the seed, the load, the kill schedule and
+// the work directory. It returns how long the kill schedule lasts.
+func (s *soak) announce(gaps []time.Duration) (schedule time.Duration) {
+	c := s.cfg
 	short := 0
 	for _, g := range gaps {
 		schedule += g
@@ -146,7 +165,12 @@ func (s *soak) run(ctx context.Context) (err error) {
 	s.printf("%d SIGKILLs of the stage process over about %s (%d under 5 s after the previous start), PostgreSQL restarted after kill %d, the broker process after kill %d; stall bound %s",
 		c.kills, schedule.Round(time.Second), short, c.kills/3, 2*c.kills/3, c.stallBound)
 	s.printf("work directory %s", s.dir)
+	return schedule
+}
 
+// startProcs starts the infrastructure process, waits for it to serve, then
+// starts the stage process; progress is watched from then on.
+func (s *soak) startProcs(ctx context.Context) error {
 	if err := s.infra.start(); err != nil {
 		return err
 	}
@@ -157,14 +181,19 @@ func (s *soak) run(ctx context.Context) (err error) {
 		return err
 	}
 	s.watch = newProgressWatch(time.Now())
+	return nil
+}
 
+// load runs the ingest of the load over schedule, the progress monitor and the
+// kill loop together; after the last kill and the last ingested event it waits
+// for the deliveries to drain, and reports whether they did.
+func (s *soak) load(ctx context.Context, gaps []time.Duration, schedule time.Duration) (drained bool, err error) {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
 	ingestDone := make(chan struct{})
 	g.Go(func() error { defer close(ingestDone); return s.ingest(gctx, schedule) })
 	g.Go(func() error { return s.monitor(gctx) })
-	drained := false
 	g.Go(func() error {
 		defer cancel()
 		if err := s.killLoop(gctx, gaps); err != nil {
@@ -179,13 +208,15 @@ func (s *soak) run(ctx context.Context) (err error) {
 		return nil
 	})
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-		return err
+		return false, err
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	// Stragglers: duplicates still in flight when the last expected delivery arrived.
-	time.Sleep(2 * time.Second)
+	return drained, nil
+}
+
+// report checks the deliveries against the plan, prints the figures of the run
+// and returns its verdict.
+func (s *soak) report(ctx context.Context, started time.Time, drained bool) error {
+	c := s.cfg
 	rep := s.plan.Check(s.recv.PDUs, -1)
 	s.mu.Lock()
 	rep.Print(s.out)
@@ -207,23 +238,15 @@ func (s *soak) run(ctx context.Context) (err error) {
 	return nil
 }
 
+// soakLocal is the server name of the fedpipe under soak.
+const soakLocal = "soak.local"
+
 // setup prepares the work directory, the signing key, the simulated remote
 // servers, the load and both processes' configurations.
 func (s *soak) setup() error {
 	c := s.cfg
-	dir := c.dir
-	if dir == "" {
-		d, err := os.MkdirTemp("", "fedpipe-soak-")
-		if err != nil {
-			return err
-		}
-		dir = d
-	}
-	// PostgreSQL runs as its own account and must enter the directory.
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
+	dir, err := soakWorkDir(c.dir)
+	if err != nil {
 		return err
 	}
 	s.dir = dir
@@ -232,76 +255,132 @@ func (s *soak) setup() error {
 	if err != nil {
 		return fmt.Errorf("soak: %w (use an empty --dir)", err)
 	}
-	const local = "soak.local"
 	names := make([]string, c.servers)
 	for i := range names {
 		names[i] = fmt.Sprintf("remote%d.soak", i)
 	}
+	caFile, err := s.startRemotes(names, key)
+	if err != nil {
+		return err
+	}
+	s.plan, err = loadgen.Generate(loadgen.Config{LocalServer: soakLocal, RemoteServers: names, Rooms: c.rooms, Events: c.events, ServersPerRoom: min(3, c.servers), Seed: c.seed})
+	if err != nil {
+		return err
+	}
+	return s.configureProcs(names, keyPath, caFile)
+}
+
+// soakWorkDir makes the work directory, a new one under the system temp dir
+// when dir is empty.
+func soakWorkDir(dir string) (string, error) {
+	if dir == "" {
+		d, err := os.MkdirTemp("", "fedpipe-soak-")
+		if err != nil {
+			return "", err
+		}
+		dir = d
+	}
+	// PostgreSQL runs as its own account and must enter the directory.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// startRemotes starts the simulated remote servers, which trust only key of
+// soakLocal, and writes their CA certificate into the work directory for the
+// stage process; it returns that file's path.
+func (s *soak) startRemotes(names []string, key *signing.Key) (caFile string, err error) {
 	s.recv, err = testreceiver.Start(testreceiver.Config{Names: names, Keys: func(origin, keyID string) (ed25519.PublicKey, error) {
-		if origin == local && keyID == key.ID {
+		if origin == soakLocal && keyID == key.ID {
 			return key.Public(), nil
 		}
 		return nil, fmt.Errorf("unknown key %s of %s", keyID, origin)
 	}})
 	if err != nil {
-		return err
+		return "", err
 	}
-	caFile := filepath.Join(dir, "remotes-ca.pem")
+	caFile = filepath.Join(s.dir, "remotes-ca.pem")
 	if err := os.WriteFile(caFile, s.recv.CACertPEM(), 0o644); err != nil {
-		return err
+		return "", err
 	}
-	s.plan, err = loadgen.Generate(loadgen.Config{LocalServer: local, RemoteServers: names, Rooms: c.rooms, Events: c.events, ServersPerRoom: min(3, c.servers), Seed: c.seed})
+	return caFile, nil
+}
+
+// soakPorts are the loopback ports of one run.
+type soakPorts struct {
+	kafka, pg, ingest, infraAdmin, stageAdmin int
+}
+
+// configureProcs picks free ports and configures both processes: the
+// infrastructure process (embedded broker and PostgreSQL, ingest and relay)
+// and the stage process (presence, router and sender).
+func (s *soak) configureProcs(names []string, keyPath, caFile string) error {
+	c := s.cfg
+	free, err := freePorts(5)
 	if err != nil {
 		return err
 	}
-	ports, err := freePorts(5)
-	if err != nil {
-		return err
-	}
-	kafkaPort, pgPort, ingestPort, infraAdmin, stageAdmin := ports[0], ports[1], ports[2], ports[3], ports[4]
-	s.ingestURL = fmt.Sprintf("http://127.0.0.1:%d/_fedpipe/v1/events", ingestPort)
-	s.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", stageAdmin)
-	s.pgDir, s.pgPort = filepath.Join(dir, "infra", "postgres"), pgPort
-	var static []string
-	for _, n := range names {
-		static = append(static, n+"="+s.recv.Addr())
-	}
+	p := soakPorts{kafka: free[0], pg: free[1], ingest: free[2], infraAdmin: free[3], stageAdmin: free[4]}
+	s.ingestURL = fmt.Sprintf("http://127.0.0.1:%d/_fedpipe/v1/events", p.ingest)
+	s.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", p.stageAdmin)
+	s.pgDir, s.pgPort = filepath.Join(s.dir, "infra", "postgres"), p.pg
 	stallAfter := (c.stallBound * 3 / 4).String()
-	common := []string{"FEDPIPE_SERVER_NAME=" + local, "FEDPIPE_LOG_LEVEL=" + c.logLevel, "FEDPIPE_KAFKA_STALL_AFTER=" + stallAfter}
-	brokers := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
+	common := []string{"FEDPIPE_SERVER_NAME=" + soakLocal, "FEDPIPE_LOG_LEVEL=" + c.logLevel, "FEDPIPE_KAFKA_STALL_AFTER=" + stallAfter}
+	brokers := fmt.Sprintf("127.0.0.1:%d", p.kafka)
 	if c.brokers != "" {
 		brokers = c.brokers
 		common = append(common, fmt.Sprintf("FEDPIPE_KAFKA_TOPIC_PREFIX=soak%x", c.seed&0xffffff))
 	}
-	s.infra = &soakProc{name: "infra", bin: c.bin, args: []string{"run", "--stages=ingest,relay"}, logPath: filepath.Join(dir, "infra.log"),
-		env: childEnv(append(common,
-			"FEDPIPE_INSTANCE=soak-infra",
-			"FEDPIPE_DATA_DIR="+filepath.Join(dir, "infra"),
-			"FEDPIPE_KAFKA_BROKERS="+c.brokers,
-			fmt.Sprintf("FEDPIPE_KAFKA_EMBEDDED_PORT=%d", kafkaPort),
-			"FEDPIPE_DATABASE_URL=",
-			fmt.Sprintf("FEDPIPE_DATABASE_EMBEDDED_PORT=%d", pgPort),
-			fmt.Sprintf("FEDPIPE_INGEST_LISTEN=127.0.0.1:%d", ingestPort),
-			fmt.Sprintf("FEDPIPE_ADMIN_LISTEN=127.0.0.1:%d", infraAdmin),
-		)...)}
-	s.stages = &soakProc{name: "stages", bin: c.bin, args: []string{"run", "--stages=presence,router,sender"}, logPath: filepath.Join(dir, "stages.log"),
-		env: childEnv(append(common,
-			"FEDPIPE_INSTANCE=soak-stages",
-			"FEDPIPE_DATA_DIR="+filepath.Join(dir, "stages"),
-			"FEDPIPE_SIGNING_KEY_PATH="+keyPath,
-			"FEDPIPE_KAFKA_BROKERS="+brokers,
-			fmt.Sprintf("FEDPIPE_DATABASE_URL=postgres://postgres@127.0.0.1:%d/fedpipe?sslmode=disable", pgPort),
-			"FEDPIPE_FEDERATION_STATIC="+strings.Join(static, ","),
-			"FEDPIPE_FEDERATION_CA_FILE="+caFile,
-			"FEDPIPE_FEDERATION_ALLOWED_NETWORKS=127.0.0.0/8",
-			"FEDPIPE_INGEST_LISTEN=",
-			fmt.Sprintf("FEDPIPE_ADMIN_LISTEN=127.0.0.1:%d", stageAdmin),
-		)...)}
-	s.infraAddrs = []string{fmt.Sprintf("127.0.0.1:%d", ingestPort)}
+	s.infra = &soakProc{name: "infra", bin: c.bin, args: []string{"run", "--stages=ingest,relay"}, logPath: filepath.Join(s.dir, "infra.log"),
+		env: childEnv(append(common, s.infraEnv(p)...)...)}
+	s.stages = &soakProc{name: "stages", bin: c.bin, args: []string{"run", "--stages=presence,router,sender"}, logPath: filepath.Join(s.dir, "stages.log"),
+		env: childEnv(append(common, s.stagesEnv(names, p, brokers, keyPath, caFile)...)...)}
+	s.infraAddrs = []string{fmt.Sprintf("127.0.0.1:%d", p.ingest)}
 	if c.brokers == "" {
 		s.infraAddrs = append(s.infraAddrs, brokers)
 	}
 	return nil
+}
+
+// infraEnv is the infrastructure process's own configuration: the embedded
+// broker (unused with --brokers) and PostgreSQL, the ingest API and admin.
+func (s *soak) infraEnv(p soakPorts) []string {
+	return []string{
+		"FEDPIPE_INSTANCE=soak-infra",
+		"FEDPIPE_DATA_DIR=" + filepath.Join(s.dir, "infra"),
+		"FEDPIPE_KAFKA_BROKERS=" + s.cfg.brokers,
+		fmt.Sprintf("FEDPIPE_KAFKA_EMBEDDED_PORT=%d", p.kafka),
+		"FEDPIPE_DATABASE_URL=",
+		fmt.Sprintf("FEDPIPE_DATABASE_EMBEDDED_PORT=%d", p.pg),
+		fmt.Sprintf("FEDPIPE_INGEST_LISTEN=127.0.0.1:%d", p.ingest),
+		fmt.Sprintf("FEDPIPE_ADMIN_LISTEN=127.0.0.1:%d", p.infraAdmin),
+	}
+}
+
+// stagesEnv is the stage process's own configuration: its key, the broker,
+// the infrastructure process's PostgreSQL, and the remote servers all at the
+// test receiver's address, trusted through its CA.
+func (s *soak) stagesEnv(names []string, p soakPorts, brokers, keyPath, caFile string) []string {
+	static := make([]string, 0, len(names))
+	for _, n := range names {
+		static = append(static, n+"="+s.recv.Addr())
+	}
+	return []string{
+		"FEDPIPE_INSTANCE=soak-stages",
+		"FEDPIPE_DATA_DIR=" + filepath.Join(s.dir, "stages"),
+		"FEDPIPE_SIGNING_KEY_PATH=" + keyPath,
+		"FEDPIPE_KAFKA_BROKERS=" + brokers,
+		fmt.Sprintf("FEDPIPE_DATABASE_URL=postgres://postgres@127.0.0.1:%d/fedpipe?sslmode=disable", p.pg),
+		"FEDPIPE_FEDERATION_STATIC=" + strings.Join(static, ","),
+		"FEDPIPE_FEDERATION_CA_FILE=" + caFile,
+		"FEDPIPE_FEDERATION_ALLOWED_NETWORKS=127.0.0.0/8",
+		"FEDPIPE_INGEST_LISTEN=",
+		fmt.Sprintf("FEDPIPE_ADMIN_LISTEN=127.0.0.1:%d", p.stageAdmin),
+	}
 }
 
 // waitInfra waits until the infrastructure process serves the broker and the

@@ -12,55 +12,105 @@ import (
 // integer, which is decided on the decimal digits, never through a float.
 func (p *parser) number(out []byte) ([]byte, error) {
 	start := p.pos
-	neg := p.in[p.pos] == '-'
-	if neg {
+	d, err := p.scanNumber()
+	if err != nil {
+		return nil, err
+	}
+	text := p.in[start:p.pos]
+	intDigits, fracDigits, scale := d.significant()
+	nDigits := int64(len(intDigits) + len(fracDigits))
+	if nDigits == 0 {
+		return append(out, '0'), nil // zero, however written (also -0)
+	}
+	if scale < 0 {
+		return nil, p.errorf("number %s is not an integer: floats are not allowed in canonical JSON", shorten(text))
+	}
+	if nDigits+scale > 16 { // 2^53 has 16 digits
+		return nil, p.errorf("integer %s is outside ±(2^53−1)", shorten(text))
+	}
+	n := integer(intDigits, fracDigits, scale)
+	if n > MaxSafeInteger {
+		return nil, p.errorf("integer %s is outside ±(2^53−1)", shorten(text))
+	}
+	if d.neg {
+		n = -n
+	}
+	return strconv.AppendInt(out, n, 10), nil
+}
+
+// decimal is a JSON number as written: its sign, integer digits, fraction
+// digits and exponent.
+type decimal struct {
+	neg                   bool
+	intDigits, fracDigits []byte
+	exp                   int64
+}
+
+// scanNumber reads the JSON number at p.pos, checking its grammar.
+func (p *parser) scanNumber() (decimal, error) {
+	var d decimal
+	d.neg = p.in[p.pos] == '-'
+	if d.neg {
 		p.pos++
 	}
 	intStart := p.pos
 	p.digits()
-	intEnd := p.pos
-	if intEnd == intStart {
-		return nil, p.errorf("a number needs digits")
+	if p.pos == intStart {
+		return d, p.errorf("a number needs digits")
 	}
-	if p.in[intStart] == '0' && intEnd-intStart > 1 {
-		return nil, p.errorf("leading zero in number")
+	if p.in[intStart] == '0' && p.pos-intStart > 1 {
+		return d, p.errorf("leading zero in number")
 	}
-	fracStart, fracEnd := p.pos, p.pos
+	d.intDigits = p.in[intStart:p.pos]
 	if p.pos < len(p.in) && p.in[p.pos] == '.' {
 		p.pos++
-		fracStart = p.pos
+		fracStart := p.pos
 		p.digits()
-		if fracEnd = p.pos; fracEnd == fracStart {
-			return nil, p.errorf("a fraction needs digits")
+		if p.pos == fracStart {
+			return d, p.errorf("a fraction needs digits")
 		}
+		d.fracDigits = p.in[fracStart:p.pos]
 	}
-	exp := int64(0)
 	if p.pos < len(p.in) && (p.in[p.pos] == 'e' || p.in[p.pos] == 'E') {
 		p.pos++
-		expNeg := false
-		if p.pos < len(p.in) && (p.in[p.pos] == '+' || p.in[p.pos] == '-') {
-			expNeg = p.in[p.pos] == '-'
-			p.pos++
+		exp, err := p.exponent()
+		if err != nil {
+			return d, err
 		}
-		expStart := p.pos
-		for ; p.pos < len(p.in) && isDigit(p.in[p.pos]); p.pos++ {
-			if exp < 1<<40 { // saturate: any larger exponent is equally out of range
-				exp = exp*10 + int64(p.in[p.pos]-'0')
-			}
-		}
-		if p.pos == expStart {
-			return nil, p.errorf("an exponent needs digits")
-		}
-		if expNeg {
-			exp = -exp
+		d.exp = exp
+	}
+	return d, nil
+}
+
+// exponent reads an exponent's optional sign and digits, after the 'e'.
+func (p *parser) exponent() (int64, error) {
+	neg := false
+	if p.pos < len(p.in) && (p.in[p.pos] == '+' || p.in[p.pos] == '-') {
+		neg = p.in[p.pos] == '-'
+		p.pos++
+	}
+	start := p.pos
+	exp := int64(0)
+	for ; p.pos < len(p.in) && isDigit(p.in[p.pos]); p.pos++ {
+		if exp < 1<<40 { // saturate: any larger exponent is equally out of range
+			exp = exp*10 + int64(p.in[p.pos]-'0')
 		}
 	}
-	text := p.in[start:p.pos]
+	if p.pos == start {
+		return 0, p.errorf("an exponent needs digits")
+	}
+	if neg {
+		exp = -exp
+	}
+	return exp, nil
+}
 
-	// The value is mantissa × 10^scale, the mantissa being the integer and
-	// fraction digits without leading or trailing zeros.
-	intDigits, fracDigits := p.in[intStart:intEnd], p.in[fracStart:fracEnd]
-	scale := exp - int64(len(fracDigits))
+// significant writes d's value as mantissa × 10^scale, the mantissa being the
+// integer and fraction digits without leading or trailing zeros. Both digit
+// slices are empty when the value is zero.
+func (d decimal) significant() (intDigits, fracDigits []byte, scale int64) {
+	intDigits, fracDigits = d.intDigits, d.fracDigits
+	scale = d.exp - int64(len(fracDigits))
 	for len(fracDigits) > 0 && fracDigits[len(fracDigits)-1] == '0' {
 		fracDigits = fracDigits[:len(fracDigits)-1]
 		scale++
@@ -79,16 +129,12 @@ func (p *parser) number(out []byte) ([]byte, error) {
 			fracDigits = fracDigits[1:]
 		}
 	}
-	nDigits := int64(len(intDigits) + len(fracDigits))
-	if nDigits == 0 {
-		return append(out, '0'), nil // zero, however written (also -0)
-	}
-	if scale < 0 {
-		return nil, p.errorf("number %s is not an integer: floats are not allowed in canonical JSON", shorten(text))
-	}
-	if nDigits+scale > 16 { // 2^53 has 16 digits
-		return nil, p.errorf("integer %s is outside ±(2^53−1)", shorten(text))
-	}
+	return intDigits, fracDigits, scale
+}
+
+// integer is the value of the mantissa digits times 10^scale; the caller has
+// checked that it has at most 16 digits, so it does not overflow.
+func integer(intDigits, fracDigits []byte, scale int64) int64 {
 	var n int64
 	for _, d := range [2][]byte{intDigits, fracDigits} {
 		for _, c := range d {
@@ -98,13 +144,7 @@ func (p *parser) number(out []byte) ([]byte, error) {
 	for ; scale > 0; scale-- {
 		n *= 10
 	}
-	if n > MaxSafeInteger {
-		return nil, p.errorf("integer %s is outside ±(2^53−1)", shorten(text))
-	}
-	if neg {
-		n = -n
-	}
-	return strconv.AppendInt(out, n, 10), nil
+	return n
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }

@@ -1,14 +1,12 @@
 package testreceiver
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,7 +15,6 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/federation/xmatrix"
 )
 
 // Config configures a Server.
@@ -171,203 +168,6 @@ func (s *Server) ClearFault(dest string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.faults, dest)
-}
-
-func matrixError(w http.ResponseWriter, status int, errcode, msg string, extra map[string]any) {
-	body := map[string]any{"errcode": errcode, "error": msg}
-	for k, v := range extra {
-		body[k] = v
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(body)
-}
-
-func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
-	h, err := xmatrix.Parse(r.Header.Get("Authorization"))
-	if err != nil {
-		matrixError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", err.Error(), nil)
-		return
-	}
-	dest := h.Destination
-	if dest == "" {
-		dest = r.Host
-	}
-	s.mu.Lock()
-	hosted := s.names[dest]
-	s.requests[dest]++
-	fault := s.takeFault(dest)
-	s.mu.Unlock()
-	if !hosted {
-		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "no server "+dest+" here", nil)
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
-	if err != nil {
-		matrixError(w, http.StatusBadRequest, "M_BAD_JSON", "reading body: "+err.Error(), nil)
-		return
-	}
-	if int64(len(body)) > s.cfg.MaxBodyBytes {
-		matrixError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "body too large", nil)
-		return
-	}
-	pub, err := s.cfg.Keys(h.Origin, h.KeyID)
-	if err != nil {
-		matrixError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "unknown key: "+err.Error(), nil)
-		return
-	}
-	if err := xmatrix.Verify(h, r.Method, r.URL.RequestURI(), dest, body, pub); err != nil {
-		matrixError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", err.Error(), nil)
-		return
-	}
-	var t struct {
-		Origin         string            `json:"origin"`
-		OriginServerTS *int64            `json:"origin_server_ts"`
-		PDUs           []json.RawMessage `json:"pdus"`
-		EDUs           []txn.EDU         `json:"edus"`
-	}
-	if err := json.Unmarshal(body, &t); err != nil || t.OriginServerTS == nil || t.PDUs == nil {
-		matrixError(w, http.StatusBadRequest, "M_BAD_JSON", "not a transaction", nil)
-		return
-	}
-	if t.Origin != h.Origin {
-		matrixError(w, http.StatusBadRequest, "M_FORBIDDEN", "origin differs from the signed origin", nil)
-		return
-	}
-	if len(t.PDUs) > txn.MaxPDUs || len(t.EDUs) > txn.MaxEDUs {
-		matrixError(w, http.StatusBadRequest, "M_BAD_JSON", fmt.Sprintf("%d PDUs, %d EDUs: over the limits", len(t.PDUs), len(t.EDUs)), nil)
-		return
-	}
-	txnID := r.PathValue("txnID")
-	pair := h.Origin + "|" + dest
-	s.mu.Lock()
-	if s.inFlight[pair] {
-		s.rejections++
-		s.mu.Unlock()
-		matrixError(w, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "a transaction from this origin is already being processed", map[string]any{"retry_after_ms": 100})
-		return
-	}
-	s.inFlight[pair] = true
-	s.mu.Unlock()
-	var releaseOnce sync.Once
-	release := func() {
-		releaseOnce.Do(func() {
-			s.mu.Lock()
-			delete(s.inFlight, pair)
-			s.mu.Unlock()
-		})
-	}
-	defer release()
-
-	if fault != nil {
-		if fault.Delay > 0 {
-			select {
-			case <-time.After(fault.Delay):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		if fault.DropConnection {
-			// Release first: the client sees the close at once and may resend
-			// (net/http retries an idempotent PUT), which is not an overlap.
-			release()
-			if hj, ok := w.(http.Hijacker); ok {
-				if c, _, err := hj.Hijack(); err == nil {
-					c.Close()
-				}
-			}
-			return
-		}
-		if fault.Status != 0 {
-			var extra map[string]any
-			if fault.RetryAfter > 0 {
-				extra = map[string]any{"retry_after_ms": fault.RetryAfter.Milliseconds()}
-			}
-			matrixError(w, fault.Status, errcodeFor(fault.Status), "injected fault", extra)
-			return
-		}
-	}
-
-	key := pair + "|" + txnID
-	s.mu.Lock()
-	if s.seen[key] {
-		s.duplicates++
-	} else {
-		s.seen[key] = true
-		s.received[dest] = append(s.received[dest], Received{Origin: h.Origin, Destination: dest, TxnID: txnID, At: time.Now(), PDUs: t.PDUs, EDUs: t.EDUs, BodyBytes: len(body)})
-	}
-	s.mu.Unlock()
-
-	resp := pduResults(t.PDUs)
-	w.Header().Set("Content-Type", "application/json")
-	if fault != nil && fault.SlowBody > 0 {
-		w.WriteHeader(http.StatusOK)
-		step := fault.SlowBody / time.Duration(len(resp)+1)
-		for i := range resp {
-			_, _ = w.Write(resp[i : i+1])
-			if f, ok := w.(http.Flusher); ok {
-				f.Flush()
-			}
-			time.Sleep(step)
-		}
-		return
-	}
-	_, _ = w.Write(resp)
-}
-
-// takeFault returns dest's fault for this request, counting it down. s.mu is held.
-func (s *Server) takeFault(dest string) *Fault {
-	f, ok := s.faults[dest]
-	if !ok {
-		return nil
-	}
-	cp := *f
-	if f.Times > 0 {
-		f.Times--
-		if f.Times == 0 {
-			delete(s.faults, dest)
-		}
-	}
-	return &cp
-}
-
-func errcodeFor(status int) string {
-	switch status {
-	case http.StatusTooManyRequests:
-		return "M_LIMIT_EXCEEDED"
-	case http.StatusForbidden:
-		return "M_FORBIDDEN"
-	case http.StatusUnauthorized:
-		return "M_UNAUTHORIZED"
-	case http.StatusNotFound:
-		return "M_UNRECOGNIZED"
-	default:
-		return "M_UNKNOWN"
-	}
-}
-
-// pduResults answers {} for every PDU, keyed by its event_id where it has one
-// (room versions 1 and 2); later versions' ids are hashes the receiver does not compute.
-func pduResults(pdus []json.RawMessage) []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"pdus":{`)
-	n := 0
-	for _, p := range pdus {
-		var ev struct {
-			EventID string `json:"event_id"`
-		}
-		if json.Unmarshal(p, &ev) == nil && ev.EventID != "" {
-			if n > 0 {
-				b.WriteByte(',')
-			}
-			q, _ := json.Marshal(ev.EventID)
-			b.Write(q)
-			b.WriteString(":{}")
-			n++
-		}
-	}
-	b.WriteString("}}")
-	return b.Bytes()
 }
 
 // URL is the base URL for requests to a hosted name, for hand-made clients.
