@@ -65,35 +65,52 @@ type Config struct {
 	// RoomTopic and RouterGroup are what wait-for-position waits on.
 	RoomTopic   string
 	RouterGroup string
-	// StallAfter is the stall threshold of the groups (kafka.stall_after;
-	// default 1m as the runtime's); negative: the page judges only whether
-	// partitions move.
+	// StallAfter is the stall threshold of the groups (kafka.stall_after).
+	// Default 1m, the consumer runtime's; negative: the page judges only
+	// whether partitions move.
 	StallAfter time.Duration
 	// SampleInterval is how often the groups are sampled to tell which
-	// partitions move (default 5s).
+	// partitions move. Default (zero or negative) 5s.
 	SampleInterval time.Duration
-	// MaxWait bounds wait_for_position's timeout (default 5m).
+	// MaxWait bounds wait_for_position's timeout. Default (zero or
+	// negative) 5m.
 	MaxWait time.Duration
 }
 
-// Validate fills defaults and reports what is missing.
+// The defaults of Config's fields.
+const (
+	defaultStallAfter     = time.Minute // the consumer runtime's
+	defaultSampleInterval = 5 * time.Second
+	defaultMaxWait        = 5 * time.Minute
+)
+
+// Validate fills the defaults of zero fields and reports every field that is
+// missing, each by name.
 func (c *Config) Validate() error {
-	if len(c.Brokers) == 0 {
-		return errors.New("admin: brokers are required")
-	}
-	if c.DeadLetterTopic == "" || c.RoomTopic == "" || c.RouterGroup == "" {
-		return errors.New("admin: the dead-letter topic, the room topic and the router group are required")
-	}
 	if c.StallAfter == 0 {
-		c.StallAfter = time.Minute
+		c.StallAfter = defaultStallAfter
 	}
 	if c.SampleInterval <= 0 {
-		c.SampleInterval = 5 * time.Second
+		c.SampleInterval = defaultSampleInterval
 	}
 	if c.MaxWait <= 0 {
-		c.MaxWait = 5 * time.Minute
+		c.MaxWait = defaultMaxWait
 	}
-	return nil
+	var errs []error
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"Brokers", len(c.Brokers) > 0},
+		{"DeadLetterTopic", c.DeadLetterTopic != ""},
+		{"RoomTopic", c.RoomTopic != ""},
+		{"RouterGroup", c.RouterGroup != ""},
+	} {
+		if !f.set {
+			errs = append(errs, fmt.Errorf("admin: %s must be set", f.name))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Server is the admin API. Run samples the groups; Handler serves.

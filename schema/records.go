@@ -33,6 +33,10 @@ const (
 // handled and belongs in the dead-letter topic.
 var ErrInvalidRecord = errors.New("invalid record")
 
+// DefaultPrefix is the topic prefix when none is configured (kafka.topic_prefix):
+// topics are fedpipe.room, fedpipe.outbound, ...
+const DefaultPrefix = "fedpipe"
+
 // Topic is the name of a stream's topic under prefix.
 func Topic(prefix, stream string) string { return prefix + "." + stream }
 

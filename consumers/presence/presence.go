@@ -33,32 +33,45 @@ import (
 // Config configures the stage.
 type Config struct {
 	// ServerName is ours: records about users of other servers are refused.
+	// Required.
 	ServerName string
-	// Prefix is the topic prefix.
+	// Prefix is the topic prefix. Required.
 	Prefix string
-	// Timers are the presence timers (fedpresence.DefaultTimers when zero).
+	// Timers are the presence timers. Default (all zero)
+	// fedpresence.DefaultTimers.
 	Timers fedpresence.Timers
 	// InstanceTimeout: an instance that sends nothing for this long has
-	// vanished, and its users stop syncing there (Synapse's 5 minutes).
-	// Sync workers send instance_alive well within it.
+	// vanished, and its users stop syncing there. Default
+	// DefaultInstanceTimeout (Synapse's 5 minutes). Sync workers send
+	// instance_alive well within it.
 	InstanceTimeout time.Duration
-	// SweepInterval is how often the timers are checked (1 s).
+	// SweepInterval is how often the timers are checked. Default
+	// DefaultSweepInterval.
 	SweepInterval time.Duration
-	// SweepBatch is the most users one timer transaction handles (500).
+	// SweepBatch is the most users one timer transaction handles. Default 500.
 	SweepBatch int
-	// Now is the clock (time.Now); tests inject their own.
+	// Now is the clock; tests inject their own. Default time.Now.
 	Now func() time.Time
 }
 
-func (c Config) withDefaults() Config {
+const (
+	// DefaultInstanceTimeout is Config.InstanceTimeout when it is zero (Synapse's).
+	DefaultInstanceTimeout = 5 * time.Minute
+	// DefaultSweepInterval is Config.SweepInterval when it is zero.
+	DefaultSweepInterval = time.Second
+)
+
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
+func (c *Config) Validate() error {
 	if c.Timers == (fedpresence.Timers{}) {
 		c.Timers = fedpresence.DefaultTimers
 	}
 	if c.InstanceTimeout == 0 {
-		c.InstanceTimeout = 5 * time.Minute
+		c.InstanceTimeout = DefaultInstanceTimeout
 	}
 	if c.SweepInterval == 0 {
-		c.SweepInterval = time.Second
+		c.SweepInterval = DefaultSweepInterval
 	}
 	if c.SweepBatch == 0 {
 		c.SweepBatch = 500
@@ -66,28 +79,27 @@ func (c Config) withDefaults() Config {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return c
-}
-
-// Validate reports invalid settings.
-func (c Config) Validate() error {
 	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("presence: "+format, args...)) }
 	if c.ServerName == "" {
-		errs = append(errs, errors.New("server name must be set"))
+		bad("ServerName must be set")
 	}
 	if c.Prefix == "" {
-		errs = append(errs, errors.New("topic prefix must be set"))
+		bad("Prefix must be set")
 	}
 	if err := c.Timers.Validate(); err != nil {
-		errs = append(errs, err)
+		bad("Timers: %w", err)
 	}
-	if c.InstanceTimeout <= 0 || c.SweepInterval <= 0 || c.SweepBatch <= 0 {
-		errs = append(errs, errors.New("instance timeout, sweep interval and sweep batch must be positive"))
+	if c.InstanceTimeout <= 0 {
+		bad("InstanceTimeout must be positive, got %s", c.InstanceTimeout)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("presence: %w", err)
+	if c.SweepInterval <= 0 {
+		bad("SweepInterval must be positive, got %s", c.SweepInterval)
 	}
-	return nil
+	if c.SweepBatch <= 0 {
+		bad("SweepBatch must be positive, got %d", c.SweepBatch)
+	}
+	return errors.Join(errs...)
 }
 
 // Stage is the presence stage: runtime.New(cfg, stage, ...) runs its records,
@@ -101,7 +113,6 @@ type Stage struct {
 
 // New returns the stage.
 func New(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, reg prometheus.Registerer) (*Stage, error) {
-	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

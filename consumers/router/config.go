@@ -2,8 +2,11 @@ package router
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"time"
+
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // Config configures the router stage.
@@ -11,7 +14,7 @@ type Config struct {
 	// ServerName is our server name: only events originating here are routed,
 	// and it is never a destination.
 	ServerName string
-	// Prefix is the topic prefix; the router reads <Prefix>.room. Default "fedpipe".
+	// Prefix is the topic prefix; the router reads <Prefix>.room. Default DefaultPrefix.
 	Prefix string
 	// Instance names this process in the instance header of the records it writes.
 	// Default "router".
@@ -25,6 +28,7 @@ type Config struct {
 	// record before it (roomBarrier), read from the group's committed offsets.
 	// Without Brokers presence is routed against whatever membership is
 	// stored: only tests of the routing rules alone leave it empty.
+	// GroupID defaults to DefaultGroupID.
 	Brokers []string
 	GroupID string
 	// OutboundPartitions is the partition count of <prefix>.outbound: a PDU
@@ -46,9 +50,11 @@ const DefaultGroupID = "fedpipe-router"
 const DefaultRoomsPerPartition = 10_000
 
 // DefaultPrefix is the topic prefix when Config.Prefix is empty.
-const DefaultPrefix = "fedpipe"
+const DefaultPrefix = schema.DefaultPrefix
 
-func (c Config) withDefaults() Config {
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
+func (c *Config) Validate() error {
 	if c.Prefix == "" {
 		c.Prefix = DefaultPrefix
 	}
@@ -67,25 +73,28 @@ func (c Config) withDefaults() Config {
 	if c.TypingTick == 0 {
 		c.TypingTick = TypingTick
 	}
-	return c
-}
-
-// Validate reports the first setting that cannot work, after defaults.
-func (c Config) Validate() error {
-	c = c.withDefaults()
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("router: "+format, args...)) }
 	switch {
 	case c.ServerName == "":
-		return errors.New("router: server name is required")
+		bad("ServerName must be set")
 	case strings.ContainsAny(c.ServerName, " \t\r\n/@"):
-		return errors.New("router: server name must be a bare host[:port]")
-	case strings.ContainsAny(c.Prefix, " \t\r\n"):
-		return errors.New("router: topic prefix must not contain whitespace")
-	case c.OutboundPartitions < 0:
-		return errors.New("router: outbound partitions must not be negative")
-	case c.RoomsPerPartition < 1:
-		return errors.New("router: rooms per partition must be positive")
-	case c.TypingPing < 0 || c.TypingTick < 0:
-		return errors.New("router: typing intervals must be positive")
+		bad("ServerName %q must be a bare host[:port]", c.ServerName)
 	}
-	return nil
+	if strings.ContainsAny(c.Prefix, " \t\r\n") {
+		bad("Prefix (the topic prefix) %q must not contain whitespace", c.Prefix)
+	}
+	if c.OutboundPartitions < 0 {
+		bad("OutboundPartitions must not be negative, got %d", c.OutboundPartitions)
+	}
+	if c.RoomsPerPartition < 1 {
+		bad("RoomsPerPartition must be positive, got %d", c.RoomsPerPartition)
+	}
+	if c.TypingPing < 0 {
+		bad("TypingPing must not be negative, got %s", c.TypingPing)
+	}
+	if c.TypingTick < 0 {
+		bad("TypingTick must not be negative, got %s", c.TypingTick)
+	}
+	return errors.Join(errs...)
 }

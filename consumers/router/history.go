@@ -55,6 +55,25 @@ const (
 	HistoryMargin = 24 * time.Hour
 )
 
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
+func (c *HistoryConfig) Validate() error {
+	if c.Interval == 0 {
+		c.Interval = DefaultPruneInterval
+	}
+	if c.Chunk == 0 {
+		c.Chunk = 1000
+	}
+	var errs []error
+	if c.Interval < 0 {
+		errs = append(errs, fmt.Errorf("router: history prune Interval must be positive, got %s", c.Interval))
+	}
+	if c.Chunk < 0 {
+		errs = append(errs, fmt.Errorf("router: history prune Chunk must be positive, got %d", c.Chunk))
+	}
+	return errors.Join(errs...)
+}
+
 // pruneLock is the advisory lock key that keeps pruning rounds of several
 // router processes from deleting the same rows at once.
 const pruneLock = 0x66656472 // "fedr"
@@ -75,21 +94,18 @@ type HistoryPruner struct {
 // NewHistoryPruner returns a pruner of the history of the rooms on roomTopic;
 // brokers are asked the topic's retention when cfg.Keep is zero.
 func NewHistoryPruner(cfg HistoryConfig, pool *pgxpool.Pool, brokers []string, roomTopic string, logger *slog.Logger, reg prometheus.Registerer) (*HistoryPruner, error) {
-	if cfg.Interval == 0 {
-		cfg.Interval = DefaultPruneInterval
+	var errs []error
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
 	}
-	if cfg.Chunk == 0 {
-		cfg.Chunk = 1000
+	if pool == nil || logger == nil {
+		errs = append(errs, errors.New("router: history pruner needs a pool and a logger"))
 	}
-	switch {
-	case cfg.Interval < 0:
-		return nil, errors.New("router: history prune interval must be positive")
-	case cfg.Chunk < 0:
-		return nil, errors.New("router: history prune chunk must be positive")
-	case pool == nil || logger == nil:
-		return nil, errors.New("router: history pruner needs a pool and a logger")
-	case cfg.Keep == 0 && (len(brokers) == 0 || roomTopic == ""):
-		return nil, errors.New("router: history kept as long as the room topic needs the brokers and the topic")
+	if cfg.Keep == 0 && (len(brokers) == 0 || roomTopic == "") {
+		errs = append(errs, errors.New("router: history kept as long as the room topic needs the brokers and the topic"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	p := &HistoryPruner{cfg: cfg, pool: pool, brokers: brokers, topic: roomTopic, log: logger,
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{

@@ -43,7 +43,6 @@ type Router struct {
 
 // New returns a router writing through out.
 func New(cfg Config, pool *pgxpool.Pool, out Writer, logger *slog.Logger, reg prometheus.Registerer) (*Router, error) {
-	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -37,23 +37,25 @@ import (
 
 // Config configures the stage.
 type Config struct {
-	// Queue configures the destination queues (Origin is required).
+	// Queue configures the destination queues (Origin is required; its
+	// Validate fills the rest).
 	Queue queue.Config
 	// OutboundPartitions is the partition count of the outbound topic, to tell
 	// which destinations this member owns (murmur2 of the destination, as the
-	// router partitions them).
+	// router partitions them). Required.
 	OutboundPartitions int
 }
 
-// Validate fills in the queue's defaults and reports invalid settings.
+// Validate fills the defaults of zero fields (the queue's) and reports every
+// invalid field, each by name.
 func (c *Config) Validate() error {
+	var errs []error
 	if c.OutboundPartitions <= 0 {
-		return errors.New("sender: the outbound topic's partition count must be set")
+		errs = append(errs, errors.New("sender: OutboundPartitions (the outbound topic's partition count) must be set"))
 	}
-	if c.Queue.Origin == "" {
-		return errors.New("sender: origin (our server name) must be set")
-	}
-	return c.Queue.Validate()
+	// The queue names its own fields ("queue: Origin must be set").
+	errs = append(errs, c.Queue.Validate())
+	return errors.Join(errs...)
 }
 
 // Sender is the stage.

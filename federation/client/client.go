@@ -30,7 +30,7 @@ import (
 
 // Config configures a Client.
 type Config struct {
-	// Origin is our server name.
+	// Origin is our server name. Required.
 	Origin string
 	// CAFile is a PEM file of extra CAs to trust besides the system roots.
 	CAFile string
@@ -40,34 +40,67 @@ type Config struct {
 	InsecureSkipVerify bool
 	// AllowedNetworks are CIDRs allowed although in a denied range.
 	AllowedNetworks []string
-	// ConnectTimeout bounds a TCP connect plus TLS handshake.
+	// ConnectTimeout bounds a TCP connect plus TLS handshake. Default 10s.
 	ConnectTimeout time.Duration
 	// RequestTimeout bounds one attempt of a request, body included.
+	// Default DefaultRequestTimeout.
 	RequestTimeout time.Duration
-	// IdleConnTimeout closes pooled connections idle this long.
+	// IdleConnTimeout closes pooled connections idle this long. Default 90s.
 	IdleConnTimeout time.Duration
 	// MaxConnsPerHost limits connections to one destination (1 transaction is in
-	// flight per destination, so a small number suffices).
+	// flight per destination, so a small number suffices). Default 4.
 	MaxConnsPerHost int
-	// MaxResponseBytes limits a response body.
+	// MaxResponseBytes limits a response body. Default 4 MiB.
 	MaxResponseBytes int64
 	// RetriesPerRequest is how many times a transient failure is retried before
-	// the error is returned.
+	// the error is returned. Default 2.
 	RetriesPerRequest int
-	// RetryDelay is the first pause between retries (doubling).
+	// RetryDelay is the first pause between retries (doubling). Default 500ms.
 	RetryDelay time.Duration
-	// MaxRetryAfter is the longest 429 retry_after_ms honoured within a request.
+	// MaxRetryAfter is the longest 429 retry_after_ms honoured within a
+	// request. Default 10s.
 	MaxRetryAfter time.Duration
 }
 
-func (c *Config) setDefaults() {
+// DefaultRequestTimeout is Config.RequestTimeout when it is zero.
+const DefaultRequestTimeout = 60 * time.Second
+
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
+func (c *Config) Validate() error {
+	c.fillDefaults()
+	var errs []error
+	if err := mxid.ValidateServerName(c.Origin); err != nil {
+		errs = append(errs, fmt.Errorf("Origin: %w", err))
+	}
+	if err := checkNetworks(c.AllowedNetworks); err != nil {
+		errs = append(errs, err)
+	}
+	for _, f := range []struct {
+		name string
+		n    int64
+	}{
+		{"RetriesPerRequest", int64(c.RetriesPerRequest)},
+		{"MaxConnsPerHost", int64(c.MaxConnsPerHost)},
+		{"MaxResponseBytes", c.MaxResponseBytes},
+	} {
+		if f.n < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative, got %d", f.name, f.n))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fillDefaults is the first half of Validate, for the functions that need a
+// Config's defaults but not its Origin (Dialer, NewDiscoveryHTTPClient).
+func (c *Config) fillDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
 		}
 	}
 	def(&c.ConnectTimeout, 10*time.Second)
-	def(&c.RequestTimeout, 60*time.Second)
+	def(&c.RequestTimeout, DefaultRequestTimeout)
 	def(&c.IdleConnTimeout, 90*time.Second)
 	def(&c.RetryDelay, 500*time.Millisecond)
 	def(&c.MaxRetryAfter, 10*time.Second)
@@ -82,19 +115,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Validate reports invalid settings.
-func (c Config) Validate() error {
+// checkNetworks reports every entry of AllowedNetworks that is not a CIDR.
+func checkNetworks(networks []string) error {
 	var errs []error
-	if err := mxid.ValidateServerName(c.Origin); err != nil {
-		errs = append(errs, fmt.Errorf("origin: %w", err))
-	}
-	for _, n := range c.AllowedNetworks {
+	for _, n := range networks {
 		if _, _, err := net.ParseCIDR(n); err != nil {
-			errs = append(errs, fmt.Errorf("allowed network %q: %w", n, err))
+			errs = append(errs, fmt.Errorf("AllowedNetworks: %w", err))
 		}
-	}
-	if c.RetriesPerRequest < 0 || c.MaxConnsPerHost < 0 || c.MaxResponseBytes < 0 {
-		errs = append(errs, errors.New("limits must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -114,7 +141,6 @@ type resolutionKey struct{}
 
 // New returns a Client signing with key and resolving with resolver.
 func New(cfg Config, key *signing.Key, resolver *discovery.Resolver, logger *slog.Logger) (*Client, error) {
-	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -156,11 +182,9 @@ func allowedNets(cfg Config) []*net.IPNet {
 // internal ranges are refused (ErrDeniedAddress) unless cfg.AllowedNetworks
 // allows them.
 func Dialer(cfg Config) (*net.Dialer, error) {
-	cfg.setDefaults()
-	for _, n := range cfg.AllowedNetworks {
-		if _, _, err := net.ParseCIDR(n); err != nil {
-			return nil, fmt.Errorf("allowed network %q: %w", n, err)
-		}
+	cfg.fillDefaults()
+	if err := checkNetworks(cfg.AllowedNetworks); err != nil {
+		return nil, err
 	}
 	c := &Client{allowed: allowedNets(cfg)}
 	return &net.Dialer{Timeout: cfg.ConnectTimeout, Control: c.checkAddress}, nil
@@ -173,7 +197,7 @@ func Dialer(cfg Config) (*net.Dialer, error) {
 // environment (a proxy would dial on our behalf, unchecked). The resolver
 // itself refuses redirects away from https.
 func NewDiscoveryHTTPClient(cfg Config) (*http.Client, error) {
-	cfg.setDefaults()
+	cfg.fillDefaults()
 	d, err := Dialer(cfg)
 	if err != nil {
 		return nil, err

@@ -31,25 +31,32 @@ type Config struct {
 	// Static maps a server name to the host:port to dial instead of discovering it.
 	// Host header and TLS server name stay the server name's hostname.
 	Static map[string]string
-	// WellKnownCacheDefault is how long a delegation is kept without caching headers.
+	// WellKnownCacheDefault is how long a delegation is kept without caching
+	// headers. Default 24h.
 	WellKnownCacheDefault time.Duration
-	// WellKnownCacheMin and WellKnownCacheMax bound what caching headers may ask.
+	// WellKnownCacheMin and WellKnownCacheMax bound what caching headers may
+	// ask. Default 5m and 48h.
 	WellKnownCacheMin, WellKnownCacheMax time.Duration
-	// WellKnownInvalidCache is how long "no valid delegation" (404, bad JSON) is kept.
+	// WellKnownInvalidCache is how long "no valid delegation" (404, bad JSON)
+	// is kept. Default 1h.
 	WellKnownInvalidCache time.Duration
-	// WellKnownDownCache is how long a failure to reach the server at all is kept.
+	// WellKnownDownCache is how long a failure to reach the server at all is
+	// kept. Default 2m.
 	WellKnownDownCache time.Duration
-	// WellKnownMaxBytes limits the response body.
+	// WellKnownMaxBytes limits the response body. Default 50 KiB.
 	WellKnownMaxBytes int64
 	// WellKnownTimeout bounds one .well-known request, redirects included.
+	// Default 10s.
 	WellKnownTimeout time.Duration
-	// WellKnownMaxRedirects bounds redirects followed.
+	// WellKnownMaxRedirects bounds redirects followed. Default 5.
 	WellKnownMaxRedirects int
-	// Logger receives discovery decisions at debug level.
+	// Logger receives discovery decisions at debug level. Default: discarded.
 	Logger *slog.Logger
 }
 
-func (c *Config) setDefaults() {
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
+func (c *Config) Validate() error {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -70,24 +77,23 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-}
-
-// Validate reports invalid settings.
-func (c Config) Validate() error {
 	var errs []error
 	for name, addr := range c.Static {
 		if err := mxid.ValidateServerName(name); err != nil {
-			errs = append(errs, fmt.Errorf("static: %w", err))
+			errs = append(errs, fmt.Errorf("Static: %w", err))
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			errs = append(errs, fmt.Errorf("static %s: %q is not host:port", name, addr))
+			errs = append(errs, fmt.Errorf("Static %s: %q is not host:port", name, addr))
 		}
 	}
 	if c.WellKnownCacheMin > c.WellKnownCacheMax {
-		errs = append(errs, errors.New("well-known cache minimum exceeds the maximum"))
+		errs = append(errs, fmt.Errorf("WellKnownCacheMin %s exceeds WellKnownCacheMax %s", c.WellKnownCacheMin, c.WellKnownCacheMax))
 	}
-	if c.WellKnownMaxBytes < 0 || c.WellKnownMaxRedirects < 0 {
-		errs = append(errs, errors.New("well-known limits must not be negative"))
+	if c.WellKnownMaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("WellKnownMaxBytes must not be negative, got %d", c.WellKnownMaxBytes))
+	}
+	if c.WellKnownMaxRedirects < 0 {
+		errs = append(errs, fmt.Errorf("WellKnownMaxRedirects must not be negative, got %d", c.WellKnownMaxRedirects))
 	}
 	return errors.Join(errs...)
 }
@@ -132,7 +138,6 @@ type Resolver struct {
 
 // New returns a Resolver.
 func New(cfg Config, opts ...Option) (*Resolver, error) {
-	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

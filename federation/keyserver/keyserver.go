@@ -39,10 +39,10 @@ type Config struct {
 	// Old are keys no longer used, published under old_verify_keys so that
 	// signatures made with them can still be checked.
 	Old []OldKey
-	// Validity is how far ahead valid_until_ts lies (default DefaultValidity).
+	// Validity is how far ahead valid_until_ts lies. Default DefaultValidity.
 	// Receivers refetch after it, and use the lesser of it and 7 days.
 	Validity time.Duration
-	// Now is the clock (default time.Now).
+	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
 
@@ -53,32 +53,39 @@ type OldKey struct {
 	Expired time.Time
 }
 
-// Validate reports invalid settings.
-func (c Config) Validate() error {
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
+func (c *Config) Validate() error {
+	if c.Validity == 0 {
+		c.Validity = DefaultValidity
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	var errs []error
 	if err := mxid.ValidateServerName(c.ServerName); err != nil {
-		errs = append(errs, fmt.Errorf("server name: %w", err))
+		errs = append(errs, fmt.Errorf("ServerName: %w", err))
 	}
 	if len(c.Keys) == 0 {
-		errs = append(errs, errors.New("no signing key to publish"))
+		errs = append(errs, errors.New("Keys: no signing key to publish"))
 	}
 	seen := map[string]bool{}
 	for _, k := range c.Keys {
 		if seen[k.ID] {
-			errs = append(errs, fmt.Errorf("key %s listed twice", k.ID))
+			errs = append(errs, fmt.Errorf("Keys: key %s listed twice", k.ID))
 		}
 		seen[k.ID] = true
 	}
 	for _, o := range c.Old {
 		if seen[o.ID] {
-			errs = append(errs, fmt.Errorf("old key %s is also current", o.ID))
+			errs = append(errs, fmt.Errorf("Old: old key %s is also current", o.ID))
 		}
 		if len(o.Public) != 32 {
-			errs = append(errs, fmt.Errorf("old key %s: public key is %d bytes, want 32", o.ID, len(o.Public)))
+			errs = append(errs, fmt.Errorf("Old: old key %s: public key is %d bytes, want 32", o.ID, len(o.Public)))
 		}
 	}
 	if c.Validity < 0 {
-		errs = append(errs, fmt.Errorf("validity %s is negative", c.Validity))
+		errs = append(errs, fmt.Errorf("Validity %s is negative", c.Validity))
 	}
 	return errors.Join(errs...)
 }
@@ -91,9 +98,6 @@ type verifyKey struct {
 
 // Response is the signed Server Keys object at now, canonical JSON.
 func Response(cfg Config, now time.Time) ([]byte, error) {
-	if cfg.Validity == 0 {
-		cfg.Validity = DefaultValidity
-	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -141,12 +145,6 @@ type Handler struct {
 
 // NewHandler returns a Handler for cfg.
 func NewHandler(cfg Config) (*Handler, error) {
-	if cfg.Validity == 0 {
-		cfg.Validity = DefaultValidity
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

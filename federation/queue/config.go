@@ -10,24 +10,27 @@ import (
 
 // Config configures a Manager. Defaults are Synapse's.
 type Config struct {
-	// Origin is our server name.
+	// Origin is our server name. Required.
 	Origin string
-	// BackoffInitial, BackoffMultiplier and BackoffMax shape the backoff: 10 min, ×2, 7 days.
+	// BackoffInitial, BackoffMultiplier and BackoffMax shape the backoff.
+	// Default DefaultBackoffInitial (10m), ×2, DefaultBackoffMax (7 days).
 	BackoffInitial    time.Duration
 	BackoffMultiplier float64
 	BackoffMax        time.Duration
-	// JitterMin and JitterMax scale each interval randomly (0.8–1.4).
+	// JitterMin and JitterMax scale each interval randomly. Default (both
+	// zero) 0.8–1.4.
 	JitterMin, JitterMax float64
-	// CatchUpInterval is how often due destinations are looked for. A
-	// destination held as paused or backing off also reads its stored state
-	// again, when something is queued for it, at most this often: an
+	// CatchUpInterval is how often due destinations are looked for (default
+	// 1s). A destination held as paused or backing off also reads its stored
+	// state again, when something is queued for it, at most this often: an
 	// operator's resume or reset takes effect without a catch-up row.
 	CatchUpInterval time.Duration
 	// WakeupsPerTick bounds how many destinations start catching up per
 	// CatchUpInterval, so thousands due at once do not open thousands of
-	// connections in the same second.
+	// connections in the same second. Default 20.
 	WakeupsPerTick int
-	// CatchUpBatch is how many missed rooms are read at a time (default 50).
+	// CatchUpBatch is how many missed rooms are read at a time. Default
+	// (zero or negative) 50.
 	CatchUpBatch int
 	// Owns reports whether this member serves dest now (its partition is
 	// assigned here), so destinations due for catch-up after a restart are woken
@@ -38,13 +41,13 @@ type Config struct {
 	// store is down) waits, sending nothing, and tries again every
 	// FenceRetryDelay. Nil: no fence (a single member, tests).
 	Fence Fence
-	// FenceRetryDelay is the pause between tries to take a held fence (default 200 ms).
+	// FenceRetryDelay is the pause between tries to take a held fence. Default 200ms.
 	FenceRetryDelay time.Duration
 	// MaxPending and MaxPendingAge bound what a destination holds to send
 	// live: when it holds more than MaxPending PDUs and EDUs (default 10,000,
 	// the runtime's in-flight window: a backlog replayed to a healthy
 	// destination must not be cut to the latest event per room), or a PDU
-	// queued longer than MaxPendingAge ago (default 2 min), it goes
+	// queued longer than MaxPendingAge ago (default 2m), it goes
 	// to catch-up mode as a failing destination does, without backing off:
 	// its PDUs are recorded for catch-up (the latest per room) and its EDUs
 	// dropped, all done. A slow destination then holds neither memory nor its
@@ -57,39 +60,87 @@ type Config struct {
 	// backs off (default 2; -1 for none): the transport's in-request retries
 	// span about a second, and one 503 should not silence a server for 10 minutes.
 	RetryAttempts int
-	// RetryDelay is the pause before the first such retry, doubling (default 5 s).
+	// RetryDelay is the pause before the first such retry, doubling. Default 5s.
 	RetryDelay time.Duration
 	// StoreAttempts bounds the tries of a store write the queue cannot go on
 	// without (recording a backoff and what the destination missed); when
 	// they are exhausted Run fails, so the records are redelivered after a
-	// restart instead of silently stalling the partition (default 5).
+	// restart instead of silently stalling the partition. Default 5.
 	StoreAttempts int
-	// StoreRetryDelay is the first pause between those tries, doubling (default 200 ms).
+	// StoreRetryDelay is the first pause between those tries, doubling. Default 200ms.
 	StoreRetryDelay time.Duration
 	// MaxTransactionBytes is the byte budget of one transaction's body
-	// (default 1 MiB, the request limit of a reverse proxy left at nginx's
-	// default; at least txn.MinBudget): what would pass it goes in the next
-	// transaction. It also bounds the to-device EDUs read from the store at
-	// a time.
+	// (default DefaultMaxTransactionBytes, 1 MiB, the request limit of a
+	// reverse proxy left at nginx's default; at least txn.MinBudget): what
+	// would pass it goes in the next transaction. It also bounds the
+	// to-device EDUs read from the store at a time.
 	MaxTransactionBytes int
-	// Now is the clock (tests).
+	// Now is the clock (tests). Default time.Now.
 	Now func() time.Time
 	// Rand returns a float in [0,1) (tests).
 	Rand func() float64
 }
 
-// Validate fills in defaults and reports invalid settings.
+const (
+	// DefaultBackoffInitial is Config.BackoffInitial when it is zero (Synapse's).
+	DefaultBackoffInitial = 10 * time.Minute
+	// DefaultBackoffMax is Config.BackoffMax when it is zero (Synapse's).
+	DefaultBackoffMax = 7 * 24 * time.Hour
+	// DefaultMaxTransactionBytes is Config.MaxTransactionBytes when it is zero.
+	DefaultMaxTransactionBytes = 1 << 20
+)
+
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
 func (c *Config) Validate() error {
+	c.fillDefaults()
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("queue: "+format, args...)) }
 	if c.Origin == "" {
-		return errors.New("queue: origin must be set")
+		bad("Origin must be set")
 	}
+	if c.MaxTransactionBytes < txn.MinBudget {
+		bad("MaxTransactionBytes must be at least %d bytes (one 64 KiB PDU or EDU), got %d", txn.MinBudget, c.MaxTransactionBytes)
+	}
+	if c.RetryAttempts < -1 {
+		bad("RetryAttempts must not be below -1, got %d", c.RetryAttempts)
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"StoreAttempts", int64(c.StoreAttempts)},
+		{"MaxPending", int64(c.MaxPending)},
+		{"RetryDelay", int64(c.RetryDelay)},
+		{"StoreRetryDelay", int64(c.StoreRetryDelay)},
+		{"FenceRetryDelay", int64(c.FenceRetryDelay)},
+		{"MaxPendingAge", int64(c.MaxPendingAge)},
+	} {
+		if f.v < 0 {
+			bad("%s must not be negative", f.name)
+		}
+	}
+	if c.BackoffMultiplier < 1 {
+		bad("BackoffMultiplier must be at least 1, got %g", c.BackoffMultiplier)
+	}
+	if c.JitterMin <= 0 || c.JitterMax < c.JitterMin {
+		bad("JitterMin and JitterMax must satisfy 0 < JitterMin <= JitterMax, got %g and %g", c.JitterMin, c.JitterMax)
+	}
+	if c.BackoffMax < c.BackoffInitial {
+		bad("BackoffMax %s is shorter than BackoffInitial %s", c.BackoffMax, c.BackoffInitial)
+	}
+	return errors.Join(errs...)
+}
+
+// fillDefaults sets every zero field that has a default.
+func (c *Config) fillDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
 		}
 	}
-	def(&c.BackoffInitial, 10*time.Minute)
-	def(&c.BackoffMax, 7*24*time.Hour)
+	def(&c.BackoffInitial, DefaultBackoffInitial)
+	def(&c.BackoffMax, DefaultBackoffMax)
 	def(&c.CatchUpInterval, time.Second)
 	def(&c.RetryDelay, 5*time.Second)
 	def(&c.StoreRetryDelay, 200*time.Millisecond)
@@ -114,10 +165,7 @@ func (c *Config) Validate() error {
 		c.JitterMin, c.JitterMax = 0.8, 1.4
 	}
 	if c.MaxTransactionBytes == 0 {
-		c.MaxTransactionBytes = 1 << 20
-	}
-	if c.MaxTransactionBytes < txn.MinBudget {
-		return fmt.Errorf("queue: the transaction byte budget must be at least %d bytes (one 64 KiB PDU or EDU), got %d", txn.MinBudget, c.MaxTransactionBytes)
+		c.MaxTransactionBytes = DefaultMaxTransactionBytes
 	}
 	if c.WakeupsPerTick == 0 {
 		c.WakeupsPerTick = 20
@@ -125,13 +173,6 @@ func (c *Config) Validate() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.RetryAttempts < -1 || c.StoreAttempts < 0 || c.RetryDelay < 0 || c.StoreRetryDelay < 0 || c.FenceRetryDelay < 0 || c.MaxPending < 0 || c.MaxPendingAge < 0 {
-		return errors.New("queue: retry settings must not be negative")
-	}
-	if c.BackoffMultiplier < 1 || c.JitterMin <= 0 || c.JitterMax < c.JitterMin || c.BackoffMax < c.BackoffInitial {
-		return errors.New("queue: invalid backoff settings")
-	}
-	return nil
 }
 
 // schedule is the backoff schedule Config sets.

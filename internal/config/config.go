@@ -5,13 +5,19 @@
 package config
 
 import (
-	"errors"
-	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
+
+	"github.com/fedpipe/fedpipe/consumers/presence"
+	"github.com/fedpipe/fedpipe/consumers/router"
+	"github.com/fedpipe/fedpipe/federation/client"
+	"github.com/fedpipe/fedpipe/federation/keyserver"
+	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
+	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/producers/ingest"
+	"github.com/fedpipe/fedpipe/producers/relay"
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // Config is the whole fedpipe configuration file.
@@ -112,6 +118,14 @@ type Federation struct {
 // Default returns the configuration used when a key is not set anywhere.
 // Its Instance is empty, which Load makes the host name: a copied file does not
 // give every host one name.
+//
+// A key that configures a component takes the component's own default (its
+// exported Default… constant), so the two cannot disagree. The literals here
+// are the keys only this file knows (the process, the embedded broker and
+// database, the listeners), and those whose component does not export its
+// default yet: kafka.partitions, outbound_partitions and replication_factor
+// (internal/kafkaio's TopicsConfig), kafka.rebalance_timeout, drain_timeout
+// and stall_after (consumers/runtime's Config).
 func Default() Config {
 	return Config{
 		ServerName: "localhost",
@@ -119,7 +133,7 @@ func Default() Config {
 		LogLevel:   "info",
 		Kafka: Kafka{
 			EmbeddedPort:       9092,
-			TopicPrefix:        "fedpipe",
+			TopicPrefix:        schema.DefaultPrefix,
 			Partitions:         16,
 			OutboundPartitions: 32,
 			ReplicationFactor:  1,
@@ -128,18 +142,23 @@ func Default() Config {
 			StallAfter:         time.Minute,
 		},
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
-		Relay:    Relay{PollInterval: 50 * time.Millisecond, BatchSize: 1000},
-		Router:   Router{RoomsPerPartition: 10_000, PruneInterval: time.Hour},
-		Ingest:   Ingest{Listen: "127.0.0.1:8008", MaxBodyBytes: 16 << 20},
-		Presence: Presence{SyncTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, PingInterval: 25 * time.Minute,
-			InstanceTimeout: 5 * time.Minute, SweepInterval: time.Second},
+		Relay:    Relay{PollInterval: relay.DefaultPollInterval, BatchSize: relay.DefaultBatchSize},
+		Router:   Router{RoomsPerPartition: router.DefaultRoomsPerPartition, PruneInterval: router.DefaultPruneInterval},
+		Ingest:   Ingest{Listen: "127.0.0.1:8008", MaxBodyBytes: ingest.DefaultMaxBodyBytes},
+		Presence: Presence{
+			SyncTimeout:     fedpresence.DefaultTimers.SyncTimeout,
+			IdleTimeout:     fedpresence.DefaultTimers.Idle,
+			PingInterval:    fedpresence.DefaultTimers.Ping,
+			InstanceTimeout: presence.DefaultInstanceTimeout,
+			SweepInterval:   presence.DefaultSweepInterval,
+		},
 		Admin: Admin{Listen: "127.0.0.1:9100"},
 		Federation: Federation{
-			RequestTimeout:      60 * time.Second,
-			BackoffInitial:      10 * time.Minute,
-			BackoffMax:          7 * 24 * time.Hour,
-			KeyValidity:         24 * time.Hour,
-			MaxTransactionBytes: 1 << 20,
+			RequestTimeout:      client.DefaultRequestTimeout,
+			BackoffInitial:      queue.DefaultBackoffInitial,
+			BackoffMax:          queue.DefaultBackoffMax,
+			KeyValidity:         keyserver.DefaultValidity,
+			MaxTransactionBytes: queue.DefaultMaxTransactionBytes,
 		},
 	}
 }
@@ -164,127 +183,4 @@ func (c *Config) KeyPath() string {
 // Embedded reports whether fedpipe starts its own broker and database.
 func (c *Config) Embedded() (broker, database bool) {
 	return len(c.Kafka.Brokers) == 0, c.Database.URL == ""
-}
-
-// Validate reports every invalid value, each naming its key.
-func (c *Config) Validate() error {
-	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
-	}
-	if c.ServerName == "" {
-		bad("server_name", "must be set")
-	} else if strings.ContainsAny(c.ServerName, " /\t@!#$") {
-		bad("server_name", "%q is not a Matrix server name", c.ServerName)
-	}
-	if c.DataDir == "" {
-		bad("data_dir", "must be set")
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
-	}
-	for i, b := range c.Kafka.Brokers {
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			bad(fmt.Sprintf("kafka.brokers[%d]", i), "%q is not host:port", b)
-		}
-	}
-	port := func(key string, p int) {
-		if p < 0 || p > 65535 {
-			bad(key, "%d is not a port", p)
-		}
-	}
-	port("kafka.embedded_port", c.Kafka.EmbeddedPort)
-	port("database.embedded_port", c.Database.EmbeddedPort)
-	if c.Kafka.TopicPrefix == "" || strings.ContainsAny(c.Kafka.TopicPrefix, " /\\") {
-		bad("kafka.topic_prefix", "%q is not a valid topic prefix", c.Kafka.TopicPrefix)
-	}
-	positive := func(key string, n int) {
-		if n <= 0 {
-			bad(key, "must be positive, got %d", n)
-		}
-	}
-	positive("kafka.partitions", c.Kafka.Partitions)
-	positive("kafka.outbound_partitions", c.Kafka.OutboundPartitions)
-	positive("kafka.replication_factor", c.Kafka.ReplicationFactor)
-	positive("database.max_conns", c.Database.MaxConns)
-	positive("relay.batch_size", c.Relay.BatchSize)
-	positive("router.rooms_per_partition", c.Router.RoomsPerPartition)
-	posDur := func(key string, d time.Duration) {
-		if d <= 0 {
-			bad(key, "must be a positive duration, got %s", d)
-		}
-	}
-	posDur("kafka.rebalance_timeout", c.Kafka.RebalanceTimeout)
-	posDur("kafka.drain_timeout", c.Kafka.DrainTimeout)
-	if 2*c.Kafka.DrainTimeout > c.Kafka.RebalanceTimeout {
-		bad("kafka.drain_timeout", "%s is more than half of kafka.rebalance_timeout (%s): a member still draining would be expired, and another would send to its destinations at the same time", c.Kafka.DrainTimeout, c.Kafka.RebalanceTimeout)
-	}
-	posDur("relay.poll_interval", c.Relay.PollInterval)
-	posDur("router.prune_interval", c.Router.PruneInterval)
-	posDur("presence.sync_timeout", c.Presence.SyncTimeout)
-	posDur("presence.idle_timeout", c.Presence.IdleTimeout)
-	posDur("presence.ping_interval", c.Presence.PingInterval)
-	posDur("presence.instance_timeout", c.Presence.InstanceTimeout)
-	posDur("presence.sweep_interval", c.Presence.SweepInterval)
-	if c.Presence.PingInterval >= 29*time.Minute {
-		bad("presence.ping_interval", "%s leaves remote servers (which time users out after 30m) no margin; use 25m or less", c.Presence.PingInterval)
-	}
-	posDur("federation.request_timeout", c.Federation.RequestTimeout)
-	posDur("federation.backoff_initial", c.Federation.BackoffInitial)
-	posDur("federation.backoff_max", c.Federation.BackoffMax)
-	if c.Federation.BackoffMax < c.Federation.BackoffInitial {
-		bad("federation.backoff_max", "%s is shorter than backoff_initial %s", c.Federation.BackoffMax, c.Federation.BackoffInitial)
-	}
-	if c.Federation.MaxTransactionBytes < 2*65536 {
-		bad("federation.max_transaction_bytes", "must be at least 131072 (one 64 KiB PDU or EDU), got %d", c.Federation.MaxTransactionBytes)
-	}
-	if c.Ingest.MaxBodyBytes <= 0 {
-		bad("ingest.max_body_bytes", "must be positive, got %d", c.Ingest.MaxBodyBytes)
-	}
-	posDur("federation.key_validity", c.Federation.KeyValidity)
-	if (c.Federation.TLSCert == "") != (c.Federation.TLSKey == "") {
-		bad("federation.tls_cert", "tls_cert and tls_key go together (both empty serves plain HTTP)")
-	}
-	if c.Federation.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.Federation.Listen); err != nil {
-			bad("federation.listen", "%q is not host:port", c.Federation.Listen)
-		}
-	}
-	for _, l := range []struct{ name, addr, token string }{{"ingest", c.Ingest.Listen, c.Ingest.Token}, {"admin", c.Admin.Listen, c.Admin.Token}} {
-		if l.addr == "" {
-			continue
-		}
-		host, _, err := net.SplitHostPort(l.addr)
-		if err != nil {
-			bad(l.name+".listen", "%q is not host:port", l.addr)
-			continue
-		}
-		if l.token == "" && !loopbackHost(host) {
-			bad(l.name+".token", "must be set when %s.listen (%q) is not a loopback address: without it anyone who reaches the port is trusted", l.name, l.addr)
-		}
-	}
-	for i, n := range c.Federation.AllowedNetworks {
-		if _, _, err := net.ParseCIDR(n); err != nil {
-			bad(fmt.Sprintf("federation.allowed_networks[%d]", i), "%q is not a CIDR", n)
-		}
-	}
-	for name, addr := range c.Federation.Static {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			bad("federation.static."+name, "%q is not host:port", addr)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// loopbackHost reports whether a listen address's host accepts connections
-// from this machine only: "localhost" or a loopback IP. An empty host (every
-// interface) and other names are not.
-func loopbackHost(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

@@ -70,8 +70,10 @@ type Config struct {
 	// Token, when set, must be presented as "Authorization: Bearer <token>".
 	Token string
 	// MaxBodyBytes is the largest request body accepted; larger ones get 413.
+	// Default DefaultMaxBodyBytes.
 	MaxBodyBytes int64
-	// MaxEvents is the most events accepted in one request.
+	// MaxEvents is the most events accepted in one request. Default
+	// DefaultMaxEvents.
 	MaxEvents int
 	// UserSync, when set, serves the presence input routes (UserSyncPath and
 	// PresencePath) by writing to <prefix>.usersync through it: a synchronous
@@ -86,10 +88,12 @@ type Config struct {
 	// messages from them, and leaves its own users out of to-device messages.
 	ServerName string
 	// MaxUpdates is the most updates accepted in one usersync request.
+	// Default DefaultMaxUpdates.
 	MaxUpdates int
 }
 
-// Validate fills in defaults and reports invalid settings.
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
 func (c *Config) Validate() error {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
@@ -100,16 +104,20 @@ func (c *Config) Validate() error {
 	if c.MaxUpdates == 0 {
 		c.MaxUpdates = DefaultMaxUpdates
 	}
-	if c.MaxBodyBytes < 0 {
-		return fmt.Errorf("ingest: MaxBodyBytes must be positive, got %d", c.MaxBodyBytes)
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxBodyBytes", c.MaxBodyBytes},
+		{"MaxEvents", int64(c.MaxEvents)},
+		{"MaxUpdates", int64(c.MaxUpdates)},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("ingest: %s must be positive, got %d", f.name, f.v))
+		}
 	}
-	if c.MaxEvents < 0 {
-		return fmt.Errorf("ingest: MaxEvents must be positive, got %d", c.MaxEvents)
-	}
-	if c.MaxUpdates < 0 {
-		return fmt.Errorf("ingest: MaxUpdates must be positive, got %d", c.MaxUpdates)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // persistRequest is a decoded request: events ready for the outbox.

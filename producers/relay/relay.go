@@ -28,29 +28,41 @@ type Writer interface {
 
 // Config configures a Relay.
 type Config struct {
-	// Instance names this process in record headers.
+	// Instance names this process in record headers. Required.
 	Instance string
 	// PollInterval is the pause between rounds when there is nothing new.
+	// Default DefaultPollInterval.
 	PollInterval time.Duration
-	// BatchSize is the most rows of one stream read and published per round trip.
+	// BatchSize is the most rows of one stream read and published per round
+	// trip. Default DefaultBatchSize.
 	BatchSize int
 	// MaxRoundBytes and MaxRoundRecords bound the records of one round trip
 	// for one topic, so that a round trip's records for one partition fit one
 	// record batch (the writers must allow batches of that many bytes and
-	// records: kafkaio.NewRelayWriter).
+	// records: kafkaio.NewRelayWriter). Default 900 KiB (below Kafka's
+	// default 1 MiB message.max.bytes) and kafkaio.RelayBatchRecords.
 	MaxRoundBytes   int
 	MaxRoundRecords int
-	// RetryDelay is the first pause after a failed round (doubling to a minute).
+	// RetryDelay is the first pause after a failed round (doubling to a
+	// minute). Default 100ms.
 	RetryDelay time.Duration
 }
 
-// Validate reports invalid settings.
+const (
+	// DefaultPollInterval is Config.PollInterval when it is zero.
+	DefaultPollInterval = 50 * time.Millisecond
+	// DefaultBatchSize is Config.BatchSize when it is zero.
+	DefaultBatchSize = 1000
+)
+
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
 func (c *Config) Validate() error {
 	if c.PollInterval == 0 {
-		c.PollInterval = 50 * time.Millisecond
+		c.PollInterval = DefaultPollInterval
 	}
 	if c.BatchSize == 0 {
-		c.BatchSize = 1000
+		c.BatchSize = DefaultBatchSize
 	}
 	if c.MaxRoundBytes == 0 {
 		c.MaxRoundBytes = 900 << 10 // below Kafka's default 1 MiB message.max.bytes
@@ -61,13 +73,23 @@ func (c *Config) Validate() error {
 	if c.RetryDelay == 0 {
 		c.RetryDelay = 100 * time.Millisecond
 	}
+	var errs []error
 	if c.Instance == "" {
-		return errors.New("relay: instance must be set")
+		errs = append(errs, errors.New("relay: Instance must be set"))
 	}
-	if c.PollInterval < 0 || c.BatchSize < 0 || c.MaxRoundRecords < 0 {
-		return errors.New("relay: poll interval and batch size must be positive")
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"PollInterval", int64(c.PollInterval)},
+		{"BatchSize", int64(c.BatchSize)},
+		{"MaxRoundRecords", int64(c.MaxRoundRecords)},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("relay: %s must be positive", f.name))
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Relay publishes stream rows to Kafka.

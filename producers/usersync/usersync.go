@@ -36,7 +36,7 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultTopicPrefix      = "fedpipe"
+	DefaultTopicPrefix      = schema.DefaultPrefix
 	DefaultAliveInterval    = time.Minute
 	DefaultClearTimeout     = 10 * time.Second
 	DefaultMaxAliveFailures = 3
@@ -69,6 +69,7 @@ type Config struct {
 	// Required unless Writer is set.
 	Brokers []string
 	// TopicPrefix names the topic of the default writer, <TopicPrefix>.usersync.
+	// Default DefaultTopicPrefix.
 	TopicPrefix string
 	// Writer, when set, is used instead of a writer of New's making (and is
 	// not closed by Close), so one can be shared.
@@ -78,23 +79,26 @@ type Config struct {
 	ServerName string
 	// AliveInterval is how often Run writes instance_alive; keep it well
 	// below the presence stage's instance_timeout (5 min by default).
+	// Default DefaultAliveInterval.
 	AliveInterval time.Duration
-	// ClearTimeout bounds the instance_clear Run writes when its context ends.
+	// ClearTimeout bounds the instance_clear Run writes when its context
+	// ends. Default DefaultClearTimeout.
 	ClearTimeout time.Duration
 	// ActiveInterval is the least time between two user_active records of a
 	// user: UserActive calls in between return at once without writing. The
 	// presence stage counts a user as currently active for 60 s after the
 	// last record and idle after 5 min, so anything well below 60 s loses
 	// nothing a remote server sees. A worker may call UserActive on every
-	// request. Negative: write every call.
+	// request. Negative: write every call. Default DefaultActiveInterval.
 	ActiveInterval time.Duration
 	// MaxAliveFailures is how many alive rounds in a row may fail (each is
 	// logged) before Run gives up and returns the error. The writer has
-	// already retried within each round.
+	// already retried within each round. Default DefaultMaxAliveFailures.
 	MaxAliveFailures int
 }
 
-// Validate fills in defaults and reports invalid settings.
+// Validate fills the defaults of zero fields and reports every invalid
+// field, each by name.
 func (c *Config) Validate() error {
 	if c.TopicPrefix == "" {
 		c.TopicPrefix = DefaultTopicPrefix
@@ -111,18 +115,25 @@ func (c *Config) Validate() error {
 	if c.ActiveInterval == 0 {
 		c.ActiveInterval = DefaultActiveInterval
 	}
-	switch {
-	case c.Instance == "":
-		return errors.New("usersync: Instance is required")
-	case schema.CheckIdentifier("Instance", c.Instance) != nil:
-		return fmt.Errorf("usersync: %w", schema.CheckIdentifier("Instance", c.Instance))
-	case c.Writer == nil && len(c.Brokers) == 0:
-		return errors.New("usersync: Brokers (or a Writer) are required")
-	case c.AliveInterval < 0 || c.ClearTimeout < 0 || c.MaxAliveFailures < 0:
-		return fmt.Errorf("usersync: AliveInterval, ClearTimeout and MaxAliveFailures must be positive, got %s, %s and %d",
-			c.AliveInterval, c.ClearTimeout, c.MaxAliveFailures)
+	var errs []error
+	if c.Instance == "" {
+		errs = append(errs, errors.New("usersync: Instance is required"))
+	} else if err := schema.CheckIdentifier("Instance", c.Instance); err != nil {
+		errs = append(errs, fmt.Errorf("usersync: %w", err))
 	}
-	return nil
+	if c.Writer == nil && len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("usersync: Brokers (or a Writer) are required"))
+	}
+	if c.AliveInterval < 0 {
+		errs = append(errs, fmt.Errorf("usersync: AliveInterval must be positive, got %s", c.AliveInterval))
+	}
+	if c.ClearTimeout < 0 {
+		errs = append(errs, fmt.Errorf("usersync: ClearTimeout must be positive, got %s", c.ClearTimeout))
+	}
+	if c.MaxAliveFailures < 0 {
+		errs = append(errs, fmt.Errorf("usersync: MaxAliveFailures must be positive, got %d", c.MaxAliveFailures))
+	}
+	return errors.Join(errs...)
 }
 
 // user is a user's syncs on the instance.
