@@ -40,7 +40,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *rooms <= 0 || *servers <= 0 || *events < 0 {
 		return errors.New("demo: --rooms and --servers must be positive, --events not negative")
 	}
-	cleanup, err := demoPlace(&cfg, stdout)
+	cleanup, err := demoPlace(&cfg, "demo", stdout)
 	if err != nil {
 		return err
 	}
@@ -61,15 +61,15 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return d.run(ctx, plan, *timeout, stdout)
 }
 
-// demoPlace gives the demo a directory and ports of its own unless the
+// demoPlace gives the demo (or bench: name) a directory and ports of its own unless the
 // configuration names them: a temporary directory (removed afterwards) for
 // the default data_dir, and free ports for the default embedded and listener
 // ports, so the demo runs beside `fedpipe run` and twice in a row.
-func demoPlace(cfg *config.Config, stdout io.Writer) (cleanup func(), err error) {
+func demoPlace(cfg *config.Config, name string, stdout io.Writer) (cleanup func(), err error) {
 	def := config.Default()
 	cleanup = func() {}
 	if cfg.DataDir == def.DataDir {
-		dir, err := os.MkdirTemp("", "fedpipe-demo-")
+		dir, err := os.MkdirTemp("", "fedpipe-"+name+"-")
 		if err != nil {
 			return nil, err
 		}
@@ -79,7 +79,7 @@ func demoPlace(cfg *config.Config, stdout io.Writer) (cleanup func(), err error)
 			cleanup()
 			return nil, err
 		}
-		fmt.Fprintf(stdout, "demo: data in %s (removed at the end; --data_dir keeps it)\n", dir)
+		fmt.Fprintf(stdout, "%s: data in %s (removed at the end; --data_dir keeps it)\n", name, dir)
 	}
 	if cfg.Kafka.EmbeddedPort == def.Kafka.EmbeddedPort {
 		cfg.Kafka.EmbeddedPort = 0

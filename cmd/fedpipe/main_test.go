@@ -124,6 +124,7 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"topics create":  {[]string{"config"}, []string{"log_level", "kafka.brokers", "kafka.topic_prefix", "kafka.partitions", "kafka.outbound_partitions", "kafka.replication_factor"}},
 		"run":            {[]string{"config", "stages"}, []string{""}},
 		"demo":           {[]string{"config", "rooms", "servers", "events", "timeout"}, []string{""}},
+		"bench":          {[]string{"config", "rooms", "servers", "events", "rate", "timeout"}, []string{""}},
 		"relay":          {[]string{"config"}, append([]string{"relay"}, infra...)},
 		"presence":       {[]string{"config"}, append([]string{"server_name", "presence"}, infra...)},
 		"router":         {[]string{"config"}, append([]string{"server_name", "router"}, infra...)},

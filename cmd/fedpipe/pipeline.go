@@ -29,6 +29,7 @@ func addPipelineCommands(cmds map[string]command) {
 	cmds["migrate"] = command{"apply the SQL migrations to database.url and exit", cmdMigrate}
 	cmds["topics"] = command{"topics create: create the Kafka topics with their configs", cmdTopics}
 	cmds["demo"] = command{"run everything plus simulated remote homeservers and a load generator, then report deliveries", cmdDemo}
+	cmds["bench"] = command{"measure throughput, latency and memory end to end and of each stage alone, on these brokers and database", cmdBench}
 }
 
 func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/fedpipe/fedpipe/internal/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/schema"
@@ -336,56 +334,4 @@ func groupCaughtUp(t testing.TB, broker, group string, topics ...string) bool {
 	t.Helper()
 	lag, err := groupLag(broker, group, topics...)
 	return err == nil && lag == 0
-}
-
-// groupLag is how many records of topics group has not committed past (from
-// the start of a partition it committed nothing of).
-func groupLag(broker, group string, topics ...string) (int64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", broker)
-	if err != nil {
-		return 0, err
-	}
-	deadline, _ := ctx.Deadline()
-	if err := conn.SetDeadline(deadline); err != nil {
-		conn.Close()
-		return 0, err
-	}
-	parts, err := conn.ReadPartitions(topics...)
-	conn.Close()
-	if err != nil {
-		return 0, err
-	}
-	reqs := map[string][]kafka.OffsetRequest{}
-	ids := map[string][]int{}
-	for _, p := range parts {
-		reqs[p.Topic] = append(reqs[p.Topic], kafka.LastOffsetOf(p.ID))
-		ids[p.Topic] = append(ids[p.Topic], p.ID)
-	}
-	client := &kafka.Client{Addr: kafka.TCP(broker)}
-	lo, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: reqs})
-	if err != nil {
-		return 0, err
-	}
-	of, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: ids})
-	if err != nil {
-		return 0, err
-	}
-	var lag int64
-	for topic, ps := range lo.Topics {
-		committed := map[int]int64{}
-		for _, p := range of.Topics[topic] {
-			if p.Error == nil {
-				committed[p.Partition] = max(p.CommittedOffset, 0)
-			}
-		}
-		for _, p := range ps {
-			if p.Error != nil {
-				return 0, p.Error
-			}
-			lag += max(p.LastOffset-committed[p.Partition], 0)
-		}
-	}
-	return lag, nil
 }
