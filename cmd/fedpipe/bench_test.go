@@ -32,12 +32,14 @@ func envInt(name string, def int) int {
 // (fedpipe/slowest). FEDPIPE_BENCH_ROOMS/SERVERS/EVENTS scale it down. By
 // default events are ingested as fast as PostgreSQL takes them, so latency
 // includes the backlog; FEDPIPE_BENCH_RATE=N paces ingest at N events/s to
-// measure latency below saturation. `fedpipe bench` runs the same code.
+// measure latency below saturation; FEDPIPE_BENCH_BASELINES=0 skips the
+// stages alone (for a CPU profile of the pipeline only). `fedpipe bench` runs
+// the same code.
 //
 //	go test -run '^$' -bench EndToEnd -benchtime 1x -timeout 30m ./cmd/fedpipe
 func BenchmarkEndToEnd(b *testing.B) {
 	size := benchSize{rooms: envInt("FEDPIPE_BENCH_ROOMS", 1000), servers: envInt("FEDPIPE_BENCH_SERVERS", 50), events: envInt("FEDPIPE_BENCH_EVENTS", 100000),
-		rate: envInt("FEDPIPE_BENCH_RATE", 0), timeout: 30 * time.Minute, baselines: true}
+		rate: envInt("FEDPIPE_BENCH_RATE", 0), timeout: 30 * time.Minute, baselines: os.Getenv("FEDPIPE_BENCH_BASELINES") != "0"}
 	for i := 0; i < b.N; i++ {
 		r := endToEnd(b, size)
 		b.ReportMetric(r.Rate, "deliveries/s")
