@@ -11,6 +11,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/presence"
 	"github.com/fedpipe/fedpipe/consumers/router"
+	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/client"
 	"github.com/fedpipe/fedpipe/federation/keyserver"
 	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
@@ -124,8 +125,7 @@ type Federation struct {
 // are the keys only this file knows (the process, the embedded broker and
 // database, the listeners), and those whose component does not export its
 // default yet: kafka.partitions, outbound_partitions and replication_factor
-// (internal/kafkaio's TopicsConfig), kafka.rebalance_timeout, drain_timeout
-// and stall_after (consumers/runtime's Config).
+// (internal/kafkaio's TopicsConfig).
 func Default() Config {
 	return Config{
 		ServerName: "localhost",
@@ -137,9 +137,9 @@ func Default() Config {
 			Partitions:         16,
 			OutboundPartitions: 32,
 			ReplicationFactor:  1,
-			RebalanceTimeout:   10 * time.Second,
-			DrainTimeout:       5 * time.Second,
-			StallAfter:         time.Minute,
+			RebalanceTimeout:   runtime.DefaultRebalanceTimeout,
+			DrainTimeout:       runtime.DefaultDrainTimeout,
+			StallAfter:         runtime.DefaultStallAfter,
 		},
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
 		Relay:    Relay{PollInterval: relay.DefaultPollInterval, BatchSize: relay.DefaultBatchSize},
