@@ -16,6 +16,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/keyserver"
 	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/producers/ingest"
 	"github.com/fedpipe/fedpipe/producers/relay"
 	"github.com/fedpipe/fedpipe/schema"
@@ -123,9 +124,7 @@ type Federation struct {
 // A key that configures a component takes the component's own default (its
 // exported Default… constant), so the two cannot disagree. The literals here
 // are the keys only this file knows (the process, the embedded broker and
-// database, the listeners), and those whose component does not export its
-// default yet: kafka.partitions, outbound_partitions and replication_factor
-// (internal/kafkaio's TopicsConfig).
+// database, the listeners).
 func Default() Config {
 	return Config{
 		ServerName: "localhost",
@@ -134,9 +133,9 @@ func Default() Config {
 		Kafka: Kafka{
 			EmbeddedPort:       9092,
 			TopicPrefix:        schema.DefaultPrefix,
-			Partitions:         16,
-			OutboundPartitions: 32,
-			ReplicationFactor:  1,
+			Partitions:         kafkaio.DefaultPartitions,
+			OutboundPartitions: kafkaio.DefaultOutboundPartitions,
+			ReplicationFactor:  kafkaio.DefaultReplicationFactor,
 			RebalanceTimeout:   runtime.DefaultRebalanceTimeout,
 			DrainTimeout:       runtime.DefaultDrainTimeout,
 			StallAfter:         runtime.DefaultStallAfter,
