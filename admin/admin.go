@@ -66,8 +66,8 @@ type Config struct {
 	RoomTopic   string
 	RouterGroup string
 	// StallAfter is the stall threshold of the groups (kafka.stall_after).
-	// Default 1m, the consumer runtime's; negative: the page judges only
-	// whether partitions move.
+	// Default runtime.DefaultStallAfter (1m), the consumer runtime's;
+	// negative: the page judges only whether partitions move.
 	StallAfter time.Duration
 	// SampleInterval is how often the groups are sampled to tell which
 	// partitions move. Default (zero or negative) 5s.
@@ -79,7 +79,7 @@ type Config struct {
 
 // The defaults of Config's fields.
 const (
-	defaultStallAfter     = time.Minute // the consumer runtime's
+	defaultStallAfter     = runtime.DefaultStallAfter
 	defaultSampleInterval = 5 * time.Second
 	defaultMaxWait        = 5 * time.Minute
 )

@@ -187,11 +187,7 @@ func (b *benchRun) run(ctx context.Context, size benchSize) (benchResult, error)
 // error; duplicates are counted), and measures deliveries per second and the
 // latency from commit to first arrival.
 func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, error) {
-	isSlow := map[string]bool{}
-	for _, d := range b.recv.Names()[:size.slow] {
-		isSlow[d] = true
-		b.recv.SetFault(d, testreceiver.Fault{Delay: 30 * time.Second})
-	}
+	isSlow := b.slowServers(size.slow)
 	defer func() {
 		for d := range isSlow {
 			b.recv.ClearFault(d)
@@ -219,7 +215,54 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 		return benchResult{}, err
 	}
 	ingested := time.Since(start)
-	healthy := func(dest string) []json.RawMessage { // what the slow servers get is not waited for
+	report, err := b.awaitDeliveries(ctx, m, plan, isSlow, size.timeout)
+	if err != nil {
+		return benchResult{}, err
+	}
+	stopSampling()
+	if err := m.stop(); err != nil {
+		return benchResult{}, err
+	}
+	if !report.OK() {
+		report.Print(b.progress)
+		t := report.Totals()
+		return benchResult{}, fmt.Errorf("deliveries differ from the plan: %d missing, %d unexpected, %d out of order, %d unknown", t.Missing, t.Unexpected, t.OutOfOrder, t.Unknown)
+	}
+	lat, last := b.latencies(plan, isSlow, committed)
+	if len(lat) == 0 {
+		return benchResult{}, errors.New("no delivery to a healthy server to measure")
+	}
+	// The run ends at the last first arrival, not when the check noticed.
+	elapsed := last.Sub(start)
+	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	res := benchResult{Events: len(plan.Events), Deliveries: plan.Expected, Duplicates: report.Totals().Duplicates, Servers: size.servers,
+		Elapsed: elapsed, Ingest: ingested, Rate: float64(plan.Expected) / elapsed.Seconds(),
+		Transactions: metricSum(m.reg, "fedpipe_sender_transactions_total"),
+		P50:          pct(0.5), P90: pct(0.9), P99: pct(0.99), PeakHeap: max(peakHeap.Load(), heapAlloc()), PeakRSS: peakRSS()}
+	fmt.Fprintf(b.progress, "end to end: %d events, %d distinct deliveries (%d duplicates) to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p90 %s p99 %s\n",
+		res.Events, res.Deliveries, res.Duplicates, res.Servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), res.Rate,
+		res.P50.Round(time.Millisecond), res.P90.Round(time.Millisecond), res.P99.Round(time.Millisecond))
+	b.recv.Reset() // what arrived is measured; the send baseline starts empty
+	return res, nil
+}
+
+// slowServers makes the first n receivers answer every transaction 30 s late
+// and returns them; the caller clears their faults.
+func (b *benchRun) slowServers(n int) map[string]bool {
+	isSlow := map[string]bool{}
+	for _, d := range b.recv.Names()[:n] {
+		isSlow[d] = true
+		b.recv.SetFault(d, testreceiver.Fault{Delay: 30 * time.Second})
+	}
+	return isSlow
+}
+
+// awaitDeliveries waits until every delivery of plan to a server not in
+// isSlow has arrived (what the slow servers get is not waited for), and
+// returns the check of what arrived. It fails when ctx ends, a stage of m
+// stops or timeout passes first.
+func (b *benchRun) awaitDeliveries(ctx context.Context, m *benchMember, plan *loadgen.Plan, isSlow map[string]bool, timeout time.Duration) (loadgen.Report, error) {
+	healthy := func(dest string) []json.RawMessage {
 		if isSlow[dest] {
 			return plan.ExpectedPDUs(dest)
 		}
@@ -235,38 +278,34 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 		}
 		return n
 	}
-	var report loadgen.Report
-	deadline := time.NewTimer(size.timeout)
+	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for done := false; !done; {
+	for {
 		select {
 		case <-ctx.Done():
-			return benchResult{}, ctx.Err()
+			return loadgen.Report{}, ctx.Err()
 		case <-m.done:
-			return benchResult{}, fmt.Errorf("a stage stopped during the run: %w", m.stop())
+			return loadgen.Report{}, fmt.Errorf("a stage stopped during the run: %w", m.stop())
 		case <-deadline.C:
-			report = plan.Check(healthy, -1)
+			report := plan.Check(healthy, -1)
 			report.Print(b.progress)
-			return benchResult{}, fmt.Errorf("%d of %d deliveries after %s", report.Totals().Delivered, plan.Expected, size.timeout)
+			return loadgen.Report{}, fmt.Errorf("%d of %d deliveries after %s", report.Totals().Delivered, plan.Expected, timeout)
 		case <-tick.C:
 			if arrived() >= plan.Expected {
-				report = plan.Check(healthy, -1)
-				done = report.Totals().Delivered == plan.Expected
+				if report := plan.Check(healthy, -1); report.Totals().Delivered == plan.Expected {
+					return report, nil
+				}
 			}
 		}
 	}
-	stopSampling()
-	if err := m.stop(); err != nil {
-		return benchResult{}, err
-	}
-	if !report.OK() {
-		report.Print(b.progress)
-		t := report.Totals()
-		return benchResult{}, fmt.Errorf("deliveries differ from the plan: %d missing, %d unexpected, %d out of order, %d unknown", t.Missing, t.Unexpected, t.OutOfOrder, t.Unknown)
-	}
-	// Latency: first arrival of each (event, destination) minus its commit time.
+}
+
+// latencies returns, sorted, the time from commit to first arrival of each
+// (event, server) delivery to a server not in isSlow, and the last of those
+// first arrivals.
+func (b *benchRun) latencies(plan *loadgen.Plan, isSlow map[string]bool, committed []time.Time) ([]time.Duration, time.Time) {
 	var lat []time.Duration
 	var last time.Time
 	for _, dest := range b.recv.Names() {
@@ -287,22 +326,8 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 			}
 		}
 	}
-	if len(lat) == 0 {
-		return benchResult{}, errors.New("no delivery to a healthy server to measure")
-	}
-	// The run ends at the last first arrival, not when the check noticed.
-	elapsed := last.Sub(start)
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
-	res := benchResult{Events: len(plan.Events), Deliveries: plan.Expected, Duplicates: report.Totals().Duplicates, Servers: size.servers,
-		Elapsed: elapsed, Ingest: ingested, Rate: float64(plan.Expected) / elapsed.Seconds(),
-		Transactions: metricSum(m.reg, "fedpipe_sender_transactions_total"),
-		P50:          pct(0.5), P90: pct(0.9), P99: pct(0.99), PeakHeap: max(peakHeap.Load(), heapAlloc()), PeakRSS: peakRSS()}
-	fmt.Fprintf(b.progress, "end to end: %d events, %d distinct deliveries (%d duplicates) to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p90 %s p99 %s\n",
-		res.Events, res.Deliveries, res.Duplicates, res.Servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), res.Rate,
-		res.P50.Round(time.Millisecond), res.P90.Round(time.Millisecond), res.P99.Round(time.Millisecond))
-	b.recv.Reset() // what arrived is measured; the send baseline starts empty
-	return res, nil
+	return lat, last
 }
 
 // sampleBacklogs prints, every second until stop is called, what waits at each
@@ -370,7 +395,6 @@ func (b *benchRun) baselines(ctx context.Context, size benchSize) ([]stageRate, 
 	if err != nil {
 		return nil, err
 	}
-	perEvent := float64(plan.Expected) / float64(len(plan.Events))
 	cfg := b.cfg
 	cfg.Kafka.TopicPrefix = b.cfg.Kafka.TopicPrefix + "-baseline"
 	if err := kafkaio.CreateTopics(ctx, b.in.brokers, topicsConfig(cfg), b.in.log); err != nil {
@@ -382,64 +406,23 @@ func (b *benchRun) baselines(ctx context.Context, size benchSize) ([]stageRate, 
 		fmt.Fprintf(b.progress, "baseline %-15s %8d %-13s in %8s: %10.0f %s/s (%.0f deliveries/s)\n",
 			s.Stage, s.Count, s.Unit, s.Elapsed.Round(time.Millisecond), s.Rate(), s.Unit, s.Deliveries())
 	}
-
-	// Outbox insert: the events into PostgreSQL, nothing reading them.
-	start := time.Now()
-	if _, err := plan.Ingest(ctx, loadgen.PoolPersister(b.in.pool), 500, nil); err != nil {
-		return nil, fmt.Errorf("outbox insert baseline: %w", err)
-	}
-	report(stageRate{Stage: "outbox insert", Count: len(plan.Events), Unit: "events", Elapsed: time.Since(start), PerUnit: perEvent})
-
-	// Relay: those events (after the end-to-end run's, already published) to
-	// the baselines' room topic.
-	var last int64
-	if err := b.in.pool.QueryRow(ctx, `SELECT last_value FROM events_stream_seq`).Scan(&last); err != nil {
-		return nil, fmt.Errorf("relay baseline: %w", err)
-	}
-	start = time.Now()
-	m, err := startMember(ctx, b.in, cfg, "relay")
+	// The outbox, the relay and the router in the pipeline's order: each
+	// reads what the one before it left.
+	outbox, err := b.outboxBaseline(ctx, plan)
 	if err != nil {
-		return nil, fmt.Errorf("relay baseline: %w", err)
+		return nil, err
 	}
-	err = pollUntil(ctx, m, size.timeout, 5*time.Millisecond, func(ctx context.Context) (bool, error) {
-		var pos int64
-		err := b.in.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'events'), 0)`).Scan(&pos)
-		return pos >= last, err
-	})
-	elapsed := time.Since(start)
-	if err = errors.Join(err, m.stop()); err != nil {
-		return nil, fmt.Errorf("relay baseline: %w", err)
-	}
-	report(stageRate{Stage: "relay", Count: len(plan.Events), Unit: "events", Elapsed: elapsed, PerUnit: perEvent})
-
-	// Router alone: the pre-filled room topic to the outbound topic, timed
-	// from the group's first commit (joining the group is not routing).
-	broker, group, room := b.in.brokers[0], groupID(cfg.Kafka.TopicPrefix, routerGroup), schema.Topic(cfg.Kafka.TopicPrefix, "room")
-	total, err := groupLag(broker, group, room)
+	report(outbox)
+	relayed, err := b.relayBaseline(ctx, cfg, plan, size.timeout)
 	if err != nil {
-		return nil, fmt.Errorf("router baseline: %w", err)
+		return nil, err
 	}
-	m, err = startMember(ctx, b.in, cfg, "router")
+	report(relayed)
+	routed, err := b.routerBaseline(ctx, cfg, plan, size.timeout)
 	if err != nil {
-		return nil, fmt.Errorf("router baseline: %w", err)
+		return nil, err
 	}
-	start = time.Now()
-	err = pollUntil(ctx, m, size.timeout, 5*time.Millisecond, func(context.Context) (bool, error) {
-		sampled := time.Now()
-		lag, err := groupLag(broker, group, room)
-		if err != nil {
-			return false, err
-		}
-		if lag == total { // nothing committed yet: the clock starts at the last sample before the first commit
-			start = sampled
-		}
-		return lag == 0, nil
-	})
-	elapsed = time.Since(start)
-	if err = errors.Join(err, m.stop()); err != nil {
-		return nil, fmt.Errorf("router baseline: %w", err)
-	}
-	report(stageRate{Stage: "router", Count: int(total), Unit: "room records", Elapsed: elapsed, PerUnit: float64(plan.Expected) / float64(total)})
+	report(routed)
 
 	// Raw kafka-go produce+consume of one record per (event, server).
 	raw, err := rawKafka(ctx, b.in.brokers, cfg, plan)
@@ -462,6 +445,77 @@ func (b *benchRun) baselines(ctx context.Context, size benchSize) ([]stageRate, 
 	}
 	report(send)
 	return out, nil
+}
+
+// perEvent is how many (event, server) deliveries one event of plan stands for.
+func perEvent(plan *loadgen.Plan) float64 {
+	return float64(plan.Expected) / float64(len(plan.Events))
+}
+
+// outboxBaseline inserts plan's events into PostgreSQL, nothing reading them.
+func (b *benchRun) outboxBaseline(ctx context.Context, plan *loadgen.Plan) (stageRate, error) {
+	start := time.Now()
+	if _, err := plan.Ingest(ctx, loadgen.PoolPersister(b.in.pool), 500, nil); err != nil {
+		return stageRate{}, fmt.Errorf("outbox insert baseline: %w", err)
+	}
+	return stageRate{Stage: "outbox insert", Count: len(plan.Events), Unit: "events", Elapsed: time.Since(start), PerUnit: perEvent(plan)}, nil
+}
+
+// relayBaseline runs the relay alone until it has published the events
+// outboxBaseline inserted (after the end-to-end run's, already published)
+// to the room topic of cfg's prefix.
+func (b *benchRun) relayBaseline(ctx context.Context, cfg config.Config, plan *loadgen.Plan, timeout time.Duration) (stageRate, error) {
+	var last int64
+	if err := b.in.pool.QueryRow(ctx, `SELECT last_value FROM events_stream_seq`).Scan(&last); err != nil {
+		return stageRate{}, fmt.Errorf("relay baseline: %w", err)
+	}
+	start := time.Now()
+	m, err := startMember(ctx, b.in, cfg, "relay")
+	if err != nil {
+		return stageRate{}, fmt.Errorf("relay baseline: %w", err)
+	}
+	err = pollUntil(ctx, m, timeout, 5*time.Millisecond, func(ctx context.Context) (bool, error) {
+		var pos int64
+		err := b.in.pool.QueryRow(ctx, `SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = 'events'), 0)`).Scan(&pos)
+		return pos >= last, err
+	})
+	elapsed := time.Since(start)
+	if err = errors.Join(err, m.stop()); err != nil {
+		return stageRate{}, fmt.Errorf("relay baseline: %w", err)
+	}
+	return stageRate{Stage: "relay", Count: len(plan.Events), Unit: "events", Elapsed: elapsed, PerUnit: perEvent(plan)}, nil
+}
+
+// routerBaseline runs the router alone from the room topic relayBaseline
+// filled to the outbound topic, timed from the group's first commit
+// (joining the group is not routing).
+func (b *benchRun) routerBaseline(ctx context.Context, cfg config.Config, plan *loadgen.Plan, timeout time.Duration) (stageRate, error) {
+	broker, group, room := b.in.brokers[0], groupID(cfg.Kafka.TopicPrefix, routerGroup), schema.Topic(cfg.Kafka.TopicPrefix, "room")
+	total, err := groupLag(broker, group, room)
+	if err != nil {
+		return stageRate{}, fmt.Errorf("router baseline: %w", err)
+	}
+	m, err := startMember(ctx, b.in, cfg, "router")
+	if err != nil {
+		return stageRate{}, fmt.Errorf("router baseline: %w", err)
+	}
+	start := time.Now()
+	err = pollUntil(ctx, m, timeout, 5*time.Millisecond, func(context.Context) (bool, error) {
+		sampled := time.Now()
+		lag, err := groupLag(broker, group, room)
+		if err != nil {
+			return false, err
+		}
+		if lag == total { // nothing committed yet: the clock starts at the last sample before the first commit
+			start = sampled
+		}
+		return lag == 0, nil
+	})
+	elapsed := time.Since(start)
+	if err = errors.Join(err, m.stop()); err != nil {
+		return stageRate{}, fmt.Errorf("router baseline: %w", err)
+	}
+	return stageRate{Stage: "router", Count: int(total), Unit: "room records", Elapsed: elapsed, PerUnit: float64(plan.Expected) / float64(total)}, nil
 }
 
 // pollUntil calls cond every interval until it holds, the member's stages

@@ -1,9 +1,12 @@
 package runtime_test
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 )
@@ -45,5 +48,44 @@ func TestDrainTimeoutIsAtMostHalfTheRebalanceTimeout(t *testing.T) {
 				t.Fatalf("drain timeout %s, want %s", c.DrainTimeout, tc.wantDrain)
 			}
 		})
+	}
+}
+
+// A zero Config takes the exported defaults, which other packages
+// (internal/config, admin) show and use as the runtime's.
+func TestZeroFieldsTakeTheDefaults(t *testing.T) {
+	c := runtime.Config{Brokers: []string{"127.0.0.1:9092"}, GroupID: "g", Topics: []string{"t"}, DeadLetterTopic: "d"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := runtime.Config{Brokers: c.Brokers, GroupID: "g", Topics: c.Topics, DeadLetterTopic: "d",
+		Instance:           runtime.DefaultInstance,
+		CommitInterval:     runtime.DefaultCommitInterval,
+		SessionTimeout:     runtime.DefaultSessionTimeout,
+		RebalanceTimeout:   runtime.DefaultRebalanceTimeout,
+		HeartbeatInterval:  runtime.DefaultHeartbeatInterval,
+		StartOffset:        kafka.FirstOffset,
+		MaxWait:            runtime.DefaultMaxWait,
+		DrainTimeout:       runtime.DefaultDrainTimeout,
+		MaxInFlight:        runtime.DefaultMaxInFlight,
+		StallAfter:         runtime.DefaultStallAfter,
+		StallCheckInterval: runtime.DefaultStallCheckInterval,
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("Validate filled\n%+v\nwant\n%+v", c, want)
+	}
+}
+
+// Every missing required field is reported, each by name.
+func TestValidateNamesEveryMissingField(t *testing.T) {
+	var c runtime.Config
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate() of an empty Config = nil")
+	}
+	for _, field := range []string{"Brokers", "GroupID", "Topics", "DeadLetterTopic"} {
+		if !strings.Contains(err.Error(), field) {
+			t.Errorf("Validate() = %v, does not name %s", err, field)
+		}
 	}
 }

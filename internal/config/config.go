@@ -11,10 +11,12 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/presence"
 	"github.com/fedpipe/fedpipe/consumers/router"
+	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/client"
 	"github.com/fedpipe/fedpipe/federation/keyserver"
 	fedpresence "github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/producers/ingest"
 	"github.com/fedpipe/fedpipe/producers/relay"
 	"github.com/fedpipe/fedpipe/schema"
@@ -122,10 +124,7 @@ type Federation struct {
 // A key that configures a component takes the component's own default (its
 // exported Default… constant), so the two cannot disagree. The literals here
 // are the keys only this file knows (the process, the embedded broker and
-// database, the listeners), and those whose component does not export its
-// default yet: kafka.partitions, outbound_partitions and replication_factor
-// (internal/kafkaio's TopicsConfig), kafka.rebalance_timeout, drain_timeout
-// and stall_after (consumers/runtime's Config).
+// database, the listeners).
 func Default() Config {
 	return Config{
 		ServerName: "localhost",
@@ -134,12 +133,12 @@ func Default() Config {
 		Kafka: Kafka{
 			EmbeddedPort:       9092,
 			TopicPrefix:        schema.DefaultPrefix,
-			Partitions:         16,
-			OutboundPartitions: 32,
-			ReplicationFactor:  1,
-			RebalanceTimeout:   10 * time.Second,
-			DrainTimeout:       5 * time.Second,
-			StallAfter:         time.Minute,
+			Partitions:         kafkaio.DefaultPartitions,
+			OutboundPartitions: kafkaio.DefaultOutboundPartitions,
+			ReplicationFactor:  kafkaio.DefaultReplicationFactor,
+			RebalanceTimeout:   runtime.DefaultRebalanceTimeout,
+			DrainTimeout:       runtime.DefaultDrainTimeout,
+			StallAfter:         runtime.DefaultStallAfter,
 		},
 		Database: Database{EmbeddedPort: 5433, MaxConns: 16},
 		Relay:    Relay{PollInterval: relay.DefaultPollInterval, BatchSize: relay.DefaultBatchSize},

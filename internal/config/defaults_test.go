@@ -18,8 +18,8 @@ import (
 // TestDefaultsAreTheComponents: a key left unset means what the component
 // does with a zero field, so `fedpipe config example` shows the value in
 // force. Each component's Validate fills its zero fields; they must agree
-// with Default(), the literals (kafkaio's topics, the runtime's group
-// timers) as much as the values taken from exported constants.
+// with Default(), which takes them from the components' exported Default…
+// constants: a constant a Validate does not use is caught here.
 func TestDefaultsAreTheComponents(t *testing.T) {
 	def := Default()
 	check := func(key string, got, want any) {
@@ -45,6 +45,15 @@ func TestDefaultsAreTheComponents(t *testing.T) {
 	check("kafka.rebalance_timeout", group.RebalanceTimeout, def.Kafka.RebalanceTimeout)
 	check("kafka.drain_timeout", group.DrainTimeout, def.Kafka.DrainTimeout)
 	check("kafka.stall_after", group.StallAfter, def.Kafka.StallAfter)
+	// cmd/fedpipe sets the rebalance timeout and drain timeout of every group
+	// from the configuration; the runtime's rule for a zero drain timeout
+	// (half the rebalance timeout) must give the configuration's default.
+	follows := runtime.Config{Brokers: []string{"b:9092"}, GroupID: "g", Topics: []string{"t"}, DeadLetterTopic: "d",
+		RebalanceTimeout: def.Kafka.RebalanceTimeout}
+	if err := follows.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	check("kafka.drain_timeout (from kafka.rebalance_timeout)", follows.DrainTimeout, def.Kafka.DrainTimeout)
 
 	adm := admin.Config{Brokers: []string{"b:9092"}, DeadLetterTopic: "d", RoomTopic: "r", RouterGroup: "g"}
 	if err := adm.Validate(); err != nil {

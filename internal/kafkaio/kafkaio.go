@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/fedpipe/fedpipe/schema"
 )
 
 // NewWriter returns a writer for topic that waits for all in-sync replicas,
@@ -51,27 +53,43 @@ func NewRelayWriter(brokers []string, topic string) *kafka.Writer {
 
 // TopicsConfig says which topics exist and how.
 type TopicsConfig struct {
-	Prefix             string
-	Partitions         int
+	// Prefix is the topic prefix: topics are <Prefix>.<stream>. Default
+	// schema.DefaultPrefix.
+	Prefix string
+	// Partitions is the partition count of every topic but the outbound one.
+	// Default DefaultPartitions (16).
+	Partitions int
+	// OutboundPartitions is the partition count of <Prefix>.outbound. Default
+	// DefaultOutboundPartitions (32).
 	OutboundPartitions int
-	ReplicationFactor  int
-	// TypingRetention is the retention of the typing topic (short: typing is stale in seconds).
+	// ReplicationFactor is the replication factor of every topic. Default
+	// DefaultReplicationFactor (1).
+	ReplicationFactor int
+	// TypingRetention is the retention of the typing topic (short: typing is
+	// stale in seconds). Default 1m.
 	TypingRetention time.Duration
 }
+
+// The defaults of TopicsConfig's zero fields.
+const (
+	DefaultPartitions         = 16
+	DefaultOutboundPartitions = 32
+	DefaultReplicationFactor  = 1
+)
 
 // Validate fills defaults and reports invalid settings.
 func (c *TopicsConfig) Validate() error {
 	if c.Prefix == "" {
-		c.Prefix = "fedpipe"
+		c.Prefix = schema.DefaultPrefix
 	}
 	if c.Partitions == 0 {
-		c.Partitions = 16
+		c.Partitions = DefaultPartitions
 	}
 	if c.OutboundPartitions == 0 {
-		c.OutboundPartitions = 32
+		c.OutboundPartitions = DefaultOutboundPartitions
 	}
 	if c.ReplicationFactor == 0 {
-		c.ReplicationFactor = 1
+		c.ReplicationFactor = DefaultReplicationFactor
 	}
 	if c.TypingRetention == 0 {
 		c.TypingRetention = time.Minute
