@@ -2,8 +2,9 @@ package schema
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
+
+	"github.com/segmentio/encoding/json"
 )
 
 // encoding/json compacts and HTML-escapes json.RawMessage fields when it

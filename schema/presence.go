@@ -1,8 +1,9 @@
 package schema
 
 import (
-	"encoding/json"
 	"fmt"
+
+	"github.com/segmentio/encoding/json"
 
 	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/federation/presence"

@@ -1,8 +1,9 @@
 package schema
 
 import (
-	"encoding/json"
 	"fmt"
+
+	"github.com/segmentio/encoding/json"
 )
 
 // KindReceipt is the kind of <prefix>.receipts records and of outbound

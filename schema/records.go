@@ -1,9 +1,10 @@
 package schema
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/segmentio/encoding/json"
 )
 
 // SchemaVersion is the "v" of every record and the "schema" header.

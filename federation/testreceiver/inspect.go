@@ -2,8 +2,9 @@ package testreceiver
 
 import (
 	"context"
-	"encoding/json"
 	"time"
+
+	"github.com/segmentio/encoding/json"
 )
 
 // Transactions returns what dest accepted, in arrival order.

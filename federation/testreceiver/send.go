@@ -2,12 +2,13 @@ package testreceiver
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/segmentio/encoding/json"
 
 	"github.com/fedpipe/fedpipe/federation/txn"
 	"github.com/fedpipe/fedpipe/federation/xmatrix"

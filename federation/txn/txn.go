@@ -5,11 +5,12 @@
 package txn
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
+
+	"github.com/segmentio/encoding/json"
 
 	"github.com/fedpipe/fedpipe/federation/canonicaljson"
 )

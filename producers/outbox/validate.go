@@ -1,9 +1,10 @@
 package outbox
 
 import (
-	"encoding/json"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/segmentio/encoding/json"
 
 	"github.com/fedpipe/fedpipe/federation/mxid"
 	"github.com/fedpipe/fedpipe/schema"
