@@ -21,7 +21,7 @@ import (
 	"github.com/fedpipe/fedpipe/admin"
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

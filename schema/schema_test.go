@@ -7,7 +7,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

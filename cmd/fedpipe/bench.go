@@ -30,7 +30,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/xmatrix"
 	"github.com/fedpipe/fedpipe/internal/config"
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
-	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

@@ -18,7 +18,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
 	"github.com/fedpipe/fedpipe/internal/config"
-	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
 	"github.com/fedpipe/fedpipe/producers/ingest"
 )
 

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/edu"
-	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
 	"github.com/fedpipe/fedpipe/producers/ingest"
 )
 

@@ -19,8 +19,8 @@ import (
 	"github.com/fedpipe/fedpipe/federation/signing"
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
 	"github.com/fedpipe/fedpipe/internal/config"
-	"github.com/fedpipe/fedpipe/internal/loadgen"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

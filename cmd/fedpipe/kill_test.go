@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/loadgen"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // buildFedpipe compiles this command once per test binary.

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/fedpipe/fedpipe/internal/config"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 func run(t *testing.T, args ...string) (string, error) {

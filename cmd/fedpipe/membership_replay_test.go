@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/schema"
 )

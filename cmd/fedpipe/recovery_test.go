@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fedpipe/fedpipe/internal/loadgen"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // membership is the router's stored joined members, as text to compare.

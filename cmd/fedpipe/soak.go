@@ -19,7 +19,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/signing"
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
-	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
 )
 
 // soakConfig shapes a crash soak (see cmdSoak).

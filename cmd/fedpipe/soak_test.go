@@ -3,14 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
 )
 
 // The bounded crash soak: `fedpipe soak` with six SIGKILLs of the

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fedpipe/fedpipe/internal/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
 )
 
 // progressWatch measures the soak's progress: distinct expected deliveries

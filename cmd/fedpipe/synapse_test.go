@@ -25,7 +25,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/keyserver"
 	"github.com/fedpipe/fedpipe/federation/signing"
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 )
 

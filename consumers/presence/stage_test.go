@@ -19,7 +19,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/presence"
 	"github.com/fedpipe/fedpipe/consumers/runtime"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fedpipe/fedpipe/internal/loadgen"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/loadgen"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // BenchmarkRouterThroughput routes a pre-published workload end to end (room

@@ -22,7 +22,7 @@ import (
 	"github.com/fedpipe/fedpipe/consumers/router"
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/federation/mxid"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

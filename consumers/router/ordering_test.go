@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/typing"
 	"github.com/fedpipe/fedpipe/schema"
 )

@@ -16,7 +16,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // readTopic reads every record of a one-partition topic up to its end.

@@ -13,7 +13,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // stuckStage never finishes partition 0's first record until released; the

@@ -12,7 +12,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/federation/queue"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

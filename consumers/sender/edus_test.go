@@ -11,7 +11,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/schema"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // member starts one sender member of the group; stop leaves the group (its

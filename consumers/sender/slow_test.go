@@ -15,7 +15,7 @@ import (
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/testreceiver"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/schema"
 )

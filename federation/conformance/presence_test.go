@@ -16,7 +16,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // capture is a Transport that keeps the transactions the queue builds.

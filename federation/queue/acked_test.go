@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/fedpipe/fedpipe/federation/queue"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // A PDU replayed after its destination accepted its room at or past its

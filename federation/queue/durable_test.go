@@ -12,7 +12,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // storeToDevice stores to-device EDUs from..to-1 for dest, as the sender

@@ -9,7 +9,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // EDUs whose bodies together pass the transaction budget go in the next

@@ -10,7 +10,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // hold makes sends wait (a slow destination) until the returned release is

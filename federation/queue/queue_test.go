@@ -18,7 +18,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // transport records transactions and fails destinations on demand.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/edu"
 	"github.com/fedpipe/fedpipe/federation/queue"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // receiptEDUs are the m.receipt EDUs dest accepted, per transaction.

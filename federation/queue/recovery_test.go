@@ -10,7 +10,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // presenceSent reports whether dest received a presence update for user.

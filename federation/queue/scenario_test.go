@@ -10,7 +10,7 @@ import (
 
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // metric reads a gauge or a counter (summed over labels matching label=value

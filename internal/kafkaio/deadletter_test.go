@@ -11,7 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 )
 
 // The two kinds of dead letter, as the admin page and an operator read them

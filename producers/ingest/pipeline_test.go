@@ -13,7 +13,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/ingest"
 	"github.com/fedpipe/fedpipe/producers/relay"
 	"github.com/fedpipe/fedpipe/schema"

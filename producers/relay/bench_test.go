@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/producers/relay"
 	"github.com/fedpipe/fedpipe/schema"

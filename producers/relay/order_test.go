@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/fedpipe/fedpipe/internal/testenv"
+	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
 	"github.com/fedpipe/fedpipe/producers/relay"
 	"github.com/fedpipe/fedpipe/schema"
