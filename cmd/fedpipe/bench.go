@@ -206,11 +206,14 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 	var peakHeap atomic.Uint64
 	stopSampling := b.sampleBacklogs(ctx, m, start, &peakHeap)
 	defer stopSampling()
-	persist := loadgen.PoolPersister(b.in.pool)
+	persist, batch := loadgen.PoolPersister(b.in.pool), 500
 	if size.rate > 0 {
-		persist = paced(persist, size.rate)
+		// Paced, events commit in batches of 10 ms of the rate, as a
+		// homeserver's commit one after another: a burst of 500 every half
+		// second would measure the burst, not the pipeline.
+		persist, batch = paced(persist, size.rate), max(1, size.rate/100)
 	}
-	committed, err := plan.Ingest(ctx, persist, 500, nil)
+	committed, err := plan.Ingest(ctx, persist, batch, nil)
 	if err != nil {
 		return benchResult{}, err
 	}

@@ -49,8 +49,11 @@ type Config struct {
 }
 
 const (
-	// DefaultPollInterval is Config.PollInterval when it is zero.
-	DefaultPollInterval = 50 * time.Millisecond
+	// DefaultPollInterval is Config.PollInterval when it is zero: an idle
+	// relay's wait is the latency an event commit waits before its round
+	// (at 50 ms it was 25 ms on average, a third of the end-to-end p50 at
+	// 1,000 events/s); a round of an idle relay is two small queries.
+	DefaultPollInterval = 10 * time.Millisecond
 	// DefaultBatchSize is Config.BatchSize when it is zero.
 	DefaultBatchSize = 1000
 )
