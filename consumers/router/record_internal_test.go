@@ -3,6 +3,7 @@ package router
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/segmentio/kafka-go"
@@ -76,5 +77,44 @@ func TestPDURecordsOnePerPartition(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkOutboundBytesPerEvent reports the bytes an event's outbound pdu
+// records take (values and keys) for rooms of 5, 50 and 500 remote servers
+// over the default 32 outbound partitions, one record per destination (as
+// before records listed destinations) and one per partition, with a 1 KiB
+// PDU.
+//
+//	go test -run '^$' -bench OutboundBytesPerEvent ./consumers/router
+func BenchmarkOutboundBytesPerEvent(b *testing.B) {
+	pdu := `{"type":"m.room.message","content":{"body":"` + strings.Repeat("x", 900) + `"},"sender":"@a:hs.test","room_id":"!r:hs.test"}`
+	rec := schema.RoomRecord{V: 1, Kind: schema.KindEvent, Position: 7, RoomID: "!r:hs.test", RoomVersion: "10", EventID: "$e",
+		Origin: "hs.test", Type: "m.room.message", PDU: []byte(pdu)}
+	for _, servers := range []int{5, 50, 500} {
+		var dests []string
+		for i := range servers {
+			dests = append(dests, fmt.Sprintf("server%d.example.org", i))
+		}
+		for _, c := range []struct {
+			name       string
+			partitions int
+		}{{"per destination", 0}, {"per partition", 32}} {
+			b.Run(fmt.Sprintf("%d servers %s", servers, c.name), func(b *testing.B) {
+				var bytes, records int
+				for b.Loop() {
+					msgs, err := pduRecords(rec, dests, c.partitions, "router")
+					if err != nil {
+						b.Fatal(err)
+					}
+					bytes, records = 0, len(msgs)
+					for _, m := range msgs {
+						bytes += len(m.Key) + len(m.Value)
+					}
+				}
+				b.ReportMetric(float64(bytes), "bytes/event")
+				b.ReportMetric(float64(records), "records/event")
+			})
+		}
 	}
 }
