@@ -322,11 +322,11 @@ func denied(ip net.IP) bool {
 // SendTransaction sends t to t.Destination, retrying transient failures within
 // the call, and returns the per-PDU results.
 func (c *Client) SendTransaction(ctx context.Context, t *txn.Transaction) (txn.Response, error) {
-	body, err := t.Body()
+	body, canonical, err := t.Encode()
 	if err != nil {
 		return txn.Response{}, &Error{Kind: txn.Fatal, Err: fmt.Errorf("building transaction %s: %w", t.ID, err)}
 	}
-	raw, err := c.do(ctx, http.MethodPut, t.Destination, t.Path(), body)
+	raw, err := c.do(ctx, http.MethodPut, t.Destination, t.Path(), body, canonical)
 	if err != nil {
 		return txn.Response{}, err
 	}
@@ -338,12 +338,13 @@ func (c *Client) SendTransaction(ctx context.Context, t *txn.Transaction) (txn.R
 }
 
 // do performs a signed request with in-request retries of transient failures.
-func (c *Client) do(ctx context.Context, method, destination, path string, body []byte) ([]byte, error) {
+// canonical is the body's canonical JSON, which the signature covers.
+func (c *Client) do(ctx context.Context, method, destination, path string, body, canonical []byte) ([]byte, error) {
 	res, err := c.resolver.Resolve(ctx, destination)
 	if err != nil {
 		return nil, &Error{Kind: txn.Backoff, Err: err}
 	}
-	auth, err := xmatrix.Authorization(c.cfg.Origin, destination, c.key, method, path, body)
+	auth, err := xmatrix.AuthorizationCanonical(c.cfg.Origin, destination, c.key, method, path, canonical)
 	if err != nil {
 		return nil, &Error{Kind: txn.Fatal, Err: err}
 	}

@@ -42,11 +42,11 @@ func BenchmarkBuildSignTransaction(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		body, err := tx.Body()
+		body, canonical, err := tx.Encode()
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := xmatrix.Authorization(tx.Origin, tx.Destination, k, "PUT", tx.Path(), body); err != nil {
+		if _, err := xmatrix.AuthorizationCanonical(tx.Origin, tx.Destination, k, "PUT", tx.Path(), canonical); err != nil {
 			b.Fatal(err)
 		}
 		b.SetBytes(int64(len(body)))

@@ -73,6 +73,10 @@ type Transaction struct {
 	// Add calls answer ErrFull before the body would pass it. It must leave
 	// room for one PDU or EDU of the largest size (MinBudget).
 	MaxBytes int
+
+	// sized caches sizeEstimate over the PDUs and EDUs counted so far, so
+	// that filling a transaction is linear, not quadratic, in its items.
+	sized struct{ pdus, edus, bytes int }
 }
 
 // MinBudget is the least Transaction.MaxBytes: room for one item of MaxPDUSize.
@@ -117,16 +121,20 @@ func (t *Transaction) AddEDU(e EDU) error {
 
 // sizeEstimate bounds the encoded body from above (names are assumed to need
 // escaping of every byte), so a transaction AddPDU and AddEDU accept always
-// encodes within MaxBodySize.
+// encodes within MaxBodySize. Items are counted once, as they are appended;
+// a caller that shrinks or rewrites PDUs or EDUs starts the count again.
 func (t *Transaction) sizeEstimate() int {
-	n := emptySize(t.Origin)
-	for _, p := range t.PDUs {
-		n += len(p) + 1
+	c := &t.sized
+	if c.pdus > len(t.PDUs) || c.edus > len(t.EDUs) {
+		*c = struct{ pdus, edus, bytes int }{}
 	}
-	for _, e := range t.EDUs {
-		n += eduSize(e)
+	for ; c.pdus < len(t.PDUs); c.pdus++ {
+		c.bytes += len(t.PDUs[c.pdus]) + 1
 	}
-	return n
+	for ; c.edus < len(t.EDUs); c.edus++ {
+		c.bytes += eduSize(t.EDUs[c.edus])
+	}
+	return emptySize(t.Origin) + c.bytes
 }
 
 func emptySize(origin string) int { return 64 + 6*len(origin) }
@@ -146,34 +154,32 @@ func (t *Transaction) Path() string {
 // so that a body Body returns can always be signed; a PDU or EDU that cannot
 // be sent is reported as an *ItemError.
 func (t *Transaction) Body() ([]byte, error) {
+	body, _, err := t.Encode()
+	return body, err
+}
+
+// Encode is Body, and also the body's canonical JSON, which the request
+// signature covers (xmatrix.AuthorizationCanonical): each PDU and EDU is
+// canonicalised once, as Body checks it anyway, instead of the signer parsing
+// the whole body again.
+func (t *Transaction) Encode() (body, canonical []byte, err error) {
 	if t.Origin == "" {
-		return nil, errors.New("transaction has no origin")
+		return nil, nil, errors.New("transaction has no origin")
 	}
 	if len(t.PDUs) > MaxPDUs || len(t.EDUs) > MaxEDUs {
-		return nil, fmt.Errorf("transaction holds %d PDUs and %d EDUs, limits are %d and %d", len(t.PDUs), len(t.EDUs), MaxPDUs, MaxEDUs)
+		return nil, nil, fmt.Errorf("transaction holds %d PDUs and %d EDUs, limits are %d and %d", len(t.PDUs), len(t.EDUs), MaxPDUs, MaxEDUs)
 	}
-	var scratch []byte
-	check := func(raw json.RawMessage) error {
-		if !isObject(raw) {
-			return errors.New("not a JSON object")
-		}
-		var err error
-		scratch, err = canonicaljson.AppendCanonical(scratch[:0], raw)
-		return err
+	size := t.sizeEstimate()
+	if canonical, err = t.appendCanonical(make([]byte, 0, size)); err != nil {
+		return nil, nil, err
 	}
-	b := make([]byte, 0, t.sizeEstimate())
+	b := make([]byte, 0, size)
 	b = append(b, `{"origin":`...)
 	b = appendJSONString(b, t.Origin)
 	b = append(b, `,"origin_server_ts":`...)
 	b = strconv.AppendInt(b, t.OriginServerTS, 10)
 	b = append(b, `,"pdus":[`...)
 	for i, p := range t.PDUs {
-		if len(p) > MaxPDUSize {
-			return nil, &ItemError{"pdu", i, fmt.Errorf("%d bytes, limit %d: %w", len(p), MaxPDUSize, ErrTooLarge)}
-		}
-		if err := check(p); err != nil {
-			return nil, &ItemError{"pdu", i, err}
-		}
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -181,12 +187,6 @@ func (t *Transaction) Body() ([]byte, error) {
 	}
 	b = append(b, `],"edus":[`...)
 	for i, e := range t.EDUs {
-		if e.Type == "" {
-			return nil, &ItemError{"edu", i, errors.New("no edu_type")}
-		}
-		if err := check(e.Content); err != nil {
-			return nil, &ItemError{"edu", i, fmt.Errorf("%s content: %w", e.Type, err)}
-		}
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -198,9 +198,60 @@ func (t *Transaction) Body() ([]byte, error) {
 	}
 	b = append(b, "]}"...)
 	if len(b) > MaxBodySize {
-		return nil, fmt.Errorf("transaction body of %d bytes, limit %d: %w", len(b), MaxBodySize, ErrTooLarge)
+		return nil, nil, fmt.Errorf("transaction body of %d bytes, limit %d: %w", len(b), MaxBodySize, ErrTooLarge)
 	}
-	return b, nil
+	return b, canonical, nil
+}
+
+// appendCanonical appends the body's canonical JSON, checking every PDU and
+// EDU on the way: keys sorted, so edus, origin, origin_server_ts, pdus.
+func (t *Transaction) appendCanonical(c []byte) ([]byte, error) {
+	var err error
+	c = append(c, `{"edus":[`...)
+	for i, e := range t.EDUs {
+		if e.Type == "" {
+			return nil, &ItemError{"edu", i, errors.New("no edu_type")}
+		}
+		if i > 0 {
+			c = append(c, ',')
+		}
+		c = append(c, `{"content":`...)
+		if c, err = appendCanonicalObject(c, e.Content); err != nil {
+			return nil, &ItemError{"edu", i, fmt.Errorf("%s content: %w", e.Type, err)}
+		}
+		c = append(c, `,"edu_type":`...)
+		if c, err = canonicaljson.AppendString(c, e.Type); err != nil {
+			return nil, &ItemError{"edu", i, fmt.Errorf("edu_type: %w", err)}
+		}
+		c = append(c, '}')
+	}
+	c = append(c, `],"origin":`...)
+	if c, err = canonicaljson.AppendString(c, t.Origin); err != nil {
+		return nil, fmt.Errorf("transaction origin: %w", err)
+	}
+	c = append(c, `,"origin_server_ts":`...)
+	c = strconv.AppendInt(c, t.OriginServerTS, 10)
+	c = append(c, `,"pdus":[`...)
+	for i, p := range t.PDUs {
+		if len(p) > MaxPDUSize {
+			return nil, &ItemError{"pdu", i, fmt.Errorf("%d bytes, limit %d: %w", len(p), MaxPDUSize, ErrTooLarge)}
+		}
+		if i > 0 {
+			c = append(c, ',')
+		}
+		if c, err = appendCanonicalObject(c, p); err != nil {
+			return nil, &ItemError{"pdu", i, err}
+		}
+	}
+	return append(c, "]}"...), nil
+}
+
+// appendCanonicalObject appends raw's canonical form, raw being a JSON object.
+func appendCanonicalObject(dst []byte, raw json.RawMessage) ([]byte, error) {
+	if !isObject(raw) {
+		return dst, errors.New("not a JSON object")
+	}
+	return canonicaljson.AppendCanonical(dst, raw)
 }
 
 // isObject is a cheap first check that raw is a JSON object, for a clearer

@@ -30,14 +30,24 @@ type Header struct {
 // the request has no body. It is written directly, keys already in canonical
 // order, so a full transaction body is parsed once rather than encoded twice.
 func RequestBytes(method, uri, origin, destination string, content []byte) ([]byte, error) {
-	b := make([]byte, 0, len(content)+len(method)+len(uri)+len(origin)+len(destination)+64)
+	if len(content) == 0 {
+		return requestBytes(method, uri, origin, destination, nil)
+	}
+	canonical, err := canonicaljson.AppendCanonical(nil, content)
+	if err != nil {
+		return nil, fmt.Errorf("encoding request body for signing: %w", err)
+	}
+	return requestBytes(method, uri, origin, destination, canonical)
+}
+
+// requestBytes is RequestBytes with the content already in canonical form.
+func requestBytes(method, uri, origin, destination string, canonical []byte) ([]byte, error) {
+	b := make([]byte, 0, len(canonical)+len(method)+len(uri)+len(origin)+len(destination)+64)
 	b = append(b, '{')
 	var err error
-	if len(content) > 0 {
+	if len(canonical) > 0 {
 		b = append(b, `"content":`...)
-		if b, err = canonicaljson.AppendCanonical(b, content); err != nil {
-			return nil, fmt.Errorf("encoding request body for signing: %w", err)
-		}
+		b = append(b, canonical...)
 		b = append(b, ',')
 	}
 	for i, f := range [...]struct{ name, value string }{
@@ -61,8 +71,24 @@ func Authorization(origin, destination string, k *signing.Key, method, uri strin
 	if err != nil {
 		return "", err
 	}
+	return header(origin, destination, k, msg), nil
+}
+
+// AuthorizationCanonical is Authorization for a request whose body's
+// canonical JSON the caller already has (txn.Transaction.Encode): it must be
+// exactly canonicaljson.AppendCanonical of the body sent, or the receiver
+// refuses the signature. Nil for a request without a body.
+func AuthorizationCanonical(origin, destination string, k *signing.Key, method, uri string, canonical []byte) (string, error) {
+	msg, err := requestBytes(method, uri, origin, destination, canonical)
+	if err != nil {
+		return "", err
+	}
+	return header(origin, destination, k, msg), nil
+}
+
+func header(origin, destination string, k *signing.Key, msg []byte) string {
 	sig := base64.RawStdEncoding.EncodeToString(k.Sign(msg))
-	return fmt.Sprintf(`X-Matrix origin="%s",destination="%s",key="%s",sig="%s"`, quote(origin), quote(destination), quote(k.ID), sig), nil
+	return fmt.Sprintf(`X-Matrix origin="%s",destination="%s",key="%s",sig="%s"`, quote(origin), quote(destination), quote(k.ID), sig)
 }
 
 func quote(s string) string {
