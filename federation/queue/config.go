@@ -25,7 +25,8 @@ type Config struct {
 	CatchUpInterval time.Duration
 	// WakeupsPerTick bounds how many destinations start catching up per
 	// CatchUpInterval, so thousands due at once do not open thousands of
-	// connections in the same second.
+	// connections in the same second; they start one every
+	// CatchUpInterval/WakeupsPerTick, not together at the tick.
 	WakeupsPerTick int
 	// CatchUpBatch is how many missed rooms are read at a time (default 50).
 	CatchUpBatch int
