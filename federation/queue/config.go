@@ -27,7 +27,8 @@ type Config struct {
 	CatchUpInterval time.Duration
 	// WakeupsPerTick bounds how many destinations start catching up per
 	// CatchUpInterval, so thousands due at once do not open thousands of
-	// connections in the same second. Default 20.
+	// connections in the same second; they start one every
+	// CatchUpInterval/WakeupsPerTick, not together at the tick. Default 20.
 	WakeupsPerTick int
 	// CatchUpBatch is how many missed rooms are read at a time. Default
 	// (zero or negative) 50.

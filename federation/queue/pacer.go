@@ -6,7 +6,7 @@ import (
 )
 
 // paceCatchUp wakes destinations whose backoff ended and that missed events,
-// a bounded number per tick.
+// a bounded number per tick, spread evenly over the tick.
 func (m *Manager) paceCatchUp(ctx context.Context) error {
 	cfg := &m.env.cfg
 	t := time.NewTicker(cfg.CatchUpInterval)
@@ -30,7 +30,15 @@ func (m *Manager) paceCatchUp(ctx context.Context) error {
 		if len(due) == cfg.WakeupsPerTick {
 			after = due[len(due)-1]
 		}
-		for _, dest := range due {
+		// One wake-up every CatchUpInterval/WakeupsPerTick, not all at the
+		// tick: a burst of catch-up workers starting together queues their
+		// store round trips (and fence takes) in front of the healthy
+		// destinations' for that moment, and their p99 is that queue.
+		gap := cfg.CatchUpInterval / time.Duration(cfg.WakeupsPerTick)
+		for i, dest := range due {
+			if i > 0 && m.sleep(ctx, gap) != nil {
+				return nil
+			}
 			d, idle := m.claim(dest)
 			if d == nil {
 				continue
@@ -72,4 +80,16 @@ func (m *Manager) claim(dest string) (*destination, chan struct{}) {
 		return nil, nil
 	}
 	return d, idle
+}
+
+// sleep waits for d; ctx's error when ctx ends first.
+func (m *Manager) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

@@ -372,3 +372,49 @@ func TestPerPDUErrorsAreCountedAndThePDUsDone(t *testing.T) {
 		t.Fatal("per-PDU errors backed the destination off")
 	}
 }
+
+// The pacer spreads a tick's wake-ups over the interval, one every
+// CatchUpInterval/WakeupsPerTick: destinations due together (a storm after
+// an outage) do not start their catch-up workers, and the store round trips
+// and fence takes that come with them, in one burst in front of the healthy
+// destinations' (issue 18).
+func TestCatchUpWakeupsAreSpreadOverTheInterval(t *testing.T) {
+	f := setupWith(t, func(c *queue.Config) {
+		c.CatchUpInterval = 400 * time.Millisecond
+		c.WakeupsPerTick = 4
+		c.Owns = func(string) bool { return true }
+	})
+	dests := []string{"a.test", "b.test", "c.test", "d.test"}
+	for i, d := range dests {
+		id := fmt.Sprintf("$%s", d)
+		f.store.mu.Lock()
+		f.store.pdus[id] = json.RawMessage(`{}`)
+		f.store.mu.Unlock()
+		if err := f.store.RecordCatchUp(context.Background(), d, []queue.CatchUp{{RoomID: "!r", Position: int64(10 + i), EventID: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := map[string]time.Time{}
+	testenv.Eventually(t, 10*time.Second, "every destination caught up", func() bool {
+		for _, d := range dests {
+			if _, ok := first[d]; !ok && len(f.tr.pdus(d)) > 0 {
+				first[d] = time.Now()
+			}
+		}
+		return len(first) == len(dests)
+	})
+	var earliest, latest time.Time
+	for _, at := range first {
+		if earliest.IsZero() || at.Before(earliest) {
+			earliest = at
+		}
+		if at.After(latest) {
+			latest = at
+		}
+	}
+	// Three gaps of 100 ms between four wake-ups; together they would be
+	// sent within a few milliseconds.
+	if spread := latest.Sub(earliest); spread < 250*time.Millisecond {
+		t.Fatalf("the four due destinations caught up within %s of each other, want one every 100 ms", spread)
+	}
+}
