@@ -359,26 +359,25 @@ func (b *benchRun) sampleBacklogs(ctx context.Context, m *benchMember, start tim
 	}
 	fmt.Fprintln(b.progress, "every second: backlogs (events not published; room and outbound records not committed) and totals (PDUs arrived, room records routed, outbound records written, transactions sent; peak heap)")
 	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	var sampler errgroup.Group // waited for by stop
+	sampler.Go(func() error {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-tick.C:
 				peak.Store(max(peak.Load(), heapAlloc()))
 				fmt.Fprintln(b.progress, sample(ctx))
 			}
 		}
-	}()
+	})
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			cancel()
-			<-done
+			_ = sampler.Wait() // the loop returns only nil
 			peak.Store(max(peak.Load(), heapAlloc()))
 			fmt.Fprintln(b.progress, sample(context.Background())) // at least one line, however short the run
 		})
