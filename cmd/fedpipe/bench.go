@@ -608,11 +608,11 @@ func buildSign(ctx context.Context, origin string, servers []string, k *signing.
 				if err != nil {
 					return err
 				}
-				body, err := t.Body()
+				_, canonical, err := t.Encode()
 				if err != nil {
 					return err
 				}
-				if _, err := xmatrix.Authorization(t.Origin, t.Destination, k, "PUT", t.Path(), body); err != nil {
+				if _, err := xmatrix.AuthorizationCanonical(t.Origin, t.Destination, k, "PUT", t.Path(), canonical); err != nil {
 					return err
 				}
 			}

@@ -186,7 +186,7 @@ func (p *partitionHandler) event(ctx context.Context, rec schema.RoomRecord, rm 
 	if len(dests) == 0 {
 		return nil
 	}
-	msgs, err := pduRecords(rec, dests, p.r.cfg.OutboundPartitions, p.r.cfg.Instance)
+	msgs, err := pduRecords(rec, dests, p.r.partitionOf, p.r.cfg.Instance)
 	if err != nil {
 		return err
 	}

@@ -9,16 +9,16 @@ import (
 )
 
 // pduRecords builds the outbound pdu records of an event: one per outbound
-// partition its destinations fall in (murmur2 of the server name, as the
-// writer's balancer places the key), listing that partition's destinations,
-// keyed by the first, so an event's bytes cross the broker once per
-// partition rather than once per destination. With partitions 0 (unknown)
-// it is one record per destination. The PDU bytes go through untouched
+// partition its destinations fall in (partitionOf: kafkaio.Partitioner, as
+// the writer's balancer places the key), listing that partition's
+// destinations, keyed by the first, so an event's bytes cross the broker once
+// per partition rather than once per destination. With partitionOf nil
+// (partitions unknown) it is one record per destination. The PDU bytes go through untouched
 // (OutboundRecord.Marshal splices them in rather than re-encoding them).
-func pduRecords(rec schema.RoomRecord, dests []string, partitions int, instance string) ([]kafka.Message, error) {
+func pduRecords(rec schema.RoomRecord, dests []string, partitionOf func(string) int, instance string) ([]kafka.Message, error) {
 	headers := schema.NewHeaders(schema.KindPDU).WithPosition(rec.Position).WithInstance(instance)
 	var msgs []kafka.Message
-	for _, group := range byPartition(dests, partitions) {
+	for _, group := range byPartition(dests, partitionOf) {
 		r := schema.OutboundRecord{
 			V: schema.SchemaVersion, Kind: schema.KindPDU, Destination: group[0],
 			RoomID: rec.RoomID, EventID: rec.EventID, Position: rec.Position, RoomVersion: rec.RoomVersion, PDU: rec.PDU,
@@ -35,27 +35,22 @@ func pduRecords(rec schema.RoomRecord, dests []string, partitions int, instance 
 	return msgs, nil
 }
 
-// byPartition groups dests by their outbound partition, in the order each
-// partition first appears, each group in dests' order and at most
-// schema.MaxRecordDestinations long. With partitions < 1 every destination is
-// a group of its own.
-func byPartition(dests []string, partitions int) [][]string {
-	if partitions < 1 {
+// byPartition groups dests by their outbound partition (partitionOf), in the
+// order each partition first appears, each group in dests' order and at most
+// schema.MaxRecordDestinations long. With partitionOf nil every destination
+// is a group of its own.
+func byPartition(dests []string, partitionOf func(string) int) [][]string {
+	if partitionOf == nil {
 		groups := make([][]string, len(dests))
 		for i := range dests {
 			groups[i] = dests[i : i+1 : i+1]
 		}
 		return groups
 	}
-	parts := make([]int, partitions)
-	for i := range parts {
-		parts[i] = i
-	}
-	balancer := &kafka.Murmur2Balancer{}
 	index := map[int]int{} // partition → its group's index
 	var groups [][]string
 	for _, d := range dests {
-		p := balancer.Balance(kafka.Message{Key: []byte(d)}, parts...)
+		p := partitionOf(d)
 		i, ok := index[p]
 		if !ok || len(groups[i]) == schema.MaxRecordDestinations {
 			index[p] = len(groups)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -25,7 +26,7 @@ func TestPDURecordsOnePerPartition(t *testing.T) {
 			for i := range c.servers {
 				dests = append(dests, fmt.Sprintf("s%d.test", i))
 			}
-			msgs, err := pduRecords(rec, dests, c.partitions, "router-test")
+			msgs, err := pduRecords(rec, dests, partitioner(c.partitions), "router-test")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -103,7 +104,7 @@ func BenchmarkOutboundBytesPerEvent(b *testing.B) {
 			b.Run(fmt.Sprintf("%d servers %s", servers, c.name), func(b *testing.B) {
 				var bytes, records int
 				for b.Loop() {
-					msgs, err := pduRecords(rec, dests, c.partitions, "router")
+					msgs, err := pduRecords(rec, dests, partitioner(c.partitions), "router")
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -117,4 +118,13 @@ func BenchmarkOutboundBytesPerEvent(b *testing.B) {
 			})
 		}
 	}
+}
+
+// partitioner is the router's partitionOf for n outbound partitions (nil for
+// none: one record per destination).
+func partitioner(n int) func(string) int {
+	if n == 0 {
+		return nil
+	}
+	return kafkaio.Partitioner(n)
 }

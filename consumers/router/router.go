@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/consumers/runtime"
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -39,6 +40,9 @@ type Router struct {
 	log     *slog.Logger
 	m       metrics
 	barrier *roomBarrier // nil without Config.Brokers
+	// partitionOf is a destination's outbound partition; nil without
+	// Config.OutboundPartitions (one record per destination).
+	partitionOf func(dest string) int
 }
 
 // New returns a router writing through out.
@@ -54,6 +58,9 @@ func New(cfg Config, pool *pgxpool.Pool, out Writer, logger *slog.Logger, reg pr
 		return nil, err
 	}
 	r := &Router{cfg: cfg, store: store{pool}, out: out, log: logger, m: m}
+	if cfg.OutboundPartitions > 0 {
+		r.partitionOf = kafkaio.Partitioner(cfg.OutboundPartitions)
+	}
 	if len(cfg.Brokers) > 0 {
 		r.barrier = &roomBarrier{client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second},
 			group: cfg.GroupID, topic: schema.Topic(cfg.Prefix, "room"), poll: 20 * time.Millisecond}

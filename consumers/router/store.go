@@ -15,29 +15,13 @@ import (
 type store struct{ pool *pgxpool.Pool }
 
 // load returns a room's joined users and last stored position (0 for a room
-// never seen), read in one statement so they agree.
+// never seen), read in one statement so they agree (loadRooms).
 func (s store) load(ctx context.Context, roomID string) (joined []string, last int64, err error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT r.last_position, m.user_id
-		FROM router_rooms r LEFT JOIN router_room_members m USING (room_id)
-		WHERE r.room_id = $1`, roomID)
+	rooms, err := s.loadRooms(ctx, []string{roomID})
 	if err != nil {
-		return nil, 0, fmt.Errorf("loading membership of %s: %w", roomID, err)
+		return nil, 0, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var user *string
-		if err := rows.Scan(&last, &user); err != nil {
-			return nil, 0, fmt.Errorf("loading membership of %s: %w", roomID, err)
-		}
-		if user != nil {
-			joined = append(joined, *user)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("loading membership of %s: %w", roomID, err)
-	}
-	return joined, last, nil
+	return rooms[roomID].joined, rooms[roomID].last, nil
 }
 
 // joinedBefore rebuilds the users joined to a room as of the position before pos

@@ -32,6 +32,7 @@ import (
 	"github.com/fedpipe/fedpipe/federation/presence"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/federation/txn"
+	"github.com/fedpipe/fedpipe/internal/kafkaio"
 	"github.com/fedpipe/fedpipe/schema"
 )
 
@@ -60,12 +61,13 @@ func (c *Config) Validate() error {
 
 // Sender is the stage.
 type Sender struct {
-	m     *queue.Manager
-	store *Store
-	fence *Fence
-	log   *slog.Logger
-	now   func() time.Time
-	parts []int
+	m           *queue.Manager
+	store       *Store
+	fence       *Fence
+	log         *slog.Logger
+	now         func() time.Time
+	parts       int                   // the outbound topic's partitions
+	partitionOf func(dest string) int // dest's outbound partition, as the router's writer places it
 
 	mu    sync.Mutex
 	owned map[int]int // partition → open handlers
@@ -77,9 +79,7 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 		return nil, err
 	}
 	s := &Sender{log: logger, now: cfg.Queue.Now, owned: map[int]int{}}
-	for i := 0; i < cfg.OutboundPartitions; i++ {
-		s.parts = append(s.parts, i)
-	}
+	s.parts, s.partitionOf = cfg.OutboundPartitions, kafkaio.Partitioner(cfg.OutboundPartitions)
 	cfg.Queue.Owns = s.owns
 	s.fence = NewFence(pool.Config().ConnConfig, logger)
 	cfg.Queue.Fence = s.fence
@@ -93,12 +93,6 @@ func New(cfg Config, pool *pgxpool.Pool, transport queue.Transport, logger *slog
 	}
 	s.m = m
 	return s, nil
-}
-
-// partitionOf is dest's partition of the outbound topic, as the router's
-// murmur2 writer chose it.
-func (s *Sender) partitionOf(dest string) int {
-	return (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(dest)}, s.parts...)
 }
 
 // owns reports whether dest's partition is assigned to this member.
@@ -124,10 +118,10 @@ func (s *Sender) Run(ctx context.Context) error {
 
 // Open implements runtime.Stage.
 func (s *Sender) Open(_ context.Context, _ string, id int) (runtime.PartitionHandler, error) {
-	if id < 0 || id >= len(s.parts) {
+	if id < 0 || id >= s.parts {
 		// The configured count decides which destinations catch-up wakes here:
 		// a wrong one would wake other members' destinations.
-		return nil, fmt.Errorf("sender: partition %d assigned, but the outbound topic is configured with %d partitions", id, len(s.parts))
+		return nil, fmt.Errorf("sender: partition %d assigned, but the outbound topic is configured with %d partitions", id, s.parts)
 	}
 	s.mu.Lock()
 	s.owned[id]++

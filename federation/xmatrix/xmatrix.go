@@ -30,26 +30,35 @@ type Header struct {
 // the request has no body. It is written directly, keys already in canonical
 // order, so a full transaction body is parsed once rather than encoded twice.
 func RequestBytes(method, uri, origin, destination string, content []byte) ([]byte, error) {
-	if len(content) == 0 {
-		return requestBytes(method, uri, origin, destination, nil)
+	b := make([]byte, 0, len(content)+len(method)+len(uri)+len(origin)+len(destination)+64)
+	b = append(b, '{')
+	if len(content) > 0 {
+		var err error
+		b = append(b, `"content":`...)
+		if b, err = canonicaljson.AppendCanonical(b, content); err != nil {
+			return nil, fmt.Errorf("encoding request body for signing: %w", err)
+		}
+		b = append(b, ',')
 	}
-	canonical, err := canonicaljson.AppendCanonical(nil, content)
-	if err != nil {
-		return nil, fmt.Errorf("encoding request body for signing: %w", err)
-	}
-	return requestBytes(method, uri, origin, destination, canonical)
+	return appendRequestFields(b, method, uri, origin, destination)
 }
 
 // requestBytes is RequestBytes with the content already in canonical form.
 func requestBytes(method, uri, origin, destination string, canonical []byte) ([]byte, error) {
 	b := make([]byte, 0, len(canonical)+len(method)+len(uri)+len(origin)+len(destination)+64)
 	b = append(b, '{')
-	var err error
 	if len(canonical) > 0 {
 		b = append(b, `"content":`...)
 		b = append(b, canonical...)
 		b = append(b, ',')
 	}
+	return appendRequestFields(b, method, uri, origin, destination)
+}
+
+// appendRequestFields appends the signed request's fields after content, in
+// canonical order, and closes the object.
+func appendRequestFields(b []byte, method, uri, origin, destination string) ([]byte, error) {
+	var err error
 	for i, f := range [...]struct{ name, value string }{
 		{`"destination":`, destination}, {`"method":`, method}, {`"origin":`, origin}, {`"uri":`, uri},
 	} {

@@ -205,3 +205,18 @@ func TopicDurations(ctx context.Context, brokers []string, topic string, names .
 	}
 	return out, nil
 }
+
+// Partitioner returns the partition of a key among n partitions as a
+// writer's kafka.Murmur2Balancer places it (Kafka's default partitioner):
+// the router groups an event's destinations by it and the sender tells its
+// own destinations by it, so both must count the same way.
+func Partitioner(n int) func(key string) int {
+	parts := make([]int, max(n, 1))
+	for i := range parts {
+		parts[i] = i
+	}
+	balancer := &kafka.Murmur2Balancer{}
+	return func(key string) int {
+		return balancer.Balance(kafka.Message{Key: []byte(key)}, parts...)
+	}
+}
