@@ -19,35 +19,21 @@ import (
 // nothing. When the connection breaks (found by a query, or by the ping Run
 // sends every second), every fence it held is lost: the context Acquire
 // returned ends, and the holders cancel their sends.
-//
-// Release is lazy: a released lock stays taken for fenceLinger, and Run gives
-// back the locks released longer ago in one statement. Under steady traffic
-// a destination's worker ends at nearly every empty queue and the next one
-// starts a moment later: it finds the lock still taken by this member and
-// takes it without a round trip, where the worker before had taken and given
-// it back through the one connection every destination of the member shares.
-// Another member taking a revoked destination over waits that much longer
-// (it retries every queue.Config.FenceRetryDelay).
 type Fence struct {
 	cfg     *pgx.ConnConfig
 	log     *slog.Logger
 	timeout time.Duration
-	linger  time.Duration
 
-	mu        sync.Mutex
-	conn      *pgx.Conn
-	held      map[string]bool
-	releasing map[string]time.Time // held, released by its worker at
-	epoch     context.Context      // ends when conn's locks are lost
-	cancel    context.CancelFunc
+	mu     sync.Mutex
+	conn   *pgx.Conn
+	held   map[string]bool
+	epoch  context.Context // ends when conn's locks are lost
+	cancel context.CancelFunc
 }
-
-// fenceLinger is how long a released fence stays taken (see Fence).
-const fenceLinger = 250 * time.Millisecond
 
 // NewFence returns a Fence connecting with cfg (a pool's ConnConfig).
 func NewFence(cfg *pgx.ConnConfig, logger *slog.Logger) *Fence {
-	return &Fence{cfg: cfg.Copy(), log: logger, timeout: 5 * time.Second, linger: fenceLinger, releasing: map[string]time.Time{}}
+	return &Fence{cfg: cfg.Copy(), log: logger, timeout: 5 * time.Second}
 }
 
 // fenceKey is dest's advisory lock key: 64 bits of FNV-1a, so two
@@ -76,7 +62,6 @@ func (f *Fence) Acquire(_ context.Context, dest string) (context.Context, error)
 		f.epoch, f.cancel = context.WithCancel(context.Background())
 	}
 	if f.held[dest] {
-		delete(f.releasing, dest) // released a moment ago: taken again as it is
 		return f.epoch, nil
 	}
 	var ok bool
@@ -93,36 +78,16 @@ func (f *Fence) Acquire(_ context.Context, dest string) (context.Context, error)
 
 // Release implements queue.Fence. A failure loses every fence of the
 // connection (it is closed), which is what releasing asks for and more.
-// The lock is given back by Run, fenceLinger later (see Fence).
 func (f *Fence) Release(dest string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.conn == nil || !f.held[dest] {
 		return // lost with its connection
 	}
-	f.releasing[dest] = time.Now()
-}
-
-// unlockDue gives back, in one statement, the locks released at least
-// fenceLinger before now. f.mu is held.
-func (f *Fence) unlockDue(now time.Time) {
-	if f.conn == nil || len(f.releasing) == 0 {
-		return
-	}
-	var keys []int64
-	for dest, at := range f.releasing {
-		if now.Sub(at) >= f.linger {
-			keys = append(keys, fenceKey(dest))
-			delete(f.releasing, dest)
-			delete(f.held, dest)
-		}
-	}
-	if len(keys) == 0 {
-		return
-	}
+	delete(f.held, dest)
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	if _, err := f.conn.Exec(ctx, "SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) k", keys); err != nil {
+	if _, err := f.conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", fenceKey(dest)); err != nil {
 		f.lose(err)
 	}
 }
@@ -137,18 +102,15 @@ func (f *Fence) lose(cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_ = f.conn.Close(ctx)
-	f.conn, f.held, f.releasing = nil, nil, map[string]time.Time{}
+	f.conn, f.held = nil, nil
 }
 
-// Run gives back released locks (see Fence) and pings the fences' connection
-// every second until ctx ends, so that a broken one is found while its
-// holders are sending, not at their next Acquire or Release; then it closes
-// the connection (releasing every lock).
+// Run pings the fences' connection every second until ctx ends, so that a
+// broken one is found while its holders are sending, not at their next
+// Acquire or Release; then it closes the connection (releasing every lock).
 func (f *Fence) Run(ctx context.Context) error {
-	ping := time.NewTicker(time.Second)
-	defer ping.Stop()
-	unlock := time.NewTicker(f.linger / 2)
-	defer unlock.Stop()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -158,24 +120,20 @@ func (f *Fence) Run(ctx context.Context) error {
 				cctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				_ = f.conn.Close(cctx)
 				cancel()
-				f.conn, f.held, f.releasing = nil, nil, map[string]time.Time{}
+				f.conn, f.held = nil, nil
 			}
 			f.mu.Unlock()
 			return nil
-		case now := <-unlock.C:
-			f.mu.Lock()
-			f.unlockDue(now)
-			f.mu.Unlock()
-		case <-ping.C:
-			f.mu.Lock()
-			if f.conn != nil {
-				pctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-				if err := f.conn.Ping(pctx); err != nil {
-					f.lose(err)
-				}
-				cancel()
-			}
-			f.mu.Unlock()
+		case <-t.C:
 		}
+		f.mu.Lock()
+		if f.conn != nil {
+			pctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+			if err := f.conn.Ping(pctx); err != nil {
+				f.lose(err)
+			}
+			cancel()
+		}
+		f.mu.Unlock()
 	}
 }
