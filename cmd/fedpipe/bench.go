@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
 
@@ -87,6 +88,9 @@ type benchResult struct {
 	// whole process: with kfake and the receivers when in process), 0 where
 	// /proc does not say.
 	PeakHeap, PeakRSS uint64
+	// Ages are how old records were when the router and the sender fetched
+	// them: where the latency accrues.
+	Ages []stageAge
 	// Baselines are the stages measured alone, in the order they ran.
 	Baselines []stageRate
 }
@@ -241,7 +245,8 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 	res := benchResult{Events: len(plan.Events), Deliveries: plan.Expected, Duplicates: report.Totals().Duplicates, Servers: size.servers,
 		Elapsed: elapsed, Ingest: ingested, Rate: float64(plan.Expected) / elapsed.Seconds(),
 		Transactions: metricSum(m.reg, "fedpipe_sender_transactions_total"),
-		P50:          pct(0.5), P90: pct(0.9), P99: pct(0.99), PeakHeap: max(peakHeap.Load(), heapAlloc()), PeakRSS: peakRSS()}
+		P50:          pct(0.5), P90: pct(0.9), P99: pct(0.99), PeakHeap: max(peakHeap.Load(), heapAlloc()), PeakRSS: peakRSS(),
+		Ages: recordAges(m.reg, b.cfg.Kafka.TopicPrefix)}
 	fmt.Fprintf(b.progress, "end to end: %d events, %d distinct deliveries (%d duplicates) to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p90 %s p99 %s\n",
 		res.Events, res.Deliveries, res.Duplicates, res.Servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), res.Rate,
 		res.P50.Round(time.Millisecond), res.P90.Round(time.Millisecond), res.P99.Round(time.Millisecond))
@@ -704,6 +709,9 @@ func printBenchTable(w io.Writer, r benchResult) {
 	}
 	ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 	fmt.Fprintf(w, "\nlatency commit → arrival  p50 %s  p90 %s  p99 %s\n", ms(r.P50), ms(r.P90), ms(r.P99))
+	for _, a := range r.Ages {
+		fmt.Fprintf(w, "  record age at %-14s  p50 ≤ %s  p90 ≤ %s  p99 ≤ %s\n", a.Stage, ms(a.P50), ms(a.P90), ms(a.P99))
+	}
 	fmt.Fprintf(w, "memory                    peak heap %s  peak RSS %s\n", mib(r.PeakHeap), mib(r.PeakRSS))
 }
 
@@ -734,6 +742,69 @@ func peakRSS() uint64 {
 		}
 	}
 	return 0
+}
+
+// stageAge is how old records were when a stage's group fetched them (the
+// fedpipe_consumer_record_age_seconds histogram): the latency up to that stage.
+type stageAge struct {
+	Stage         string
+	P50, P90, P99 time.Duration
+}
+
+// recordAges reads the record-age histograms of the router (room topic) and
+// the sender (outbound topic) from reg. The quantiles are the upper bounds of
+// the histogram's buckets (powers of two from 1 ms), so they say which power
+// of two a stage's latency is within, not more.
+func recordAges(reg prometheus.Gatherer, prefix string) []stageAge {
+	var ages []stageAge
+	for _, s := range []struct{ stage, group, topic string }{
+		{"router", routerGroup, "room"},
+		{"sender", senderGroup, "outbound"},
+	} {
+		h := histogram(reg, "fedpipe_consumer_record_age_seconds", map[string]string{"group": groupID(prefix, s.group), "topic": schema.Topic(prefix, s.topic)})
+		if h == nil || h.GetSampleCount() == 0 {
+			continue
+		}
+		q := func(q float64) time.Duration {
+			want := q * float64(h.GetSampleCount())
+			for _, b := range h.GetBucket() {
+				if float64(b.GetCumulativeCount()) >= want {
+					return time.Duration(b.GetUpperBound() * float64(time.Second))
+				}
+			}
+			return -1
+		}
+		ages = append(ages, stageAge{Stage: s.stage, P50: q(0.5), P90: q(0.9), P99: q(0.99)})
+	}
+	return ages
+}
+
+// histogram returns the histogram series of name in reg with labels, nil when
+// there is none.
+func histogram(reg prometheus.Gatherer, name string, labels map[string]string) *dto.Histogram {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return nil
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if got[k] != v {
+					continue series
+				}
+			}
+			return m.GetHistogram()
+		}
+	}
+	return nil
 }
 
 // metricSum sums a counter's series in reg (0 when it has none).

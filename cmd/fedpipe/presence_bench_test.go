@@ -5,14 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
@@ -167,7 +164,11 @@ func presenceStorm(tb testing.TB, users, servers, rooms int) map[string]float64 
 		tb.Fatalf("%d (server, user) pairs told, want %d", len(got), want)
 	}
 	elapsed := last.Sub(start)
-	routeSeconds, batches := histogram(tb, routerReg, "fedpipe_router_presence_route_seconds")
+	route := histogram(routerReg, "fedpipe_router_presence_route_seconds", nil)
+	if route == nil {
+		tb.Fatal("no metric fedpipe_router_presence_route_seconds")
+	}
+	routeSeconds, batches := route.GetSampleSum(), route.GetSampleCount()
 	figures["entries/s"] = float64(entries) / elapsed.Seconds()
 	figures["EDUs/txn"] = float64(edus) / float64(txns)
 	figures["entries/txn"] = float64(entries) / float64(txns)
@@ -178,19 +179,4 @@ func presenceStorm(tb testing.TB, users, servers, rooms int) map[string]float64 
 		users, roomsPerUser, servers, want, entries, 100*float64(entries-want)/float64(want), txns, edus, online.Round(time.Millisecond), elapsed.Round(time.Millisecond),
 		batches, time.Duration(routeSeconds*float64(time.Second)).Round(time.Millisecond), cpu.Round(time.Millisecond))
 	return figures
-}
-
-// histogram returns the sum and count of a histogram in reg.
-func histogram(t testing.TB, reg *prometheus.Registry, name string) (float64, uint64) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := slices.IndexFunc(mfs, func(mf *dto.MetricFamily) bool { return mf.GetName() == name })
-	if i < 0 {
-		t.Fatalf("no metric %s", name)
-	}
-	h := mfs[i].GetMetric()[0].GetHistogram()
-	return h.GetSampleSum(), h.GetSampleCount()
 }

@@ -14,8 +14,9 @@ type metrics struct {
 	// counters so that, as before the group label moved into the registerer,
 	// a series appears only once it is first counted.
 	commitFailures, rebalances *prometheus.CounterVec
-	lag                        *prometheus.GaugeVec // by topic and partition
-	stalled                    *prometheus.GaugeVec // by topic
+	lag                        *prometheus.GaugeVec     // by topic and partition
+	stalled                    *prometheus.GaugeVec     // by topic
+	age                        *prometheus.HistogramVec // by topic
 }
 
 // newMetrics registers group's metrics with reg, reusing them when a second
@@ -38,7 +39,13 @@ func newMetrics(reg Registerer, group string) (*metrics, error) {
 		stalled: gauge("fedpipe_consumer_stalled_partitions",
 			"Partitions of the group (whoever owns them) with records waiting and no committed progress for the stall threshold.", "topic"),
 	}
+	m.age = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fedpipe_consumer_record_age_seconds",
+		Help:    "Time from a record's timestamp (when its producer wrote it) to its fetch by this member: the latency up to this stage, or how far behind a replay is.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 17)}, []string{"topic"})
 	var err error
+	if m.age, err = register(reg, m.age); err != nil {
+		return nil, err
+	}
 	for _, c := range []**prometheus.CounterVec{&m.handled, &m.poison, &m.handleErrors, &m.commitFailures, &m.rebalances} {
 		if *c, err = register(reg, *c); err != nil {
 			return nil, err

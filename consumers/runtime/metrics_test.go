@@ -51,6 +51,8 @@ func TestGroupMetricsShareARegistryWithTheirLabels(t *testing.T) {
 		"fedpipe_consumer_generations_total{" + gb2 + "}",
 		"fedpipe_consumer_lag_records{" + ga2 + ",partition=0," + in + "}",
 		"fedpipe_consumer_lag_records{" + gb2 + ",partition=0," + in + "}",
+		"fedpipe_consumer_record_age_seconds{" + ga2 + "," + in + "}",
+		"fedpipe_consumer_record_age_seconds{" + gb2 + "," + in + "}",
 		"fedpipe_consumer_records_deadlettered_total{" + ga2 + "," + in + "}",
 		"fedpipe_consumer_records_handled_total{" + ga2 + "," + in + "}",
 		"fedpipe_consumer_records_handled_total{" + gb2 + "," + in + "}",
@@ -61,7 +63,8 @@ func TestGroupMetricsShareARegistryWithTheirLabels(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("series\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	for s, v := range map[string]float64{want[5]: 9, want[6]: 10, want[4]: 1} {
+	// Every fetched record's age is observed, the dead-lettered one's too.
+	for s, v := range map[string]float64{want[7]: 9, want[8]: 10, want[6]: 1, want[4]: 10, want[5]: 10} {
 		if got := values[s]; got != v {
 			t.Errorf("%s = %v, want %v", s, got, v)
 		}
@@ -101,7 +104,7 @@ func series(t *testing.T, reg *prometheus.Registry) ([]string, map[string]float6
 			}
 			s := mf.GetName() + "{" + strings.Join(labels, ",") + "}"
 			out = append(out, s)
-			values[s] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			values[s] = m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	slices.Sort(out)

@@ -26,6 +26,7 @@ type partition struct {
 	committed int64 // the last offset committed (or the start)
 	hwm       int64 // the partition's high-water mark at the last fetch; -1 before
 	lag       prometheus.Gauge
+	age       prometheus.Observer
 }
 
 // run handles the partition until the generation ends, then drains the handler
@@ -47,6 +48,7 @@ func (p *partition) run(ctx context.Context) error {
 	p.wm = newWatermark(p.committed, g.cfg.MaxInFlight)
 	p.hwm = -1
 	p.lag = g.m.lag.WithLabelValues(p.topic, strconv.Itoa(p.id))
+	p.age = g.m.age.WithLabelValues(p.topic)
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: g.cfg.Brokers, Topic: p.topic, Partition: p.id, MaxWait: g.cfg.MaxWait, MinBytes: 1, MaxBytes: 10 << 20})
 	defer r.Close()
 	var fatal error
@@ -96,6 +98,9 @@ func (p *partition) consume(ctx context.Context, r *kafka.Reader, handle handleF
 			continue
 		}
 		p.hwm = m.HighWaterMark
+		if !m.Time.IsZero() {
+			p.age.Observe(time.Since(m.Time).Seconds())
+		}
 		p.wm.add(m.Offset)
 		offset := m.Offset
 		done := func() { p.wm.markDone(offset) } // idempotent, safe from any goroutine
