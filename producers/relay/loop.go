@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
@@ -47,17 +48,18 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 // round publishes every stream up to the position below which everything is
-// safely visible, the streams in their order (see Relay). It reports whether
-// there was anything to publish.
+// safely visible, the streams in their order (see Relay), and stores the
+// positions reached in one statement. It reports whether there was anything
+// to publish.
 func (r *Relay) round(ctx context.Context) (bool, error) {
-	from := make([]int64, len(r.streams))
-	lowest := int64(math.MaxInt64)
-	for i, s := range r.streams {
-		pos, err := r.loadPosition(ctx, s.name())
-		if err != nil {
+	if r.positions == nil {
+		if err := r.loadPositions(ctx); err != nil {
 			return false, err
 		}
-		from[i], lowest = pos, min(lowest, pos)
+	}
+	lowest := int64(math.MaxInt64)
+	for _, s := range r.streams {
+		lowest = min(lowest, r.positions[s.name()])
 	}
 	// Every stream takes its positions from one sequence, so one visibility
 	// wait covers them all.
@@ -65,18 +67,24 @@ func (r *Relay) round(ctx context.Context) (bool, error) {
 	if err != nil || upto <= lowest {
 		return false, err
 	}
-	for i, s := range r.streams {
-		if err := r.publish(ctx, s, from[i], upto); err != nil {
-			return false, err
+	for _, s := range r.streams {
+		if err := r.publish(ctx, s, upto); err != nil {
+			// What was acknowledged before the failure is kept (best
+			// effort: the store may be what failed).
+			return false, errors.Join(err, r.storePositions(ctx))
 		}
 	}
-	return true, nil
+	return true, r.storePositions(ctx)
 }
 
-// publish publishes s's rows after pos up to upto, a batch at a time, storing
-// the position after each acknowledged batch. A failed batch is published
-// again whole.
-func (r *Relay) publish(ctx context.Context, s metered, pos, upto int64) error {
+// publish publishes s's rows after its position up to upto, a batch at a
+// time, moving its position in memory after each acknowledged batch. A
+// failed batch is published again whole. The positions are stored after
+// every batch that leaves more to publish (a long backlog), else at the end
+// of the round: a relay that dies republishes at most a round's batch per
+// stream.
+func (r *Relay) publish(ctx context.Context, s metered, upto int64) error {
+	pos := r.positions[s.name()]
 	for pos < upto {
 		start := time.Now()
 		b, err := s.read(ctx, r.pool, span{after: pos, upto: upto, limit: r.cfg.BatchSize, maxBytes: r.cfg.MaxRoundBytes, maxRecords: r.cfg.MaxRoundRecords, instance: r.cfg.Instance})
@@ -91,13 +99,16 @@ func (r *Relay) publish(ctx context.Context, s metered, pos, upto int64) error {
 				return fmt.Errorf("publishing %d %s records: %w", len(w.msgs), w.topic, err)
 			}
 		}
-		if err := r.storePosition(ctx, s.name(), b.end); err != nil {
-			return err
-		}
 		pos = b.end
+		r.positions[s.name()] = pos
 		s.records.Add(float64(b.published))
 		s.position.Set(float64(pos))
 		s.duration.Observe(time.Since(start).Seconds())
+		if pos < upto {
+			if err := r.storePositions(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -123,19 +134,50 @@ func (r *Relay) write(ctx context.Context, w write, deadLettered prometheus.Coun
 	return err
 }
 
-func (r *Relay) loadPosition(ctx context.Context, stream string) (int64, error) {
-	var pos int64
-	err := r.pool.QueryRow(ctx, "SELECT COALESCE((SELECT position FROM relay_positions WHERE stream = $1), 0)", stream).Scan(&pos)
-	if err != nil {
-		return 0, fmt.Errorf("reading relay position of %s: %w", stream, err)
+// loadPositions reads every stream's stored position (0 for one never
+// stored). The relay then keeps them in memory: it is the only writer.
+func (r *Relay) loadPositions(ctx context.Context) error {
+	names := make([]string, len(r.streams))
+	for i, s := range r.streams {
+		names[i] = s.name()
 	}
-	return pos, nil
+	rows, err := r.pool.Query(ctx, "SELECT stream, position FROM relay_positions WHERE stream = ANY($1)", names)
+	if err != nil {
+		return fmt.Errorf("reading relay positions: %w", err)
+	}
+	stored := map[string]int64{}
+	var name string
+	var pos int64
+	if _, err := pgx.ForEachRow(rows, []any{&name, &pos}, func() error { stored[name] = pos; return nil }); err != nil {
+		return fmt.Errorf("reading relay positions: %w", err)
+	}
+	r.positions, r.stored = map[string]int64{}, stored
+	for _, s := range r.streams {
+		r.positions[s.name()] = stored[s.name()]
+		s.position.Set(float64(stored[s.name()]))
+	}
+	return nil
 }
 
-func (r *Relay) storePosition(ctx context.Context, stream string, pos int64) error {
-	if _, err := r.pool.Exec(ctx, `INSERT INTO relay_positions (stream, position) VALUES ($1, $2)
-		ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position`, stream, pos); err != nil {
-		return fmt.Errorf("storing relay position %d of %s: %w", pos, stream, err)
+// storePositions stores, in one statement, the positions that moved since
+// they were last stored.
+func (r *Relay) storePositions(ctx context.Context) error {
+	var names []string
+	var positions []int64
+	for _, s := range r.streams {
+		if pos, ok := r.positions[s.name()]; ok && pos != r.stored[s.name()] {
+			names, positions = append(names, s.name()), append(positions, pos)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	if _, err := r.pool.Exec(ctx, `INSERT INTO relay_positions (stream, position) SELECT * FROM unnest($1::text[], $2::bigint[])
+		ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position`, names, positions); err != nil {
+		return fmt.Errorf("storing relay positions %v of %v: %w", positions, names, err)
+	}
+	for i, name := range names {
+		r.stored[name] = positions[i]
 	}
 	return nil
 }

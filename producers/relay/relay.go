@@ -114,6 +114,9 @@ type Relay struct {
 	// added are the streams the options add, after the room stream.
 	added []stream
 	dead  Writer
+	// positions are where each stream is published up to, stored the last
+	// stored values (loaded at the first round; used by Run's goroutine only).
+	positions, stored map[string]int64
 }
 
 // Option adds to what a Relay publishes.
