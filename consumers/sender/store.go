@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +22,10 @@ import (
 // move with a destination's partition to another sender member.
 type Store struct {
 	pool *pgxpool.Pool
+
+	mu        sync.Mutex
+	successes []*successWrite // RecordSuccess calls waiting for a statement
+	writeMu   sync.Mutex      // held by the call writing them
 }
 
 // NewStore returns a Store on pool (migrated with schema.Migrate).
@@ -65,25 +70,84 @@ func (s *Store) SaveRetry(ctx context.Context, dest string, r queue.RetryState) 
 }
 
 // RecordSuccess implements queue.Store: each room's accepted position and
-// the destination's last successful position, in one statement.
-func (s *Store) RecordSuccess(ctx context.Context, dest string, acked []queue.RoomPosition) error {
-	rooms, positions := make([]string, len(acked)), make([]int64, len(acked))
-	for i, a := range acked {
-		rooms[i], positions[i] = a.RoomID, a.Position
+// the destination's last successful position. Calls that arrive while
+// another's statement runs are written together in the next one (group
+// commit): a member records a success per transaction, from every
+// destination's worker at once, and a statement each was the sender's
+// largest PostgreSQL cost. Each call still returns once what it gave is
+// written, or failed to be (the statement is bounded by the store's own
+// timeout, not the caller's context: it writes for several callers).
+func (s *Store) RecordSuccess(_ context.Context, dest string, acked []queue.RoomPosition) error {
+	if len(acked) == 0 {
+		return nil
 	}
+	w := &successWrite{dest: dest, acked: acked, done: make(chan error, 1)}
+	s.mu.Lock()
+	s.successes = append(s.successes, w)
+	s.mu.Unlock()
+	// One statement at a time: whoever writes next takes every call waiting,
+	// so the calls queued behind it find theirs written.
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	for {
+		select {
+		case err := <-w.done:
+			return err
+		default:
+		}
+		s.mu.Lock()
+		var ws []*successWrite
+		rows := 0
+		for len(s.successes) > 0 && (len(ws) == 0 || rows+len(s.successes[0].acked) <= maxSuccessRows) {
+			rows += len(s.successes[0].acked)
+			ws, s.successes = append(ws, s.successes[0]), s.successes[1:]
+		}
+		s.mu.Unlock()
+		err := s.recordSuccesses(ws, rows)
+		for _, x := range ws {
+			x.done <- err
+		}
+	}
+}
+
+// successWrite is one RecordSuccess call waiting for its statement.
+type successWrite struct {
+	dest  string
+	acked []queue.RoomPosition
+	done  chan error
+}
+
+// maxSuccessRows bounds the rows of one success statement.
+const maxSuccessRows = 5000
+
+// recordSuccesses writes ws in one statement, bounded by the store's own
+// timeout rather than a caller's context (it writes for several callers).
+func (s *Store) recordSuccesses(ws []*successWrite, rows int) error {
+	dests, rooms, positions := make([]string, 0, rows), make([]string, 0, rows), make([]int64, 0, rows)
+	for _, w := range ws {
+		for _, a := range w.acked {
+			dests, rooms, positions = append(dests, w.dest), append(rooms, a.RoomID), append(positions, a.Position)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	_, err := s.pool.Exec(ctx, `WITH a AS (
-			SELECT room_id, max(position) AS position FROM unnest($2::text[], $3::bigint[]) AS u(room_id, position) GROUP BY room_id
+			SELECT destination, room_id, max(position) AS position
+			FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(destination, room_id, position) GROUP BY destination, room_id
 		), rooms AS (
-			INSERT INTO sender_destination_rooms (destination, room_id, acked_position) SELECT $1, room_id, position FROM a ORDER BY room_id
+			INSERT INTO sender_destination_rooms (destination, room_id, acked_position) SELECT destination, room_id, position FROM a ORDER BY destination, room_id
 			ON CONFLICT (destination, room_id) DO UPDATE SET acked_position = GREATEST(sender_destination_rooms.acked_position, EXCLUDED.acked_position), updated_at = now()
 		)
-		INSERT INTO sender_destinations (destination, last_successful_position) SELECT $1, max(position) FROM a
+		INSERT INTO sender_destinations (destination, last_successful_position) SELECT destination, max(position) FROM a GROUP BY destination ORDER BY destination
 		ON CONFLICT (destination) DO UPDATE SET last_successful_position = GREATEST(sender_destinations.last_successful_position, EXCLUDED.last_successful_position),
 			updated_at = now()
 		WHERE sender_destinations.last_successful_position IS DISTINCT FROM GREATEST(sender_destinations.last_successful_position, EXCLUDED.last_successful_position)`,
-		dest, rooms, positions)
+		dests, rooms, positions)
 	if err != nil {
-		return fmt.Errorf("recording last successful position of %s: %w", dest, err)
+		if len(ws) == 1 {
+			return fmt.Errorf("recording last successful position of %s: %w", ws[0].dest, err)
+		}
+		return fmt.Errorf("recording last successful positions of %d destinations: %w", len(ws), err)
 	}
 	return nil
 }

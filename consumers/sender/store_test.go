@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/federation/queue"
 	"github.com/fedpipe/fedpipe/internal/testing/testenv"
@@ -147,5 +149,54 @@ func TestStoreKeepsBackoffAndTheLatestMissedEventPerRoom(t *testing.T) {
 	}
 	if due, _ := s.DueDestinations(ctx, now.Add(time.Hour), "", 10); fmt.Sprint(due) != "[b.test]" {
 		t.Fatalf("due %v: a paused destination must not be woken", due)
+	}
+}
+
+// Successes recorded at once by many destinations' workers (written together,
+// several calls to a statement) keep each (destination, room)'s greatest
+// position and each destination's greatest, whatever the calls' order.
+func TestConcurrentSuccessesKeepTheGreatestPositions(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.Pool(t, testenv.Database(t))
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	s := sender.NewStore(pool)
+	const dests, calls, rooms = 20, 30, 7
+	var g errgroup.Group
+	for d := 0; d < dests; d++ {
+		for c := 0; c < calls; c++ {
+			g.Go(func() error {
+				var acked []queue.RoomPosition
+				for r := 0; r < rooms; r++ {
+					// Room r of every call; positions rise with c but the
+					// calls run in any order, and a room twice in one call.
+					acked = append(acked, queue.RoomPosition{RoomID: fmt.Sprintf("!r%d", r), Position: int64(c*100 + r)},
+						queue.RoomPosition{RoomID: fmt.Sprintf("!r%d", r), Position: int64(c*100 + r - 1)})
+				}
+				return s.RecordSuccess(ctx, fmt.Sprintf("d%d.test", d), acked)
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for d := 0; d < dests; d++ {
+		dest := fmt.Sprintf("d%d.test", d)
+		got, err := s.AckedRooms(ctx, dest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int64{}
+		for r := 0; r < rooms; r++ {
+			want[fmt.Sprintf("!r%d", r)] = int64((calls-1)*100 + r)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%s accepted %v, want %v", dest, got, want)
+		}
+		var last int64
+		if err := pool.QueryRow(ctx, "SELECT last_successful_position FROM sender_destinations WHERE destination = $1", dest).Scan(&last); err != nil || last != int64((calls-1)*100+rooms-1) {
+			t.Fatalf("%s last successful position %d (%v), want %d", dest, last, err, (calls-1)*100+rooms-1)
+		}
 	}
 }
