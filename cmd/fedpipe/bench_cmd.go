@@ -29,7 +29,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"Prints a progress line every second on stderr and a table of every stage's rate, fedpipe's share of it, latency and memory. "+
 		"On configured brokers it works under a topic prefix of its own and deletes its topics and groups afterwards; "+
 		"on a configured database it creates a database of its own on that server (the role needs CREATEDB) and drops it afterwards.", stderr)
-	path := configFlags(fs)
+	path := configFlags(fs, benchKeys...)
 	rooms := fs.Int("rooms", 1000, "rooms of the load")
 	servers := fs.Int("servers", 50, "simulated remote homeservers")
 	events := fs.Int("events", 100000, "events after the initial joins")
@@ -78,6 +78,13 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	printBenchTable(stdout, r)
 	return nil
 }
+
+// benchKeys are the configuration keys the bench honours: the infrastructure
+// without the admin listener (it serves none), the relay's and the router's,
+// and the sender's that do not point at the remotes (the simulated ones take
+// their place).
+var benchKeys = slices.Concat(toolKeys, []string{"server_name", "relay", "router",
+	"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes"})
 
 // benchDatabase creates a database of the bench's own on the server of
 // database.url and points cfg at it; drop drops it.
