@@ -14,11 +14,12 @@ import (
 
 // partition is one assigned partition for the length of a generation.
 type partition struct {
-	g      *Group
-	gen    *kafka.Generation
-	topic  string
-	id     int
-	offset int64
+	g       *Group
+	gen     *kafka.Generation
+	commits *committer // the generation's
+	topic   string
+	id      int
+	offset  int64
 
 	// Set by run.
 	log       *slog.Logger
@@ -156,7 +157,7 @@ func (p *partition) commit() {
 	if w <= p.committed || w < 0 {
 		return
 	}
-	if err := p.gen.CommitOffsets(map[string]map[int]int64{p.topic: {p.id: w}}); err != nil {
+	if err := p.commits.commit(p.topic, p.id, w); err != nil {
 		p.g.m.commitFailures.WithLabelValues().Inc()
 		p.log.Debug("commit failed (the generation is probably ending)", "offset", w, "err", err)
 		return
