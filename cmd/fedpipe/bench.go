@@ -91,6 +91,8 @@ type benchResult struct {
 	// Ages are how old records were when the router and the sender fetched
 	// them: where the latency accrues.
 	Ages []stageAge
+	// CPU is what the end-to-end run cost in CPU, to the last delivery.
+	CPU cpuUse
 	// Baselines are the stages measured alone, in the order they ran.
 	Baselines []stageRate
 }
@@ -206,7 +208,7 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 		return benchResult{}, err
 	}
 	defer m.stop()
-	start := time.Now()
+	start, cpu0 := time.Now(), sampleCPU()
 	var peakHeap atomic.Uint64
 	stopSampling := b.sampleBacklogs(ctx, m, start, &peakHeap)
 	defer stopSampling()
@@ -226,6 +228,7 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 	if err != nil {
 		return benchResult{}, err
 	}
+	cpu := cpu0.until(sampleCPU())
 	stopSampling()
 	if err := m.stop(); err != nil {
 		return benchResult{}, err
@@ -246,7 +249,7 @@ func (b *benchRun) endToEnd(ctx context.Context, size benchSize) (benchResult, e
 		Elapsed: elapsed, Ingest: ingested, Rate: float64(plan.Expected) / elapsed.Seconds(),
 		Transactions: metricSum(m.reg, "fedpipe_sender_transactions_total"),
 		P50:          pct(0.5), P90: pct(0.9), P99: pct(0.99), PeakHeap: max(peakHeap.Load(), heapAlloc()), PeakRSS: peakRSS(),
-		Ages: recordAges(m.reg, b.cfg.Kafka.TopicPrefix)}
+		Ages: recordAges(m.reg, b.cfg.Kafka.TopicPrefix), CPU: cpu}
 	fmt.Fprintf(b.progress, "end to end: %d events, %d distinct deliveries (%d duplicates) to %d servers in %s (ingest %s): %.0f deliveries/s, latency p50 %s p90 %s p99 %s\n",
 		res.Events, res.Deliveries, res.Duplicates, res.Servers, elapsed.Round(time.Millisecond), ingested.Round(time.Millisecond), res.Rate,
 		res.P50.Round(time.Millisecond), res.P90.Round(time.Millisecond), res.P99.Round(time.Millisecond))
@@ -711,6 +714,11 @@ func printBenchTable(w io.Writer, r benchResult) {
 	fmt.Fprintf(w, "\nlatency commit → arrival  p50 %s  p90 %s  p99 %s\n", ms(r.P50), ms(r.P90), ms(r.P99))
 	for _, a := range r.Ages {
 		fmt.Fprintf(w, "  record age at %-14s  p50 ≤ %s  p90 ≤ %s  p99 ≤ %s\n", a.Stage, ms(a.P50), ms(a.P90), ms(a.P99))
+	}
+	if r.CPU.Process > 0 {
+		per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(max(1, r.Deliveries)) }
+		fmt.Fprintf(w, "CPU                       process %s (%.0f µs/delivery)  PostgreSQL %s (%.0f µs/delivery)  machine %.0f%% busy\n",
+			r.CPU.Process.Round(10*time.Millisecond), per(r.CPU.Process), r.CPU.Postgres.Round(10*time.Millisecond), per(r.CPU.Postgres), 100*r.CPU.Busy)
 	}
 	fmt.Fprintf(w, "memory                    peak heap %s  peak RSS %s\n", mib(r.PeakHeap), mib(r.PeakRSS))
 }

@@ -47,6 +47,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.ReportMetric(float64(r.P90.Milliseconds()), "p90-ms")
 		b.ReportMetric(float64(r.P99.Milliseconds()), "p99-ms")
 		b.ReportMetric(float64(r.PeakHeap)/(1<<20), "peak-heap-MiB")
+		b.ReportMetric(float64(r.CPU.Process.Microseconds())/float64(r.Deliveries), "process-CPU-µs/delivery")
+		b.ReportMetric(float64(r.CPU.Postgres.Microseconds())/float64(r.Deliveries), "postgres-CPU-µs/delivery")
+		b.ReportMetric(r.CPU.Busy, "machine-busy")
 		for _, s := range r.Baselines {
 			name := strings.NewReplacer(" ", "-", "+", "-").Replace(s.Stage)
 			b.ReportMetric(s.Rate(), name+"-"+strings.ReplaceAll(s.Unit, " ", "-")+"/s")
