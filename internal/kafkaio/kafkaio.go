@@ -32,24 +32,11 @@ func NewWriter(brokers []string, topic string) *kafka.Writer {
 	}
 }
 
-// RelayBatchRecords is the most records a relay writer puts in one record
-// batch, and so the most the relay writes in one call (relay.Config's
-// MaxRoundRecords). kafka-go allocates a batch's slice of messages at this
-// capacity, 152 bytes each, for every partition a write touches: 2,048 is
-// 304 KiB (a limit of 1<<20 made it 152 MiB per partition and round).
+// RelayBatchRecords is the most records the relay writes to one topic in one
+// call (relay.Config's MaxRoundRecords), and so the most a partition's record
+// batch holds: it bounds the memory of a round, which a RelayWriter sends
+// without copying it into batches of its own.
 const RelayBatchRecords = 2048
-
-// NewRelayWriter returns a writer like NewWriter whose batches hold up to
-// 1 MiB and RelayBatchRecords records, so that one WriteMessages call within
-// both puts each partition's records into a single record batch, written
-// atomically. The relay relies on it to keep room order through failed
-// writes.
-func NewRelayWriter(brokers []string, topic string) *kafka.Writer {
-	w := NewWriter(brokers, topic)
-	w.BatchSize = RelayBatchRecords
-	w.BatchBytes = 1 << 20
-	return w
-}
 
 // TopicsConfig says which topics exist and how.
 type TopicsConfig struct {

@@ -120,8 +120,11 @@ func (r *Relay) write(ctx context.Context, w write, deadLettered prometheus.Coun
 		return nil
 	}
 	target := w.topic
-	if kw, ok := w.w.(*kafka.Writer); ok {
-		target = kw.Topic
+	switch tw := w.w.(type) {
+	case interface{ Topic() string }: // a *kafkaio.RelayWriter
+		target = tw.Topic()
+	case *kafka.Writer:
+		target = tw.Topic
 	}
 	var dl *kafkaio.DeadLetters
 	if r.dead != nil {

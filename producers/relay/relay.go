@@ -18,10 +18,14 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
+	"github.com/fedpipe/fedpipe/schema"
 )
 
-// Writer is what the relay publishes with: a *kafka.Writer configured with
-// RequiredAcks: RequireAll, Murmur2Balancer and its topic.
+// Writer is what the relay publishes with: a *kafkaio.RelayWriter (or a
+// *kafka.Writer configured with RequiredAcks: RequireAll, Murmur2Balancer and
+// its topic). One WriteMessages call must put each partition's records in one
+// record batch, which Kafka writes atomically (see span). A writer with a
+// Topic() string method names its topic in dead letters.
 type Writer interface {
 	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
 }
@@ -37,10 +41,13 @@ type Config struct {
 	// trip. Default DefaultBatchSize.
 	BatchSize int
 	// MaxRoundBytes and MaxRoundRecords bound the records of one round trip
-	// for one topic, so that a round trip's records for one partition fit one
-	// record batch (the writers must allow batches of that many bytes and
-	// records: kafkaio.NewRelayWriter). Default 900 KiB (below Kafka's
-	// default 1 MiB message.max.bytes) and kafkaio.RelayBatchRecords.
+	// for one topic. A kafkaio.RelayWriter sends each partition's records of
+	// a round trip as one record batch, whatever its size, so these are what
+	// bound a batch: MaxRoundBytes keeps it under the topic's
+	// max.message.bytes (a batch the broker refuses for size is written again
+	// record by record: kafkaio.WriteAll), MaxRoundRecords bounds a round's
+	// memory. Default 900 KiB (below Kafka's default 1 MiB
+	// message.max.bytes) and kafkaio.RelayBatchRecords.
 	MaxRoundBytes   int
 	MaxRoundRecords int
 	// RetryDelay is the first pause after a failed round (doubling to a
@@ -143,7 +150,7 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 	}
 	cs := r.m.collectors()
 	names := map[string]bool{}
-	for _, s := range append([]stream{roomStream{room: room, state: state}}, r.added...) {
+	for _, s := range append([]stream{roomStream{room: room, state: state, events: new([]schema.RoomRecord)}}, r.added...) {
 		if names[s.name()] {
 			return nil, fmt.Errorf("relay: stream %s added twice", s.name())
 		}

@@ -65,8 +65,8 @@ type batch struct {
 
 // write is records for one writer.
 type write struct {
-	// topic names the records in errors, and in dead letters when w is not a
-	// *kafka.Writer (which names its own topic).
+	// topic names the records in errors, and in dead letters when w does not
+	// name its own topic (a *kafkaio.RelayWriter or *kafka.Writer does).
 	topic string
 	w     Writer
 	msgs  []kafka.Message
