@@ -156,11 +156,11 @@ func (in *infra) startRelay(ctx context.Context, g *errgroup.Group, _ *stageOpti
 	prefix := cfg.Kafka.TopicPrefix
 	deadLetters := schema.Topic(prefix, "deadletter")
 	rl, err := relay.New(relay.Config{Instance: cfg.Instance, PollInterval: cfg.Relay.PollInterval, BatchSize: cfg.Relay.BatchSize},
-		in.pool, kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
-		relay.WithPresence(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "presence"))),
-		relay.WithToDevice(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "todevice"))),
-		relay.WithDeviceLists(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "devicelists"))),
-		relay.WithReceipts(kafkaio.NewRelayWriter(in.brokers, schema.Topic(prefix, "receipts"))),
+		in.pool, kafkaio.NewPartitionWriter(in.brokers, schema.Topic(prefix, "room")), kafkaio.NewPartitionWriter(in.brokers, schema.Topic(prefix, "state")), in.log.With("stage", "relay"), in.reg,
+		relay.WithPresence(kafkaio.NewPartitionWriter(in.brokers, schema.Topic(prefix, "presence"))),
+		relay.WithToDevice(kafkaio.NewPartitionWriter(in.brokers, schema.Topic(prefix, "todevice"))),
+		relay.WithDeviceLists(kafkaio.NewPartitionWriter(in.brokers, schema.Topic(prefix, "devicelists"))),
+		relay.WithReceipts(kafkaio.NewPartitionWriter(in.brokers, schema.Topic(prefix, "receipts"))),
 		relay.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters)))
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
@@ -196,7 +196,9 @@ func (in *infra) startRouter(ctx context.Context, g *errgroup.Group, _ *stageOpt
 	prefix := cfg.Kafka.TopicPrefix
 	deadLetters := schema.Topic(prefix, "deadletter")
 	log := in.log.With("stage", "router")
-	out := runtime.NewBatchWriter(kafkaio.NewWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
+	// A partition writer, not a *kafka.Writer: no second linger after the
+	// batch writer's own, and no batch capacity allocated per partition.
+	out := runtime.NewBatchWriter(kafkaio.NewPartitionWriter(in.brokers, schema.Topic(prefix, "outbound")), 2000, 2*time.Millisecond, log, in.reg,
 		runtime.WithDeadLetters(kafkaio.NewWriter(in.brokers, deadLetters), schema.Topic(prefix, "outbound"), "router", cfg.Instance))
 	parts, err := outboundPartitions(ctx, in.brokers, schema.Topic(prefix, "outbound"), cfg.Kafka.OutboundPartitions, log)
 	if err != nil {

@@ -258,8 +258,11 @@ func (b *BatchWriter) target() string {
 	if b.dead != nil {
 		return b.dead.Target
 	}
-	if kw, ok := b.w.(*kafka.Writer); ok {
-		return kw.Topic
+	switch w := b.w.(type) {
+	case *kafka.Writer:
+		return w.Topic
+	case interface{ Topic() string }: // a *kafkaio.PartitionWriter
+		return w.Topic()
 	}
 	return "?"
 }

@@ -34,7 +34,7 @@ func NewWriter(brokers []string, topic string) *kafka.Writer {
 
 // RelayBatchRecords is the most records the relay writes to one topic in one
 // call (relay.Config's MaxRoundRecords), and so the most a partition's record
-// batch holds: it bounds the memory of a round, which a RelayWriter sends
+// batch holds: it bounds the memory of a round, which a PartitionWriter sends
 // without copying it into batches of its own.
 const RelayBatchRecords = 2048
 

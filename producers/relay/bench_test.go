@@ -47,7 +47,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	// The writers fedpipe's relay stage uses.
-	roomW, stateW := kafkaio.NewRelayWriter([]string{k.Addr}, roomTopic), kafkaio.NewRelayWriter([]string{k.Addr}, stateTopic)
+	roomW, stateW := kafkaio.NewPartitionWriter([]string{k.Addr}, roomTopic), kafkaio.NewPartitionWriter([]string{k.Addr}, stateTopic)
 	defer roomW.Close()
 	defer stateW.Close()
 	var records, publishedBytes atomic.Int64

@@ -121,7 +121,7 @@ func (r *Relay) write(ctx context.Context, w write, deadLettered prometheus.Coun
 	}
 	target := w.topic
 	switch tw := w.w.(type) {
-	case interface{ Topic() string }: // a *kafkaio.RelayWriter
+	case interface{ Topic() string }: // a *kafkaio.PartitionWriter
 		target = tw.Topic()
 	case *kafka.Writer:
 		target = tw.Topic

@@ -55,8 +55,8 @@ func TestRecordsTooLargeToPublishAreDeadLettered(t *testing.T) {
 	insertPresence("@small:hs.test", "hi")
 	insertEvent("$after", "small")
 
-	room, state := kafkaio.NewRelayWriter([]string{addr}, "fedpipe.room"), kafkaio.NewRelayWriter([]string{addr}, "fedpipe.state")
-	presence, dead := kafkaio.NewRelayWriter([]string{addr}, "fedpipe.presence"), kafkaio.NewWriter([]string{addr}, "fedpipe.deadletter")
+	room, state := kafkaio.NewPartitionWriter([]string{addr}, "fedpipe.room"), kafkaio.NewPartitionWriter([]string{addr}, "fedpipe.state")
+	presence, dead := kafkaio.NewPartitionWriter([]string{addr}, "fedpipe.presence"), kafkaio.NewWriter([]string{addr}, "fedpipe.deadletter")
 	defer func() { room.Close(); state.Close(); presence.Close(); dead.Close() }()
 	reg := prometheus.NewRegistry()
 	r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond}, pool, room, state, slog.New(slog.DiscardHandler), reg,
@@ -125,7 +125,7 @@ func TestRecordTooLargeWithoutDeadLettersStopsTheRelay(t *testing.T) {
 		VALUES ('$huge', '!r:hs.test', '10', '@a:hs.test', 'hs.test', 'm.room.message', $1)`, `{"body":"`+strings.Repeat("x", 1200<<10)+`"}`); err != nil {
 		t.Fatal(err)
 	}
-	room, state := kafkaio.NewRelayWriter([]string{addr}, "fedpipe.room"), kafkaio.NewRelayWriter([]string{addr}, "fedpipe.state")
+	room, state := kafkaio.NewPartitionWriter([]string{addr}, "fedpipe.room"), kafkaio.NewPartitionWriter([]string{addr}, "fedpipe.state")
 	defer func() { room.Close(); state.Close() }()
 	r, err := relay.New(relay.Config{Instance: "test", PollInterval: 10 * time.Millisecond}, pool, room, state, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/fedpipe/fedpipe/schema"
 )
 
-// Writer is what the relay publishes with: a *kafkaio.RelayWriter (or a
+// Writer is what the relay publishes with: a *kafkaio.PartitionWriter (or a
 // *kafka.Writer configured with RequiredAcks: RequireAll, Murmur2Balancer and
 // its topic). One WriteMessages call must put each partition's records in one
 // record batch, which Kafka writes atomically (see span). A writer with a
@@ -41,7 +41,7 @@ type Config struct {
 	// trip. Default DefaultBatchSize.
 	BatchSize int
 	// MaxRoundBytes and MaxRoundRecords bound the records of one round trip
-	// for one topic. A kafkaio.RelayWriter sends each partition's records of
+	// for one topic. A kafkaio.PartitionWriter sends each partition's records of
 	// a round trip as one record batch, whatever its size, so these are what
 	// bound a batch: MaxRoundBytes keeps it under the topic's
 	// max.message.bytes (a batch the broker refuses for size is written again

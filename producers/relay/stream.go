@@ -66,7 +66,7 @@ type batch struct {
 // write is records for one writer.
 type write struct {
 	// topic names the records in errors, and in dead letters when w does not
-	// name its own topic (a *kafkaio.RelayWriter or *kafka.Writer does).
+	// name its own topic (a *kafkaio.PartitionWriter or *kafka.Writer does).
 	topic string
 	w     Writer
 	msgs  []kafka.Message

@@ -15,10 +15,13 @@ import (
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 )
 
-// RelayWriter writes one topic's records the way the relay needs them: one
+// PartitionWriter writes one topic's records the way the relay needs them: one
 // WriteMessages call sends each partition's records as one produce request
 // holding one record batch, which Kafka writes atomically, so a failed call
-// never lands a later part of a partition's records without the earlier part.
+// never lands a later part of a partition's records without the earlier part
+// (when they are within MaxRecordBytes together, as the relay keeps its
+// rounds; more go as several batches in order, the next sent once the one
+// before is acknowledged).
 // The partitions' requests go out concurrently, wait for all in-sync replicas,
 // and leave at once (no linger). Records go to partitions by murmur2 of the
 // key, as the Java client and kafka.Murmur2Balancer place them.
@@ -27,8 +30,8 @@ import (
 // from the caller's slice while the requests are encoded, so its allocation
 // per call grows with the records, not with a batch capacity.
 //
-// A RelayWriter is safe for concurrent use.
-type RelayWriter struct {
+// A PartitionWriter is safe for concurrent use.
+type PartitionWriter struct {
 	topic       string
 	addr        net.Addr
 	maxBytes    int
@@ -44,32 +47,32 @@ type RelayWriter struct {
 	closed atomic.Bool
 }
 
-// Defaults of a RelayWriter, as a *kafka.Writer from NewWriter has them.
+// Defaults of a PartitionWriter, as a *kafka.Writer from NewWriter has them.
 const (
-	// RelayMaxRecordBytes is the largest record a RelayWriter sends (key,
+	// MaxRecordBytes is the largest record a PartitionWriter sends (key,
 	// value and headers, as kafka-go sizes a message); a larger one is
 	// refused without being sent (kafka.MessageTooLargeError), as a
 	// *kafka.Writer refuses one larger than its BatchBytes.
-	RelayMaxRecordBytes = 1 << 20
-	// RelayMaxAttempts is how many times a RelayWriter tries a partition
+	MaxRecordBytes = 1 << 20
+	// MaxWriteAttempts is how many times a PartitionWriter tries a partition
 	// whose write failed with a retriable error (leader moved, request timed
 	// out, broken connection) before it returns the error.
-	RelayMaxAttempts = 5
+	MaxWriteAttempts = 5
 )
 
-// NewRelayWriter returns the writer the relay publishes topic with (see
-// RelayWriter). It has a connection pool of its own, released by Close.
-func NewRelayWriter(brokers []string, topic string) *RelayWriter {
+// NewPartitionWriter returns the writer the relay publishes topic with (see
+// PartitionWriter). It has a connection pool of its own, released by Close.
+func NewPartitionWriter(brokers []string, topic string) *PartitionWriter {
 	addr := kafka.TCP(brokers...)
 	t := &kafka.Transport{
 		Dial:           (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
 		MetadataTopics: []string{topic},
 	}
-	return &RelayWriter{
+	return &PartitionWriter{
 		topic:       topic,
 		addr:        addr,
-		maxBytes:    RelayMaxRecordBytes,
-		maxAttempts: RelayMaxAttempts,
+		maxBytes:    MaxRecordBytes,
+		maxAttempts: MaxWriteAttempts,
 		backoffMin:  100 * time.Millisecond,
 		backoffMax:  time.Second,
 		transport:   t,
@@ -78,12 +81,12 @@ func NewRelayWriter(brokers []string, topic string) *RelayWriter {
 }
 
 // Topic returns the topic w writes to.
-func (w *RelayWriter) Topic() string { return w.topic }
+func (w *PartitionWriter) Topic() string { return w.topic }
 
 // Close releases w's connections. Writes under way finish on the
 // connections they hold; later writes fail with io.ErrClosedPipe. It is
 // idempotent and always returns nil.
-func (w *RelayWriter) Close() error {
+func (w *PartitionWriter) Close() error {
 	if w.closed.CompareAndSwap(false, true) {
 		w.transport.CloseIdleConnections()
 	}
@@ -93,15 +96,15 @@ func (w *RelayWriter) Close() error {
 // WriteMessages writes msgs, each partition's records in one record batch,
 // and returns when the brokers have acknowledged them all or an error. When
 // some records were not written it returns kafka.WriteErrors, one entry per
-// message, nil for those written: a record larger than RelayMaxRecordBytes
+// message, nil for those written: a record larger than MaxRecordBytes
 // has a kafka.MessageTooLargeError (it was not sent), and the records of a
 // partition whose write failed share its error (kafka.MessageSizeTooLarge,
 // kafka.RecordListTooLarge or kafka.InvalidRecord when the broker refused
 // the batch: see Refused). Retriable failures are retried up to
-// RelayMaxAttempts times, refreshing the cluster's metadata in between.
+// MaxWriteAttempts times, refreshing the cluster's metadata in between.
 // An error before anything was sent (the topic's partitions unknown, ctx
 // done, w closed) is returned as is.
-func (w *RelayWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+func (w *PartitionWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
 	if w.closed.Load() {
 		return io.ErrClosedPipe
 	}
@@ -193,22 +196,33 @@ type partitionWrite struct {
 	err error
 }
 
-// produce writes each of ws as one produce request, concurrently, and sets
-// their err.
-func (w *RelayWriter) produce(ctx context.Context, msgs []kafka.Message, ws []*partitionWrite) {
+// produce writes each of ws, concurrently, and sets their err. A partition's
+// records go as one produce request (one record batch) while they are within
+// MaxRecordBytes together, else as several in order, each sent once the one
+// before it is acknowledged; the records written are taken off pw.idx, so a
+// retry sends only the rest.
+func (w *PartitionWriter) produce(ctx context.Context, msgs []kafka.Message, ws []*partitionWrite) {
 	one := func(pw *partitionWrite) {
-		res, err := w.client.Produce(ctx, &kafka.ProduceRequest{
-			Topic:        w.topic,
-			Partition:    pw.partition,
-			RequiredAcks: kafka.RequireAll,
-			// A reader per attempt: a request abandoned on ctx may still be
-			// encoding the last one.
-			Records: &partitionRecords{msgs: msgs, idx: pw.idx},
-		})
-		if err == nil {
-			err = res.Error
+		pw.err = nil
+		for len(pw.idx) > 0 {
+			n := batchLen(msgs, pw.idx, w.maxBytes)
+			res, err := w.client.Produce(ctx, &kafka.ProduceRequest{
+				Topic:        w.topic,
+				Partition:    pw.partition,
+				RequiredAcks: kafka.RequireAll,
+				// A reader per attempt: a request abandoned on ctx may still be
+				// encoding the last one.
+				Records: &partitionRecords{msgs: msgs, idx: pw.idx[:n]},
+			})
+			if err == nil {
+				err = res.Error
+			}
+			if err != nil {
+				pw.err = err
+				return
+			}
+			pw.idx = pw.idx[n:]
 		}
-		pw.err = err
 	}
 	var wg sync.WaitGroup
 	for _, pw := range ws[1:] {
@@ -222,10 +236,23 @@ func (w *RelayWriter) produce(ctx context.Context, msgs []kafka.Message, ws []*p
 	wg.Wait()
 }
 
+// batchLen is how many of the records idx lists, from the first, fit one
+// record batch of maxBytes (at least one).
+func batchLen(msgs []kafka.Message, idx []int32, maxBytes int) int {
+	size := 0
+	for n, i := range idx {
+		size += recordBytes(&msgs[i])
+		if n > 0 && size > maxBytes {
+			return n
+		}
+	}
+	return len(idx)
+}
+
 // partitions returns the topic's partition list as the cluster's metadata
 // gives it (from the connection pool's cache, refreshed every few seconds and
 // after a failed attempt), retrying a retriable failure like a write.
-func (w *RelayWriter) partitions(ctx context.Context) ([]int, error) {
+func (w *PartitionWriter) partitions(ctx context.Context) ([]int, error) {
 	for attempt := 1; ; attempt++ {
 		n, err := w.partitionCount(ctx)
 		if err == nil {
@@ -241,7 +268,7 @@ func (w *RelayWriter) partitions(ctx context.Context) ([]int, error) {
 	}
 }
 
-func (w *RelayWriter) partitionCount(ctx context.Context) (int, error) {
+func (w *PartitionWriter) partitionCount(ctx context.Context) (int, error) {
 	r, err := w.transport.RoundTrip(ctx, w.addr, &metadataAPI.Request{TopicNames: []string{w.topic}})
 	if err != nil {
 		return 0, err
@@ -262,7 +289,7 @@ func (w *RelayWriter) partitionCount(ctx context.Context) (int, error) {
 }
 
 // partitionList returns [0, n), cached.
-func (w *RelayWriter) partitionList(n int) []int {
+func (w *PartitionWriter) partitionList(n int) []int {
 	if p := w.parts.Load(); p != nil && len(*p) == n {
 		return *p
 	}
@@ -278,7 +305,7 @@ func (w *RelayWriter) partitionList(n int) []int {
 // waits for fresh metadata: after a broker said it no longer leads a
 // partition, or a topic is unknown, the pool's cached layout (refreshed only
 // every few seconds) would send the retry to the same place.
-func (w *RelayWriter) refresh() {
+func (w *PartitionWriter) refresh() {
 	if !w.closed.Load() {
 		w.transport.CloseIdleConnections()
 	}

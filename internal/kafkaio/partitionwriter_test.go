@@ -74,11 +74,11 @@ func readBatches(t *testing.T, addr, topic string, p int) [][]string {
 // Records land on the partitions kafka.Murmur2Balancer (Kafka's default
 // partitioner) picks for their keys, in the order written, and each call puts
 // each partition's records in one record batch: two calls, two batches.
-func TestRelayWriterOneBatchPerPartitionLikeMurmur2(t *testing.T) {
+func TestPartitionWriterOneBatchPerPartitionLikeMurmur2(t *testing.T) {
 	k := testenv.NewKafka(t)
 	const parts = 5
 	topic := k.CreateTopic(t, "room", parts, nil)
-	w := kafkaio.NewRelayWriter([]string{k.Addr}, topic)
+	w := kafkaio.NewPartitionWriter([]string{k.Addr}, topic)
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -116,11 +116,11 @@ func TestRelayWriterOneBatchPerPartitionLikeMurmur2(t *testing.T) {
 // A record over the writer's byte bound is refused before it is sent, as a
 // *kafka.Writer refuses one over BatchBytes, and the call's other records are
 // written: WriteAll dead-letters only it.
-func TestRelayWriterRefusesARecordOverItsBound(t *testing.T) {
+func TestPartitionWriterRefusesARecordOverItsBound(t *testing.T) {
 	k := testenv.NewKafka(t)
 	topic := k.CreateTopic(t, "room", 3, nil)
 	dead := k.CreateTopic(t, "deadletter", 1, nil)
-	w := kafkaio.NewRelayWriter([]string{k.Addr}, topic)
+	w := kafkaio.NewPartitionWriter([]string{k.Addr}, topic)
 	defer w.Close()
 	dw := kafkaio.NewWriter([]string{k.Addr}, dead)
 	defer dw.Close()
@@ -129,7 +129,7 @@ func TestRelayWriterRefusesARecordOverItsBound(t *testing.T) {
 
 	msgs := relayMessages("a", 10, 4)
 	huge := 4
-	msgs[huge].Value = []byte(strings.Repeat("x", kafkaio.RelayMaxRecordBytes))
+	msgs[huge].Value = []byte(strings.Repeat("x", kafkaio.MaxRecordBytes))
 	err := w.WriteMessages(ctx, msgs...)
 	var we kafka.WriteErrors
 	if !errors.As(err, &we) || len(we) != len(msgs) || !kafkaio.Refused(err) {
@@ -147,7 +147,7 @@ func TestRelayWriterRefusesARecordOverItsBound(t *testing.T) {
 
 	// Through WriteAll, as the relay writes: only the large one is dead-lettered.
 	msgs = relayMessages("b", 10, 4)
-	msgs[huge].Value = []byte(strings.Repeat("x", kafkaio.RelayMaxRecordBytes))
+	msgs[huge].Value = []byte(strings.Repeat("x", kafkaio.MaxRecordBytes))
 	n, err := kafkaio.WriteAll(ctx, w, msgs, &kafkaio.DeadLetters{W: dw, Target: topic, Writer: "relay", Instance: "test"})
 	if err != nil || n != 1 {
 		t.Fatalf("WriteAll = %d, %v; want 1 dead-lettered", n, err)
@@ -165,11 +165,11 @@ func TestRelayWriterRefusesARecordOverItsBound(t *testing.T) {
 // which Refused reports; the other partitions are written. WriteAll writes
 // the refused partition's records again one by one and dead-letters only the
 // one the broker refuses on its own.
-func TestRelayWriterBrokerRefusal(t *testing.T) {
+func TestPartitionWriterBrokerRefusal(t *testing.T) {
 	k := testenv.NewKafka(t)
 	topic := k.CreateTopic(t, "room", 4, map[string]string{"max.message.bytes": "4096"})
 	dead := k.CreateTopic(t, "deadletter", 1, nil)
-	w := kafkaio.NewRelayWriter([]string{k.Addr}, topic)
+	w := kafkaio.NewPartitionWriter([]string{k.Addr}, topic)
 	defer w.Close()
 	dw := kafkaio.NewWriter([]string{k.Addr}, dead)
 	defer dw.Close()
@@ -220,9 +220,9 @@ func TestRelayWriterBrokerRefusal(t *testing.T) {
 
 // Writing to a topic that does not exist fails after the writer's bounded
 // attempts, and at once when ctx ends first: never a hang.
-func TestRelayWriterMissingTopic(t *testing.T) {
+func TestPartitionWriterMissingTopic(t *testing.T) {
 	k := testenv.NewKafka(t)
-	w := kafkaio.NewRelayWriter([]string{k.Addr}, k.Topic("missing"))
+	w := kafkaio.NewPartitionWriter([]string{k.Addr}, k.Topic("missing"))
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -256,11 +256,11 @@ func TestRelayWriterMissingTopic(t *testing.T) {
 // When a partition's leader moves to another broker, the old leader answers
 // NOT_LEADER_FOR_PARTITION; the writer refreshes the cluster's layout and
 // writes the records to the new leader within the same call, still one batch.
-func TestRelayWriterFollowsAMovedLeader(t *testing.T) {
+func TestPartitionWriterFollowsAMovedLeader(t *testing.T) {
 	k := testenv.NewKafka(t, kfake.NumBrokers(3))
 	c := k.RequireKfake(t, "moves partition leaders")
 	topic := k.CreateTopic(t, "room", 2, nil)
-	w := kafkaio.NewRelayWriter([]string{k.Addr}, topic)
+	w := kafkaio.NewPartitionWriter([]string{k.Addr}, topic)
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -303,4 +303,38 @@ func countRecords(t *testing.T, addr, topic string, partitions int) int {
 		}
 	}
 	return n
+}
+
+// A partition's records of one call that are more than a batch may hold go
+// as several batches, in order, each within the bound: the router's batches
+// of outbound records are not bounded in bytes as the relay's rounds are.
+func TestPartitionWriterSplitsARecordListOverTheBound(t *testing.T) {
+	k := testenv.NewKafka(t)
+	topic := k.CreateTopic(t, "outbound", 1, map[string]string{"max.message.bytes": "2097152"})
+	w := kafkaio.NewPartitionWriter([]string{k.Addr}, topic)
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Five records of 300 KB: three fit under MaxRecordBytes (1 MiB).
+	msgs := make([]kafka.Message, 5)
+	var want []string
+	for i := range msgs {
+		v := fmt.Sprintf("%d/%s", i, strings.Repeat("x", 300_000))
+		msgs[i] = kafka.Message{Key: []byte("dest.test"), Value: []byte(v)}
+		want = append(want, v[:1])
+	}
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var got [][]string
+	for _, b := range readBatches(t, k.Addr, topic, 0) {
+		var firsts []string
+		for _, v := range b {
+			firsts = append(firsts, v[:1])
+		}
+		got = append(got, firsts)
+	}
+	if fmt.Sprint(got) != fmt.Sprint([][]string{want[:3], want[3:]}) {
+		t.Fatalf("batches %v, want %v", got, [][]string{want[:3], want[3:]})
+	}
 }
