@@ -11,8 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/fedpipe/fedpipe/federation/mxid"
 )
 
 // Event is one event to persist.
@@ -58,8 +56,11 @@ func (e *ValidationError) Error() string { return e.Field + ": " + e.Reason }
 var deltaColumns = []string{"stream_id", "idx", "room_id", "type", "state_key", "event_id", "prev_event_id", "membership", "prev_membership"}
 
 // Persist validates events, stores them and their deltas inside tx and returns
-// each event's stream position. Nothing is visible to the relay until tx
-// commits; a *ValidationError means nothing was written.
+// each event's stream position, increasing in the order of events. Nothing is
+// visible to the relay until tx commits; a *ValidationError means nothing was
+// written. The events go in one statement: when it fails (tx is then
+// aborted), the error names the event PostgreSQL names (a duplicate
+// event_id), else the batch; PersistBatch finds the event in any case.
 func Persist(ctx context.Context, tx pgx.Tx, events []EventWithDeltas) ([]int64, error) {
 	for i := range events {
 		if err := Validate(&events[i]); err != nil {
@@ -73,15 +74,8 @@ func Persist(ctx context.Context, tx pgx.Tx, events []EventWithDeltas) ([]int64,
 	if len(events) == 0 {
 		return nil, nil
 	}
-	// One round trip for all events: positions come from the column default, so
-	// every row takes its xid before its position (see 0001_streams.sql).
-	positions, err := insertAll(ctx, tx, len(events), `INSERT INTO events (event_id, room_id, room_version, sender, origin, type, state_key, json)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING stream_ordering`,
-		func(i int) []any {
-			ev := events[i]
-			return []any{ev.EventID, ev.RoomID, ev.RoomVersion, ev.Sender, mxid.ServerPart(ev.Sender), ev.Type, ev.StateKey, string(ev.PDU)}
-		},
-		func(i int) string { return "event " + events[i].EventID })
+	// One statement for all events, positions increasing in batch order.
+	positions, err := storeEvents(ctx, tx, events)
 	if err != nil {
 		return nil, err
 	}
@@ -101,14 +95,27 @@ func Persist(ctx context.Context, tx pgx.Tx, events []EventWithDeltas) ([]int64,
 }
 
 // PersistBatch persists events in a transaction of its own and returns their
-// stream positions once it has committed.
+// stream positions once it has committed. When an event's data fails the
+// batch (SQLSTATE class 22 or 23: a duplicate event_id, say), the error is
+// that of the first such event, named ("storing event $…: …"), as if the
+// events had been stored one by one.
 func PersistBatch(ctx context.Context, pool *pgxpool.Pool, events []EventWithDeltas) ([]int64, error) {
+	return persistBatch(ctx, pool, events, Persist)
+}
+
+// persistBatch is PersistBatch storing events with persist.
+func persistBatch(ctx context.Context, pool *pgxpool.Pool, events []EventWithDeltas,
+	persist func(context.Context, pgx.Tx, []EventWithDeltas) ([]int64, error)) ([]int64, error) {
 	var positions []int64
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		var err error
-		positions, err = Persist(ctx, tx, events)
+		positions, err = persist(ctx, tx, events)
 		return err
 	})
+	var be *batchError
+	if errors.As(err, &be) && be.badData() {
+		return nil, findBadEvent(ctx, pool, events, err)
+	}
 	if err != nil {
 		return nil, err
 	}
