@@ -18,7 +18,6 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
-	"github.com/fedpipe/fedpipe/schema"
 )
 
 // Writer is what the relay publishes with: a *kafkaio.PartitionWriter (or a
@@ -150,7 +149,7 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 	}
 	cs := r.m.collectors()
 	names := map[string]bool{}
-	for _, s := range append([]stream{roomStream{room: room, state: state, events: new([]schema.RoomRecord)}}, r.added...) {
+	for _, s := range append([]stream{roomStream{room: room, state: state, rows: new(roomRows)}}, r.added...) {
 		if names[s.name()] {
 			return nil, fmt.Errorf("relay: stream %s added twice", s.name())
 		}

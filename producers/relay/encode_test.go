@@ -1,0 +1,144 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/json"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/fedpipe/fedpipe/schema"
+)
+
+// hostile are pieces of the strings the encoders are tried on: everything
+// the JSON string encoder treats apart (quotes, backslashes, every control
+// character but NUL, which PostgreSQL text cannot hold, DEL, HTML
+// characters, U+2028 and U+2029, invalid and truncated UTF-8) among plain
+// ASCII and multi-byte characters.
+var hostile = func() []string {
+	p := []string{"", "a", "room", "!r:hs.test", "@u:remote.test", "m.room.member", "m.room.message", `"`, `\`, `\"`, "<", ">", "&", "</script>",
+		"\x7f", "é", "日本", "🙂", "\u2028", "\u2029", "\u2027", "\u202a", "\ufffd", "\xff", "\xc3", "\xe2\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "12345678"}
+	for c := 1; c < 0x20; c++ {
+		p = append(p, string(rune(c)))
+	}
+	return p
+}()
+
+func randomText(r *rand.Rand) string {
+	var b strings.Builder
+	for n := r.IntN(12); n > 0; n-- {
+		b.WriteString(hostile[r.IntN(len(hostile))])
+	}
+	return b.String()
+}
+
+// randomPDU is valid JSON with hostile strings kept as written (escapes,
+// spacing, HTML), sometimes large, or sometimes not JSON at all.
+func randomPDU(r *rand.Rand) []byte {
+	switch r.IntN(40) {
+	case 0:
+		return nil
+	case 1:
+		return []byte(`{"a":` + randomText(r)) // not JSON
+	case 2:
+		big := bytes.Repeat([]byte(`"\u00e9 <b>x</b> \\ \"q\"",`), 4000+r.IntN(4000))
+		return append(append([]byte(`{"content": [`), big...), `0], "n" : 1 }`...)
+	}
+	v, _ := json.Marshal(map[string]any{"body": randomText(r), "n": r.Int64(), "k": []string{randomText(r)}})
+	if r.IntN(2) == 0 {
+		v = bytes.ReplaceAll(v, []byte(`,`), []byte(" ,\n\t"))
+	}
+	return v
+}
+
+func orNil(r *rand.Rand, s string) []byte {
+	if s == "" && r.IntN(2) == 0 {
+		return nil // a NULL column
+	}
+	return []byte(s)
+}
+
+// The room stream's encoders give exactly the bytes of schema's
+// RoomRecord.Marshal and StateKey (which the consumers decode and schema's
+// tests pin) for any row, within their bounds, and refuse a PDU that is not
+// JSON as Marshal does.
+func TestEncodersMatchSchemaMarshal(t *testing.T) {
+	r := rand.New(rand.NewPCG(18, 2))
+	types := []string{"m.room.member", "m.room.message", ""}
+	for i := range 20000 {
+		e := eventFields{position: r.Int64N(1 << 40), eventID: []byte(randomText(r)), roomID: []byte(randomText(r)), roomVersion: orNil(r, randomText(r)),
+			sender: orNil(r, randomText(r)), origin: orNil(r, randomText(r)), typ: []byte(types[r.IntN(3)] + randomText(r)), pdu: randomPDU(r)}
+		if r.IntN(3) > 0 {
+			e.typ = []byte(types[r.IntN(3)])
+		}
+		rec := schema.RoomRecord{V: schema.SchemaVersion, Kind: schema.KindEvent, Position: e.position, EventID: string(e.eventID), RoomID: string(e.roomID),
+			RoomVersion: string(e.roomVersion), Sender: string(e.sender), Origin: string(e.origin), Type: string(e.typ), PDU: e.pdu}
+		if r.IntN(2) == 0 {
+			sk := randomText(r)
+			e.stateKey, rec.StateKey = []byte(sk), &sk
+		}
+		want, wantErr := rec.Marshal()
+		got, err := appendEvent(nil, &e)
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("event %d: error %v, Marshal's %v\n%+v", i, err, wantErr, rec)
+		}
+		if err == nil && !bytes.Equal(got, want) {
+			t.Fatalf("event %d:\n%q\nMarshal gives\n%q", i, got, want)
+		}
+		if len(got) > e.bound() {
+			t.Fatalf("event %d: %d bytes, bound %d", i, len(got), e.bound())
+		}
+
+		d := deltaFields{position: r.Int64N(1 << 40), roomID: []byte(randomText(r)), typ: []byte(types[r.IntN(3)]), stateKey: []byte(randomText(r)), eventID: []byte(randomText(r)),
+			prevEventID: orNil(r, randomText(r)), membership: orNil(r, []string{"", "join", "leave", randomText(r)}[r.IntN(4)]), prevMembership: orNil(r, []string{"", "invite", randomText(r)}[r.IntN(3)])}
+		if r.IntN(4) == 0 {
+			d.typ = []byte(randomText(r))
+		}
+		sk := string(d.stateKey)
+		drec := schema.RoomRecord{V: schema.SchemaVersion, Kind: schema.KindStateDelta, Position: d.position, RoomID: string(d.roomID), Type: string(d.typ), StateKey: &sk,
+			EventID: string(d.eventID), PrevEventID: string(d.prevEventID), Membership: string(d.membership), PrevMembership: string(d.prevMembership)}
+		want, err = drec.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendDelta(nil, &d); !bytes.Equal(got, want) {
+			t.Fatalf("delta %d:\n%q\nMarshal gives\n%q", i, got, want)
+		} else if len(got) > d.bound() {
+			t.Fatalf("delta %d: %d bytes, bound %d", i, len(got), d.bound())
+		}
+		want = schema.StateKey(drec.RoomID, drec.Type, sk)
+		if got := appendStateKey(nil, &d); !bytes.Equal(got, want) {
+			t.Fatalf("state key %d:\n%q\nStateKey gives\n%q", i, got, want)
+		} else if len(got) > d.stateKeyBound() {
+			t.Fatalf("state key %d: %d bytes, bound %d", i, len(got), d.stateKeyBound())
+		}
+	}
+}
+
+// An arena's values never overlap, whatever their sizes, and a value that
+// outgrows its bound is kept whole.
+func TestArena(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	var a arena
+	var kept [][]byte
+	for i := range 5000 {
+		n := r.IntN(3000)
+		if i%100 == 0 {
+			n = r.IntN(100 << 10)
+		}
+		grow := 0
+		if i%7 == 0 {
+			grow = 10 // outgrows what it asked for
+		}
+		v := a.keep(append(a.alloc(n), bytes.Repeat([]byte{byte(i)}, n+grow)...))
+		if cap(v) != len(v) || len(v) != n+grow {
+			t.Fatalf("value %d: length %d capacity %d, want %d", i, len(v), cap(v), n+grow)
+		}
+		kept = append(kept, v)
+	}
+	for i, v := range kept {
+		if !bytes.Equal(v, bytes.Repeat([]byte{byte(i)}, len(v))) {
+			t.Fatalf("value %d was overwritten", i)
+		}
+	}
+}
