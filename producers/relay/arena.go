@@ -22,16 +22,19 @@ const (
 
 // alloc returns an empty slice with room for n bytes, to append a value of
 // at most n bytes to and then pass to keep before the next alloc. A value
-// larger than a quarter of a chunk gets an allocation of its own.
+// larger than a quarter of the largest chunk gets an allocation of its own.
 func (a *arena) alloc(n int) []byte {
 	a.lastCap, a.own = n, false
 	if cap(a.buf)-len(a.buf) >= n {
 		return a.buf[len(a.buf) : len(a.buf) : len(a.buf)+n]
 	}
-	size := max(a.next, arenaFirst)
-	if n > size/4 {
+	if n > arenaMax/4 {
 		a.own = true
 		return make([]byte, 0, n)
+	}
+	size := max(a.next, arenaFirst)
+	for size < n {
+		size *= 2
 	}
 	a.buf, a.next = make([]byte, 0, size), min(2*size, arenaMax)
 	return a.buf[0:0:n]

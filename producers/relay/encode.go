@@ -36,8 +36,41 @@ type deltaFields struct {
 
 var (
 	errPDUNotJSON = errors.New("pdu is not valid JSON")
-	schemaVersion = strconv.Itoa(schema.SchemaVersion)
+	// eventPrefix and deltaPrefix begin every record of their kind, the
+	// position's digits and `,"room_id":` next: see positionAndRoom.
+	eventPrefix = `{"v":` + strconv.Itoa(schema.SchemaVersion) + `,"kind":"` + schema.KindEvent + `","position":`
+	deltaPrefix = `{"v":` + strconv.Itoa(schema.SchemaVersion) + `,"kind":"` + schema.KindStateDelta + `","position":`
 )
+
+// positionAndRoom returns the position's digits and the room ID in value, a
+// record appendEvent or appendDelta (whose prefix is given) encoded for
+// roomID at position, so that the record's position header and key need no
+// bytes of their own: the room ID is its own bytes when it needs no escaping
+// (nil when it does).
+func positionAndRoom(value []byte, prefix string, position int64, roomID []byte) (pos, room []byte) {
+	n := len(prefix) + digits(position)
+	pos = value[len(prefix):n:n]
+	n += len(`,"room_id":"`)
+	for _, c := range roomID {
+		if c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
+			return pos, nil
+		}
+	}
+	return pos, value[n : n+len(roomID) : n+len(roomID)]
+}
+
+// digits is how many bytes strconv.AppendInt(b, n, 10) appends.
+func digits(n int64) int {
+	d, u := 1, uint64(n)
+	if n < 0 {
+		d, u = 2, -u
+	}
+	for u >= 10 {
+		u /= 10
+		d++
+	}
+	return d
+}
 
 // eventBound is at most the bytes appendEvent appends for e.
 func (e *eventFields) bound() int {
@@ -47,7 +80,7 @@ func (e *eventFields) bound() int {
 // appendEvent appends e's room record (kind event): the bytes of
 // schema.RoomRecord.Marshal.
 func appendEvent(b []byte, e *eventFields) ([]byte, error) {
-	b = append(b, `{"v":`+schemaVersion+`,"kind":"`+schema.KindEvent+`","position":`...)
+	b = append(b, eventPrefix...)
 	b = strconv.AppendInt(b, e.position, 10)
 	b = appendField(b, `,"room_id":`, e.roomID)
 	if len(e.roomVersion) > 0 {
@@ -82,7 +115,7 @@ func (d *deltaFields) bound() int {
 // appendDelta appends d's room record (kind state_delta): the bytes of
 // schema.RoomRecord.Marshal, "membership":"" last for a removed member.
 func appendDelta(b []byte, d *deltaFields) []byte {
-	b = append(b, `{"v":`+schemaVersion+`,"kind":"`+schema.KindStateDelta+`","position":`...)
+	b = append(b, deltaPrefix...)
 	b = strconv.AppendInt(b, d.position, 10)
 	b = appendField(b, `,"room_id":`, d.roomID)
 	b = appendField(b, `,"event_id":`, d.eventID)

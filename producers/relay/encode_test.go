@@ -3,9 +3,12 @@ package relay
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/fedpipe/fedpipe/schema"
 )
@@ -88,6 +91,9 @@ func TestEncodersMatchSchemaMarshal(t *testing.T) {
 		if len(got) > e.bound() {
 			t.Fatalf("event %d: %d bytes, bound %d", i, len(got), e.bound())
 		}
+		if err == nil {
+			checkPositionAndRoom(t, got, eventPrefix, e.position, e.roomID)
+		}
 
 		d := deltaFields{position: r.Int64N(1 << 40), roomID: []byte(randomText(r)), typ: []byte(types[r.IntN(3)]), stateKey: []byte(randomText(r)), eventID: []byte(randomText(r)),
 			prevEventID: orNil(r, randomText(r)), membership: orNil(r, []string{"", "join", "leave", randomText(r)}[r.IntN(4)]), prevMembership: orNil(r, []string{"", "invite", randomText(r)}[r.IntN(3)])}
@@ -105,12 +111,39 @@ func TestEncodersMatchSchemaMarshal(t *testing.T) {
 			t.Fatalf("delta %d:\n%q\nMarshal gives\n%q", i, got, want)
 		} else if len(got) > d.bound() {
 			t.Fatalf("delta %d: %d bytes, bound %d", i, len(got), d.bound())
+		} else {
+			checkPositionAndRoom(t, got, deltaPrefix, d.position, d.roomID)
 		}
 		want = schema.StateKey(drec.RoomID, drec.Type, sk)
 		if got := appendStateKey(nil, &d); !bytes.Equal(got, want) {
 			t.Fatalf("state key %d:\n%q\nStateKey gives\n%q", i, got, want)
 		} else if len(got) > d.stateKeyBound() {
 			t.Fatalf("state key %d: %d bytes, bound %d", i, len(got), d.stateKeyBound())
+		}
+	}
+}
+
+// checkPositionAndRoom checks that the position header and key taken from a
+// record's bytes are the position's digits and the room ID, the key taken
+// whenever the room ID needs no escaping.
+func checkPositionAndRoom(t *testing.T, value []byte, prefix string, position int64, roomID []byte) {
+	t.Helper()
+	pos, room := positionAndRoom(value, prefix, position, roomID)
+	if string(pos) != strconv.FormatInt(position, 10) {
+		t.Fatalf("position %q of %d in %q", pos, position, value)
+	}
+	if esc := appendString(nil, roomID, false); room == nil && len(esc) == len(roomID)+2 && utf8.Valid(roomID) && !bytes.ContainsFunc(roomID, func(r rune) bool { return r >= 0x80 }) {
+		t.Fatalf("room ID %q needs no escaping, but was not taken from %q", roomID, value)
+	} else if room != nil && !bytes.Equal(room, roomID) {
+		t.Fatalf("room ID %q taken from %q as %q", roomID, value, room)
+	}
+}
+
+// digits counts what strconv.AppendInt appends.
+func TestDigits(t *testing.T) {
+	for _, n := range []int64{0, 1, 9, 10, 99, 100, 12345, 1 << 40, math.MaxInt64, -1, -9, -10, -12345, math.MinInt64} {
+		if got, want := digits(n), len(strconv.FormatInt(n, 10)); got != want {
+			t.Errorf("digits(%d) = %d, want %d", n, got, want)
 		}
 	}
 }

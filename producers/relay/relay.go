@@ -149,7 +149,7 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 	}
 	cs := r.m.collectors()
 	names := map[string]bool{}
-	for _, s := range append([]stream{roomStream{room: room, state: state, rows: new(roomRows)}}, r.added...) {
+	for _, s := range append([]stream{roomStream{room: room, state: state, rows: &roomRows{events: make([]eventRow, 0, cfg.BatchSize)}}}, r.added...) {
 		if names[s.name()] {
 			return nil, fmt.Errorf("relay: stream %s added twice", s.name())
 		}

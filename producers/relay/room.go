@@ -39,17 +39,18 @@ type roomRows struct {
 	deltas []deltaRow
 }
 
-// eventRow is an event's room record, encoded.
+// eventRow is an event's room record, encoded, its key and its position
+// header's value (both mostly in the record's bytes: positionAndRoom).
 type eventRow struct {
-	position   int64
-	key, value []byte
+	position        int64
+	key, value, pos []byte
 }
 
-// deltaRow is a state delta's room record, encoded, its room's key and its
-// state record's key.
+// deltaRow is a state delta's room record, encoded, its room's key, its
+// state record's key and its position header's value.
 type deltaRow struct {
-	position             int64
-	key, stateKey, value []byte
+	position                  int64
+	key, stateKey, value, pos []byte
 }
 
 func (roomStream) name() string { return "events" }
@@ -99,7 +100,7 @@ func roomRecords(s span, events []eventRow, deltas []deltaRow, end int64) (roomM
 	if len(deltas) > 0 {
 		stateMsgs = make([]kafka.Message, 0, len(deltas))
 	}
-	h := newRecordHeaders(s.instance, len(events), len(events)+len(deltas))
+	h := newRecordHeaders(s.instance, len(events)+len(deltas))
 	size := 0
 	d := 0 // deltas[d:] are those of this event and later ones
 	for i := range events {
@@ -111,7 +112,7 @@ func roomRecords(s span, events []eventRow, deltas []deltaRow, end int64) (roomM
 		for evDeltas < len(deltas) && deltas[evDeltas].position == ev.position {
 			evDeltas++
 		}
-		m := kafka.Message{Key: ev.key, Value: ev.value, Headers: h.next(schema.KindEvent, ev.position)}
+		m := kafka.Message{Key: ev.key, Value: ev.value, Headers: h.next(schema.KindEvent, ev.pos)}
 		// A generous estimate of the event's records, its deltas included.
 		evSize := recordSize(m)
 		for _, dr := range deltas[d:evDeltas] {
@@ -124,7 +125,7 @@ func roomRecords(s span, events []eventRow, deltas []deltaRow, end int64) (roomM
 		roomMsgs = append(roomMsgs, m)
 		for ; d < evDeltas; d++ {
 			dr := &deltas[d]
-			m := kafka.Message{Key: dr.key, Value: dr.value, Headers: h.next(schema.KindStateDelta, dr.position)}
+			m := kafka.Message{Key: dr.key, Value: dr.value, Headers: h.next(schema.KindStateDelta, dr.pos)}
 			roomMsgs = append(roomMsgs, m)
 			m.Key = dr.stateKey
 			stateMsgs = append(stateMsgs, m)
@@ -157,8 +158,11 @@ func readEvents(ctx context.Context, db querier, s span, a *arena, events []even
 			return events, fmt.Errorf("encoding event record at %d: %w", e.position, err)
 		}
 		value = a.keep(value)
-		key := a.keep(append(a.alloc(len(e.roomID)), e.roomID...))
-		events = append(events, eventRow{position: e.position, key: key, value: value})
+		pos, key := positionAndRoom(value, eventPrefix, e.position, e.roomID)
+		if key == nil {
+			key = a.keep(append(a.alloc(len(e.roomID)), e.roomID...))
+		}
+		events = append(events, eventRow{position: e.position, key: key, value: value, pos: pos})
 	}
 	if err := rows.Err(); err != nil {
 		return events, fmt.Errorf("reading events: %w", err)
@@ -189,11 +193,15 @@ func readDeltas(ctx context.Context, db querier, after, upto int64, a *arena, de
 		d.roomID, d.typ, d.stateKey, d.eventID, d.prevEventID, d.membership, d.prevMembership = v[1], v[2], v[3], v[4], v[5], v[6], v[7]
 		value := a.keep(appendDelta(a.alloc(d.bound()), &d))
 		stateKey := a.keep(appendStateKey(a.alloc(d.stateKeyBound()), &d))
-		// An event's deltas are mostly of its room: they share its key.
-		if !bytes.Equal(lastRoom, d.roomID) {
-			lastRoom = a.keep(append(a.alloc(len(d.roomID)), d.roomID...))
+		pos, key := positionAndRoom(value, deltaPrefix, d.position, d.roomID)
+		if key == nil {
+			// An event's deltas are mostly of its room: they share a key.
+			if !bytes.Equal(lastRoom, d.roomID) {
+				lastRoom = a.keep(append(a.alloc(len(d.roomID)), d.roomID...))
+			}
+			key = lastRoom
 		}
-		deltas = append(deltas, deltaRow{position: d.position, key: lastRoom, stateKey: stateKey, value: value})
+		deltas = append(deltas, deltaRow{position: d.position, key: key, stateKey: stateKey, value: value, pos: pos})
 	}
 	if err := rows.Err(); err != nil {
 		return deltas, fmt.Errorf("reading state deltas: %w", err)
@@ -223,33 +231,26 @@ func rawInt64(rows pgx.Rows, i int, v []byte) (int64, error) {
 // recordHeaders hands out the headers of a round's room records (kind,
 // schema, position, instance: what span.message gives through
 // schema.Headers) from one allocation for the round, the values that do not
-// change shared by every record. kafka-go only reads them.
+// change shared by every record, the position's taken from the record's
+// bytes (eventRow). kafka-go only reads them.
 type recordHeaders struct {
 	list             []kafka.Header
-	positions        []byte
 	schema, instance []byte
 	kinds            map[string][]byte
-	lastPos          int64
-	lastPosBytes     []byte
 }
 
-func newRecordHeaders(instance string, positions, records int) *recordHeaders {
+func newRecordHeaders(instance string, records int) *recordHeaders {
 	return &recordHeaders{
-		list:      make([]kafka.Header, 0, 4*records),
-		positions: make([]byte, 0, 20*positions),
-		schema:    []byte(strconv.Itoa(schema.SchemaVersion)),
-		instance:  []byte(instance),
-		kinds:     map[string][]byte{schema.KindEvent: []byte(schema.KindEvent), schema.KindStateDelta: []byte(schema.KindStateDelta)},
+		list:     make([]kafka.Header, 0, 4*records),
+		schema:   []byte(strconv.Itoa(schema.SchemaVersion)),
+		instance: []byte(instance),
+		kinds:    map[string][]byte{schema.KindEvent: []byte(schema.KindEvent), schema.KindStateDelta: []byte(schema.KindStateDelta)},
 	}
 }
 
-// next returns the headers of a record of kind at position.
-func (h *recordHeaders) next(kind string, position int64) []kafka.Header {
-	if h.lastPosBytes == nil || position != h.lastPos {
-		start := len(h.positions)
-		h.positions = strconv.AppendInt(h.positions, position, 10)
-		h.lastPos, h.lastPosBytes = position, h.positions[start:len(h.positions):len(h.positions)]
-	}
+// next returns the headers of a record of kind at position (its decimal
+// digits).
+func (h *recordHeaders) next(kind string, position []byte) []kafka.Header {
 	k, ok := h.kinds[kind]
 	if !ok {
 		k = []byte(kind)
@@ -258,7 +259,7 @@ func (h *recordHeaders) next(kind string, position int64) []kafka.Header {
 	h.list = append(h.list,
 		kafka.Header{Key: schema.HeaderKind, Value: k},
 		kafka.Header{Key: schema.HeaderSchema, Value: h.schema},
-		kafka.Header{Key: schema.HeaderPosition, Value: h.lastPosBytes},
+		kafka.Header{Key: schema.HeaderPosition, Value: position},
 		kafka.Header{Key: schema.HeaderInstance, Value: h.instance})
 	return h.list[start:len(h.list):len(h.list)]
 }

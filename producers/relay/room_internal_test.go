@@ -3,6 +3,7 @@ package relay
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"testing"
 
 	"github.com/fedpipe/fedpipe/schema"
@@ -60,7 +61,7 @@ func eventRows(t *testing.T, events []schema.RoomRecord) []eventRow {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows = append(rows, eventRow{position: e.Position, key: []byte(e.RoomID), value: v})
+		rows = append(rows, eventRow{position: e.Position, key: []byte(e.RoomID), value: v, pos: []byte(strconv.FormatInt(e.Position, 10))})
 	}
 	return rows
 }
@@ -75,7 +76,7 @@ func deltaRows(t *testing.T, deltas []schema.RoomRecord) []deltaRow {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows = append(rows, deltaRow{position: d.Position, key: []byte(d.RoomID), stateKey: schema.StateKey(d.RoomID, d.Type, *d.StateKey), value: v})
+		rows = append(rows, deltaRow{position: d.Position, key: []byte(d.RoomID), stateKey: schema.StateKey(d.RoomID, d.Type, *d.StateKey), value: v, pos: []byte(strconv.FormatInt(d.Position, 10))})
 	}
 	return rows
 }
