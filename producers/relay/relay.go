@@ -123,6 +123,8 @@ type Relay struct {
 	// positions are where each stream is published up to, stored the last
 	// stored values (loaded at the first round; used by Run's goroutine only).
 	positions, stored map[string]int64
+	// rowsQuery asks which streams have rows in a round (withRows).
+	rowsQuery string
 }
 
 // Option adds to what a Relay publishes.
@@ -158,6 +160,7 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 		r.streams = append(r.streams, p)
 		cs = append(cs, former...)
 	}
+	r.rowsQuery = rowsQuery(r.streams)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("relay metrics: %w", err)

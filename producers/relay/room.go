@@ -55,6 +55,10 @@ type deltaRow struct {
 
 func (roomStream) name() string { return "events" }
 
+// source is events: a state delta is published with its event, never
+// without one.
+func (roomStream) source() (string, string) { return "events", "stream_ordering" }
+
 func (rs roomStream) read(ctx context.Context, db querier, s span) (batch, error) {
 	if rs.rows == nil {
 		rs.rows = new(roomRows)
