@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,8 +50,9 @@ func (r *Relay) Run(ctx context.Context) error {
 
 // round publishes every stream up to the position below which everything is
 // safely visible, the streams in their order (see Relay), and stores the
-// positions reached in one statement. It reports whether there was anything
-// to publish.
+// positions reached in one statement. A stream with no rows in the round's
+// span is not read (withRows): its position moves to the round's end with
+// the others'. It reports whether there was anything to publish.
 func (r *Relay) round(ctx context.Context) (bool, error) {
 	if r.positions == nil {
 		if err := r.loadPositions(ctx); err != nil {
@@ -67,7 +69,19 @@ func (r *Relay) round(ctx context.Context) (bool, error) {
 	if err != nil || upto <= lowest {
 		return false, err
 	}
-	for _, s := range r.streams {
+	busy, err := r.withRows(ctx, upto)
+	if err != nil {
+		return false, err
+	}
+	for i, s := range r.streams {
+		if !busy[i] {
+			// Nothing up to upto: the position moves on, stored with the others.
+			if r.positions[s.name()] < upto {
+				r.positions[s.name()] = upto
+				s.position.Set(float64(upto))
+			}
+			continue
+		}
 		if err := r.publish(ctx, s, upto); err != nil {
 			// What was acknowledged before the failure is kept (best
 			// effort: the store may be what failed).
@@ -75,6 +89,50 @@ func (r *Relay) round(ctx context.Context) (bool, error) {
 		}
 	}
 	return true, r.storePositions(ctx)
+}
+
+// withRows reports, for each stream in order, whether its table has rows
+// after its position up to upto, all in one statement, so that a round reads
+// only the streams that have something to publish (an idle stream's read
+// would be a round trip, a query for PostgreSQL to plan and run, and a
+// round's worth of latency added to the streams after it). The rows up to
+// upto are all committed or rolled back (visibleUpTo) and no later writer
+// takes a position at or below it, so a stream without rows now has none to
+// publish in this round: a row can only leave the span (superseded in a
+// table that keeps one row per key), never enter it. A relay with one stream
+// reads it without asking.
+func (r *Relay) withRows(ctx context.Context, upto int64) ([]bool, error) {
+	busy := make([]bool, len(r.streams))
+	if len(r.streams) == 1 {
+		busy[0] = r.positions[r.streams[0].name()] < upto
+		return busy, nil
+	}
+	args := make([]any, 0, len(r.streams)+1)
+	dest := make([]any, len(r.streams))
+	for i, s := range r.streams {
+		args = append(args, r.positions[s.name()])
+		dest[i] = &busy[i]
+	}
+	args = append(args, upto)
+	if err := r.pool.QueryRow(ctx, r.rowsQuery, args...).Scan(dest...); err != nil {
+		return nil, fmt.Errorf("asking which streams have rows up to %d: %w", upto, err)
+	}
+	return busy, nil
+}
+
+// rowsQuery is withRows' statement for streams: one EXISTS per stream, $i its
+// position and the last parameter the round's end.
+func rowsQuery(streams []metered) string {
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	for i, s := range streams {
+		table, position := s.source()
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "EXISTS (SELECT FROM %s WHERE %s > $%d AND %s <= $%d)", table, position, i+1, position, len(streams)+1)
+	}
+	return b.String()
 }
 
 // publish publishes s's rows after its position up to upto, a batch at a

@@ -18,7 +18,6 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/fedpipe/fedpipe/internal/kafkaio"
-	"github.com/fedpipe/fedpipe/schema"
 )
 
 // Writer is what the relay publishes with: a *kafkaio.PartitionWriter (or a
@@ -124,6 +123,8 @@ type Relay struct {
 	// positions are where each stream is published up to, stored the last
 	// stored values (loaded at the first round; used by Run's goroutine only).
 	positions, stored map[string]int64
+	// rowsQuery asks which streams have rows in a round (withRows).
+	rowsQuery string
 }
 
 // Option adds to what a Relay publishes.
@@ -150,7 +151,7 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 	}
 	cs := r.m.collectors()
 	names := map[string]bool{}
-	for _, s := range append([]stream{roomStream{room: room, state: state, events: new([]schema.RoomRecord)}}, r.added...) {
+	for _, s := range append([]stream{roomStream{room: room, state: state, rows: &roomRows{events: make([]eventRow, 0, cfg.BatchSize)}}}, r.added...) {
 		if names[s.name()] {
 			return nil, fmt.Errorf("relay: stream %s added twice", s.name())
 		}
@@ -159,6 +160,7 @@ func New(cfg Config, pool *pgxpool.Pool, room, state Writer, logger *slog.Logger
 		r.streams = append(r.streams, p)
 		cs = append(cs, former...)
 	}
+	r.rowsQuery = rowsQuery(r.streams)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("relay metrics: %w", err)

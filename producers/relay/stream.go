@@ -24,6 +24,10 @@ type stream interface {
 	// read returns the records of the rows in s, in stream order, and the
 	// position they take the stream to (after s.after, at most s.upto).
 	read(ctx context.Context, db querier, s span) (batch, error)
+	// source names the table and position column whose rows in a span are
+	// what read publishes: where none are, the round passes the stream
+	// over without reading it (see Relay.withRows).
+	source() (table, position string)
 }
 
 // querier is the database a stream reads from (a *pgxpool.Pool).
@@ -101,6 +105,8 @@ type tableStream struct {
 }
 
 func (t tableStream) name() string { return t.stream }
+
+func (t tableStream) source() (string, string) { return t.table, t.position }
 
 func (t tableStream) read(ctx context.Context, db querier, s span) (batch, error) {
 	q := fmt.Sprintf(`SELECT %s FROM %s WHERE %s > $1 AND %s <= $2 ORDER BY %s LIMIT $3`, t.columns, t.table, t.position, t.position, t.position)
