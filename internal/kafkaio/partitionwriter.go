@@ -115,6 +115,47 @@ func (w *PartitionWriter) WriteMessages(ctx context.Context, msgs ...kafka.Messa
 	if err != nil {
 		return err
 	}
+	writes, errs := w.group(msgs, parts)
+	pending := writes
+	for attempt := 1; len(pending) > 0; attempt++ {
+		w.produce(ctx, msgs, pending)
+		retry := pending[:0:0]
+		for _, pw := range pending {
+			if pw.err != nil && retriable(pw.err) {
+				retry = append(retry, pw)
+			}
+		}
+		if len(retry) == 0 || attempt >= w.maxAttempts || ctx.Err() != nil {
+			break
+		}
+		w.refresh()
+		if err := sleep(ctx, backoff(attempt, w.backoffMin, w.backoffMax)); err != nil {
+			break
+		}
+		pending = retry
+	}
+	for _, pw := range writes {
+		if pw.err == nil {
+			continue
+		}
+		if errs == nil {
+			errs = make(kafka.WriteErrors, len(msgs))
+		}
+		err := fmt.Errorf("writing %d records to %s/%d: %w", len(pw.idx), w.topic, pw.partition, pw.err)
+		for _, i := range pw.idx {
+			errs[i] = err
+		}
+	}
+	if errs != nil {
+		return errs
+	}
+	return nil
+}
+
+// group places msgs on parts: a write per partition touched, in the order
+// of its first record, listing its records in msgs' order; a record over the
+// byte bound has a kafka.MessageTooLargeError in errs (nil when none has).
+func (w *PartitionWriter) group(msgs []kafka.Message, parts []int) ([]*partitionWrite, kafka.WriteErrors) {
 	var errs kafka.WriteErrors
 	// order lists the indexes of msgs grouped by partition, each group in
 	// msgs' order; starts[p] is where partition p's group begins.
@@ -151,40 +192,7 @@ func (w *PartitionWriter) WriteMessages(ctx context.Context, msgs ...kafka.Messa
 		fill[p]++
 	}
 
-	pending := writes
-	for attempt := 1; len(pending) > 0; attempt++ {
-		w.produce(ctx, msgs, pending)
-		retry := pending[:0:0]
-		for _, pw := range pending {
-			if pw.err != nil && retriable(pw.err) {
-				retry = append(retry, pw)
-			}
-		}
-		if len(retry) == 0 || attempt >= w.maxAttempts || ctx.Err() != nil {
-			break
-		}
-		w.refresh()
-		if err := sleep(ctx, backoff(attempt, w.backoffMin, w.backoffMax)); err != nil {
-			break
-		}
-		pending = retry
-	}
-	for _, pw := range writes {
-		if pw.err == nil {
-			continue
-		}
-		if errs == nil {
-			errs = make(kafka.WriteErrors, len(msgs))
-		}
-		err := fmt.Errorf("writing %d records to %s/%d: %w", len(pw.idx), w.topic, pw.partition, pw.err)
-		for _, i := range pw.idx {
-			errs[i] = err
-		}
-	}
-	if errs != nil {
-		return errs
-	}
-	return nil
+	return writes, errs
 }
 
 // partitionWrite is one partition's records of a WriteMessages call.
