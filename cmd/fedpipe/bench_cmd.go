@@ -84,7 +84,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // and the sender's that do not point at the remotes (the simulated ones take
 // their place).
 var benchKeys = slices.Concat(toolKeys, []string{"server_name", "relay", "router",
-	"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes"})
+	"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes", "federation.linger"})
 
 // benchDatabase creates a database of the bench's own on the server of
 // database.url and points cfg at it; drop drops it.

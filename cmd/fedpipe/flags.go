@@ -35,7 +35,7 @@ var (
 	// stage's (the listener publishing our keys): each reads its own keys,
 	// together all of them (TestEveryCommandsHelp holds them so).
 	senderFederationKeys = []string{"federation.static", "federation.ca_file", "federation.insecure_skip_verify", "federation.allowed_networks",
-		"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes"}
+		"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes", "federation.linger"}
 	keysFederationKeys = []string{"federation.listen", "federation.tls_cert", "federation.tls_key", "federation.key_validity"}
 	migrateKeys        = []string{"database.url"}
 	topicsKeys         = []string{"log_level", "kafka.brokers", "kafka.topic_prefix", "kafka.partitions", "kafka.outbound_partitions", "kafka.replication_factor"}

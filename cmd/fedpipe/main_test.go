@@ -109,7 +109,7 @@ func TestEveryCommandsHelp(t *testing.T) {
 	tool := []string{"instance", "data_dir", "log_level", "kafka", "database"}
 	infra := append(slices.Clip(tool), "admin")
 	sending := []string{"federation.static", "federation.ca_file", "federation.insecure_skip_verify", "federation.allowed_networks",
-		"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes"}
+		"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes", "federation.linger"}
 	publishing := []string{"federation.listen", "federation.tls_cert", "federation.tls_key", "federation.key_validity"}
 	for _, k := range config.Keys() {
 		if strings.HasPrefix(k, "federation.") && !slices.Contains(sending, k) && !slices.Contains(publishing, k) {
@@ -125,7 +125,7 @@ func TestEveryCommandsHelp(t *testing.T) {
 		"run":            {[]string{"config", "stages"}, []string{""}},
 		"demo":           {[]string{"config", "rooms", "servers", "events", "timeout"}, []string{""}},
 		"bench": {[]string{"config", "rooms", "servers", "events", "rate", "timeout"}, append([]string{"server_name", "relay", "router",
-			"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes"}, tool...)},
+			"federation.request_timeout", "federation.backoff_initial", "federation.backoff_max", "federation.max_transaction_bytes", "federation.linger"}, tool...)},
 		"relay":          {[]string{"config"}, append([]string{"relay"}, infra...)},
 		"presence":       {[]string{"config"}, append([]string{"server_name", "presence"}, infra...)},
 		"router":         {[]string{"config"}, append([]string{"server_name", "router"}, infra...)},

@@ -257,7 +257,10 @@ func (in *infra) startSender(ctx context.Context, g *errgroup.Group, opts *stage
 		return fmt.Errorf("sender: %w", err)
 	}
 	qcfg := queue.Config{Origin: cfg.ServerName, BackoffInitial: cfg.Federation.BackoffInitial, BackoffMax: cfg.Federation.BackoffMax,
-		MaxTransactionBytes: cfg.Federation.MaxTransactionBytes}
+		MaxTransactionBytes: cfg.Federation.MaxTransactionBytes, Linger: cfg.Federation.Linger}
+	if qcfg.Linger == 0 {
+		qcfg.Linger = -1 // the key's 0 is "send at once", the queue's zero its default
+	}
 	if opts.senderQueue != nil {
 		opts.senderQueue(&qcfg)
 	}

@@ -485,3 +485,31 @@ func TestBackoffDefaultsAreSynapses(t *testing.T) {
 		t.Fatalf("defaults differ from Synapse's: %+v", cfg)
 	}
 }
+
+// An idle destination's first transaction waits Config.Linger, so that what
+// is queued meanwhile goes in it; a negative Linger sends at once.
+func TestLingerGathersAnIdleDestinationsFirstTransaction(t *testing.T) {
+	txns := func(linger, gap time.Duration) []int {
+		f := setupWith(t, func(c *queue.Config) { c.Linger = linger })
+		for i := 0; i < 3; i++ {
+			if i > 0 {
+				time.Sleep(gap) // the gap between the homeserver's events is what is tested
+			}
+			f.pdu(t, "l.test", "!r")
+		}
+		testenv.Eventually(t, 10*time.Second, "all done", func() bool { return f.done.Load() == 3 })
+		f.tr.mu.Lock()
+		defer f.tr.mu.Unlock()
+		var sizes []int
+		for _, tx := range f.tr.got["l.test"] {
+			sizes = append(sizes, len(tx.PDUs))
+		}
+		return sizes
+	}
+	if got := txns(2*time.Second, 20*time.Millisecond); fmt.Sprint(got) != "[3]" {
+		t.Errorf("with a 2 s linger, PDUs 20 ms apart went in transactions of %v, want one of 3", got)
+	}
+	if got := txns(-1, 300*time.Millisecond); fmt.Sprint(got) != "[1 1 1]" {
+		t.Errorf("without linger, PDUs 300 ms apart went in transactions of %v, want three of 1", got)
+	}
+}

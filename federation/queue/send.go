@@ -28,8 +28,12 @@ func (d *destination) work(ctx context.Context) error {
 	return d.sendLive(ctx)
 }
 
-// sendLive sends d's queued items, one transaction at a time.
+// sendLive sends d's queued items, one transaction at a time, the first
+// after Config.Linger.
 func (d *destination) sendLive(ctx context.Context) error {
+	if d.cfg.Linger > 0 {
+		_ = d.pause(ctx, d.cfg.Linger) // stopped: the loop sees it
+	}
 	for {
 		d.mu.Lock()
 		if d.stopping || ctx.Err() != nil || d.pending.empty() {

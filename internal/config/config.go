@@ -111,6 +111,7 @@ type Federation struct {
 	BackoffInitial      time.Duration     `yaml:"backoff_initial" doc:"First backoff of a failing destination (Synapse: 10m)."`
 	BackoffMax          time.Duration     `yaml:"backoff_max" doc:"Longest backoff of a failing destination (Synapse: 168h)."`
 	MaxTransactionBytes int               `yaml:"max_transaction_bytes" doc:"Byte budget of one transaction's body: what would pass it goes in the next transaction (at least 131072; 1 MiB suits a receiver behind a proxy with nginx's default request limit)."`
+	Linger              time.Duration     `yaml:"linger" doc:"How long an idle destination waits, once something is queued for it, before its first transaction, so that what arrives meanwhile goes in it too (fewer, fuller transactions under light traffic). 0: send at once."`
 	Listen              string            `yaml:"listen" doc:"Address of the federation-facing listener serving GET /_matrix/key/v2/server (fedpipe's signing keys, which receivers fetch to verify its transactions) for the stage 'keys'. Empty: do not serve it (the homeserver publishes fedpipe's key itself)."`
 	TLSCert             string            `yaml:"tls_cert" doc:"Certificate chain (PEM) for the server name, served on federation.listen. Empty together with tls_key: plain HTTP, for a TLS-terminating proxy in front."`
 	TLSKey              string            `yaml:"tls_key" doc:"Private key (PEM) of federation.tls_cert."`
@@ -158,6 +159,7 @@ func Default() Config {
 			BackoffMax:          queue.DefaultBackoffMax,
 			KeyValidity:         keyserver.DefaultValidity,
 			MaxTransactionBytes: queue.DefaultMaxTransactionBytes,
+			Linger:              queue.DefaultLinger,
 		},
 	}
 }

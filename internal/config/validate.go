@@ -108,6 +108,9 @@ func (f *Federation) validate(p *problems) {
 		p.bad("federation.max_transaction_bytes", "must be at least %d (one 64 KiB PDU or EDU), got %d", txn.MinBudget, f.MaxTransactionBytes)
 	}
 	p.positiveDuration("federation.key_validity", f.KeyValidity)
+	if f.Linger < 0 || f.Linger > time.Second {
+		p.bad("federation.linger", "must be between 0 and 1s, got %s", f.Linger)
+	}
 	if (f.TLSCert == "") != (f.TLSKey == "") {
 		p.bad("federation.tls_cert", "tls_cert and tls_key go together (both empty serves plain HTTP)")
 	}
