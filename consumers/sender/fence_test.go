@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/consumers/sender"
 	"github.com/fedpipe/fedpipe/internal/testing/testenv"
@@ -27,24 +28,18 @@ func TestFencesTakenTogetherAreExclusiveAndGivenBack(t *testing.T) {
 	for i := range dests {
 		dests[i] = fmt.Sprintf("d%d.test", i)
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(dests))
-	for i, d := range dests {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	var g errgroup.Group
+	for _, d := range dests {
+		g.Go(func() error {
 			held, err := a.Acquire(ctx, d)
 			if err == nil && held == nil {
 				err = fmt.Errorf("%s not taken", d)
 			}
-			errs[i] = err
-		}()
+			return err
+		})
 	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	for _, d := range dests {
 		if held, err := b.Acquire(ctx, d); err != nil || held != nil {

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+	"golang.org/x/sync/errgroup"
 )
 
 // PartitionWriter writes one topic's records the way the relay needs them: one
@@ -232,16 +232,13 @@ func (w *PartitionWriter) produce(ctx context.Context, msgs []kafka.Message, ws 
 			pw.idx = pw.idx[n:]
 		}
 	}
-	var wg sync.WaitGroup
+	// Each partition's outcome is its pw.err, read by the caller.
+	var g errgroup.Group
 	for _, pw := range ws[1:] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			one(pw)
-		}()
+		g.Go(func() error { one(pw); return nil })
 	}
 	one(ws[0])
-	wg.Wait()
+	_ = g.Wait()
 }
 
 // batchLen is how many of the records idx lists, from the first, fit one

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fedpipe/fedpipe/internal/testing/testenv"
 	"github.com/fedpipe/fedpipe/producers/outbox"
@@ -45,18 +46,16 @@ func TestPersistBatchPositionsFollowBatchOrder(t *testing.T) {
 	// Three writers, each storing batches of 10 in its own transactions
 	// until the big batch is stored.
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	failed := make(chan error, 3)
+	var writers errgroup.Group
+	failed := make(chan error, 3) // seen early by waitForRows
 	for w := range 3 {
 		seed := r.Uint64()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		writers.Go(func() error {
 			r := rand.New(rand.NewPCG(seed, 0))
 			for {
 				select {
 				case <-stop:
-					return
+					return nil
 				default:
 				}
 				batch := make([]outbox.EventWithDeltas, 10)
@@ -64,14 +63,16 @@ func TestPersistBatchPositionsFollowBatchOrder(t *testing.T) {
 					batch[i] = message(randomID(r), fmt.Sprintf("!w%d:hs.test", w))
 				}
 				if _, err := outbox.PersistBatch(ctx, pool, batch); err != nil {
-					failed <- fmt.Errorf("writer %d: %w", w, err)
-					return
+					err = fmt.Errorf("writer %d: %w", w, err)
+					failed <- err
+					return err
 				}
 			}
-		}()
+		})
 	}
 	var once sync.Once
-	stopWriters := func() { once.Do(func() { close(stop); wg.Wait() }) }
+	var writersErr error
+	stopWriters := func() { once.Do(func() { close(stop); writersErr = writers.Wait() }) }
 	defer stopWriters()
 	waitForRows(t, pool, 30, failed) // the writers are storing
 
@@ -91,10 +92,8 @@ func TestPersistBatchPositionsFollowBatchOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-failed:
-		t.Fatal(err)
-	default:
+	if writersErr != nil {
+		t.Fatal(writersErr)
 	}
 	if len(positions) != len(big) {
 		t.Fatalf("%d positions for %d events", len(positions), len(big))
