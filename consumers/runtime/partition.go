@@ -15,7 +15,6 @@ import (
 // partition is one assigned partition for the length of a generation.
 type partition struct {
 	g       *Group
-	gen     *kafka.Generation
 	commits *committer // the generation's
 	topic   string
 	id      int

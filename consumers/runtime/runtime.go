@@ -124,7 +124,7 @@ func (g *Group) member(ctx context.Context) error {
 		n, commits := 0, &committer{gen: gen}
 		for topic, assigns := range gen.Assignments {
 			for _, a := range assigns {
-				p := &partition{g: g, gen: gen, commits: commits, topic: topic, id: a.ID, offset: a.Offset}
+				p := &partition{g: g, commits: commits, topic: topic, id: a.ID, offset: a.Offset}
 				gen.Start(func(gctx context.Context) {
 					if err := p.run(gctx); err != nil {
 						select {

@@ -98,8 +98,8 @@ const (
 	DefaultMaxTransactionBytes = 1 << 20
 	// DefaultLinger is Config.Linger when it is zero: at 2,390 events/s
 	// (7,550 deliveries/s to 50 servers) it cut the CPU per delivery from
-	// 165 to 140 µs and p50 / p99 commit → arrival from 29 / 112 ms to
-	// 23 / 93–99 ms.
+	// 163–165 to 142–162 µs and the median p99 commit → arrival from
+	// 112 to 86 ms (docs/operations.md, "Transactions").
 	DefaultLinger = 5 * time.Millisecond
 )
 
